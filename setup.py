@@ -1,0 +1,46 @@
+"""mpjax: music popularity prediction from audio, in JAX/Flax.
+
+Install for development and tests:  pip install -e .[test]
+"""
+from setuptools import find_packages, setup
+
+INSTALL_REQUIRES = [
+    # Model, training, checkpoints, input pipeline.
+    "jax>=0.10.2",
+    "flax>=0.12.8",
+    "optax>=0.2.8",
+    "orbax-checkpoint>=0.12.8",
+    "grain>=0.2.18",
+    "ml-collections>=1.1.0",
+    "absl-py>=2.1",
+    "numpy>=2.0",
+    # Record format: tf.train.Example proto / parser without TensorFlow.
+    "tensorflow-datasets>=4.9.10",
+    # Data preparation.
+    "librosa>=0.11",
+    "soundfile>=0.12",
+    "pandas>=2.0",
+    "spotipy>=2.24",
+    "requests>=2.31",
+    "safetensors>=0.4",
+    "matplotlib>=3.8",
+    "tqdm>=4.66",
+]
+
+TEST_REQUIRES = [
+    "pytest>=8",
+    # Pinned exactly: the 2.13.0 CPU wheel is local; anything looser pulls a multi-GB CUDA build.
+    "torch==2.13.0",
+    "transformers>=5.0",
+    "responses>=0.25",
+]
+
+setup(
+    name="mpjax",
+    version="0.1.0",
+    description="Music popularity prediction from audio with an Audio Spectrogram Transformer in JAX/Flax",
+    python_requires=">=3.11",
+    packages=find_packages(include=["mpjax", "mpjax.*", "data_prep", "data_prep.*"]),
+    install_requires=INSTALL_REQUIRES,
+    extras_require={"test": TEST_REQUIRES},
+)
