@@ -446,16 +446,18 @@ def _resize_linear_torch(x: np.ndarray, axis: int, size: int) -> np.ndarray:
   n = x.shape[axis]
   if n == size:
     return x
-  scale = n / size
-  src = (np.arange(size, dtype=np.float64) + 0.5) * scale - 0.5
-  src = np.maximum(src, 0.0)  # torch clamps negative source coordinates to 0
+  # float32 arithmetic in torch's order, so the result matches torch bit for bit (nearly).
+  scale = np.float32(n) / np.float32(size)
+  src = scale * (np.arange(size, dtype=np.float32) + np.float32(0.5)) - np.float32(0.5)
+  src = np.maximum(src, np.float32(0.0))  # torch clamps negative source coordinates to 0
   i0 = np.minimum(np.floor(src).astype(np.int64), n - 1)
   i1 = np.minimum(i0 + 1, n - 1)
-  lam = (src - i0).astype(np.float32)
+  lam = (src - i0.astype(np.float32)).astype(np.float32)
   shape = [1] * x.ndim
   shape[axis] = size
   lam = lam.reshape(shape)
-  return np.take(x, i0, axis=axis) * (1 - lam) + np.take(x, i1, axis=axis) * lam
+  x = x.astype(np.float32)
+  return (np.float32(1) - lam) * np.take(x, i0, axis=axis) + lam * np.take(x, i1, axis=axis)
 
 
 def _center_cut(x: np.ndarray, axis: int, size: int) -> np.ndarray:

@@ -1,0 +1,67 @@
+"""MP2: AST encoder + regions + regression head -> log1p(streams over the first N weeks).
+
+`model(fbank [B, T, F], regions [B, R] int) -> [B, R]`, one prediction per requested region.
+How the region enters depends on `region_mode` (see `mpjax.models.regions`):
+- cls_token: region tokens are prepended; the head reads each region token's output.
+- embedding: the region vector is added to every audio token; the head reads the pooled
+  (cls + dist) / 2 output; R regions cost R encoder passes (the batch is tiled).
+- none: the head reads the pooled output, broadcast to every requested region.
+The head is the AST paper's: LayerNorm then Linear(hidden, 1).
+"""
+from __future__ import annotations
+
+import jax.numpy as jnp
+from flax import nnx
+
+from mpjax.models import ast as ast_lib
+from mpjax.models import regions as regions_lib
+
+
+class MP2(nnx.Module):
+
+  def __init__(self, cfg: ast_lib.ASTConfig, num_regions: int, region_mode: str = "cls_token",
+               *, rngs: nnx.Rngs, encoder: ast_lib.AST | None = None, head_bias: float = 0.0):
+    """encoder: an AST to use (e.g. converted weights from `ast.load`); else a fresh one.
+    head_bias: initial output (e.g. the training-set mean target) so training starts centred.
+    """
+    regions_lib.check_mode(region_mode)
+    if num_regions < 1:
+      raise ValueError(f"num_regions={num_regions}: need at least one region")
+    if encoder is not None and encoder.cfg != cfg:
+      raise ValueError(f"encoder config {encoder.cfg} differs from the MP2 config {cfg}")
+    self.cfg = cfg
+    self.region_mode = region_mode
+    self.num_regions = num_regions
+    self.encoder = encoder if encoder is not None else ast_lib.AST(cfg, rngs=rngs)
+    if region_mode == "cls_token":
+      self.regions = regions_lib.RegionTokens(num_regions, cfg.hidden, rngs=rngs)
+    elif region_mode == "embedding":
+      self.regions = regions_lib.RegionEmbedding(num_regions, cfg.hidden, rngs=rngs)
+    else:
+      self.regions = None
+    self.head_norm = nnx.LayerNorm(cfg.hidden, epsilon=cfg.ln_eps, rngs=rngs)
+    self.head = nnx.Linear(cfg.hidden, 1, kernel_init=nnx.initializers.zeros_init(),
+                           bias_init=nnx.initializers.constant(head_bias), rngs=rngs)
+
+  def features(self, fbank, regions):
+    """[B, R, hidden] features the head reads, one per (example, region)."""
+    if regions.ndim == 1:
+      regions = regions[:, None]
+    if regions.ndim != 2 or regions.shape[0] != fbank.shape[0]:
+      raise ValueError(f"regions must be [batch={fbank.shape[0]}, R] (or [batch]) ids, got "
+                       f"shape {tuple(regions.shape)}")
+    b, r = regions.shape
+    if self.region_mode == "cls_token":
+      tokens = self.encoder.encode(fbank, prefix_tokens=self.regions(regions))
+      return tokens[:, :r]
+    if self.region_mode == "embedding":
+      emb = self.regions(regions).reshape(b * r, 1, -1)
+      x = jnp.repeat(fbank, r, axis=0) if r > 1 else fbank
+      tokens = self.encoder.encode(x, token_bias=emb)
+      return ((tokens[:, 0] + tokens[:, 1]) / 2).reshape(b, r, -1)
+    regions_lib.check_region_ids(regions, self.num_regions)
+    pooled = self.encoder(fbank)
+    return jnp.broadcast_to(pooled[:, None], (b, r, pooled.shape[-1]))
+
+  def __call__(self, fbank, regions):
+    return self.head(self.head_norm(self.features(fbank, regions)))[..., 0]
