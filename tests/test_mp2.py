@@ -1,0 +1,99 @@
+"""Regions (CLS tokens, embedding, none) and the MP2 regression model."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from mpjax.models import ast, mp2, regions
+
+CFG = ast.config_for("tiny", depth=2, input_fdim=32, input_tdim=48, fstride=8, tstride=8)
+X = np.random.RandomState(0).randn(3, 48, 32).astype(np.float32)
+
+
+def model(mode, seed=0, num_regions=5):
+  m = mp2.MP2(CFG, num_regions, mode, rngs=nnx.Rngs(seed))
+  # The head starts at zero (prediction = head_bias); give it weights so outputs differ.
+  m.head.kernel[...] = jax.random.normal(jax.random.key(seed), m.head.kernel.shape)
+  return m
+
+
+@pytest.mark.parametrize("mode", ["cls_token", "embedding"])
+def test_several_regions_in_one_pass_equal_separate_passes(mode):
+  m = model(mode)
+  ids = np.array([[0, 3, 1], [2, 2, 4], [4, 0, 1]])
+  together = m(X, ids)
+  assert together.shape == (3, 3)
+  for j in range(3):
+    alone = m(X, ids[:, j])
+    np.testing.assert_allclose(together[:, j], alone[:, 0], rtol=1e-5, atol=1e-5)
+  # Regions really change the prediction.
+  assert abs(float(together[0, 0] - together[0, 1])) > 1e-3
+  # The same region twice gives the same number.
+  np.testing.assert_allclose(together[1, 0], together[1, 1], rtol=1e-5)
+
+
+def test_cls_token_outputs_do_not_leak_into_audio_tokens():
+  """With region tokens prepended, the audio tokens' outputs are unchanged (mask works)."""
+  m = model("cls_token")
+  plain = m.encoder.encode(X)
+  prefix = m.regions(np.array([[1, 2], [0, 3], [4, 4]]))
+  with_prefix = m.encoder.encode(X, prefix_tokens=prefix)
+  np.testing.assert_allclose(with_prefix[:, 2:], plain, rtol=1e-5, atol=1e-5)
+
+
+def test_none_mode_broadcasts_pooled_output():
+  m = model("none")
+  y = m(X, np.array([[0, 1], [2, 3], [4, 4]]))
+  np.testing.assert_allclose(y[:, 0], y[:, 1])
+  pooled = m.encoder(X)
+  np.testing.assert_allclose(y[:, 0], m.head(m.head_norm(pooled))[:, 0], rtol=1e-6)
+
+
+def test_encode_regions_and_errors():
+  vocab = ["global", "id", "kr", "vn"]
+  np.testing.assert_array_equal(regions.encode_regions([["kr", "id"], ["vn", "kr"]], vocab),
+                                [[2, 1], [3, 2]])
+  with pytest.raises(ValueError, match=r"unknown region\(s\) \['xx'\]"):
+    regions.encode_regions(["kr", "xx"], vocab)
+  m = model("cls_token", num_regions=4)
+  with pytest.raises(ValueError, match=r"unknown region id\(s\) \[4\]"):
+    m(X, np.array([0, 1, 4]))
+  with pytest.raises(ValueError, match=r"unknown region id\(s\) \[-1\]"):
+    model("none", num_regions=4)(X, np.array([0, -1, 2]))
+  with pytest.raises(ValueError, match="integers"):
+    m(X, np.array([0.0, 1.0, 2.0]))
+  with pytest.raises(ValueError, match=r"regions must be \[batch=3, R\]"):
+    m(X, np.array([0, 1]))
+  with pytest.raises(ValueError, match="unknown region mode 'token'"):
+    mp2.MP2(CFG, 4, "token", rngs=nnx.Rngs(0))
+
+
+def test_encoder_weights_are_used():
+  enc = ast.init(CFG, seed=7)
+  m = mp2.MP2(CFG, 3, "none", rngs=nnx.Rngs(0), encoder=enc)
+  np.testing.assert_array_equal(m.encoder.pos_embed[...], enc.pos_embed[...])
+  other = ast.init(ast.config_for("tiny", depth=1, input_fdim=32, input_tdim=48, fstride=8, tstride=8))
+  with pytest.raises(ValueError, match="encoder config"):
+    mp2.MP2(CFG, 3, "none", rngs=nnx.Rngs(0), encoder=other)
+
+
+@pytest.mark.parametrize("mode", ["cls_token", "embedding"])
+def test_jitted_adamw_steps_reduce_loss_and_train_region_params(mode):
+  m = mp2.MP2(CFG, 4, mode, rngs=nnx.Rngs(1), head_bias=3.0)
+  ids = np.array([[0, 1], [2, 3], [1, 0]])
+  y = np.array([[1.0, 5.0], [4.0, 2.0], [6.0, 0.5]], np.float32)
+  opt = nnx.Optimizer(m, optax.adamw(3e-3), wrt=nnx.Param)
+  before = np.array(m.regions.tokens[...] if mode == "cls_token" else m.regions.embedding[...])
+
+  @nnx.jit
+  def step(m, opt):
+    loss, g = nnx.value_and_grad(lambda m: jnp.mean((m(X, ids) - y) ** 2))(m)
+    opt.update(m, g)
+    return loss
+
+  losses = [float(step(m, opt)) for _ in range(25)]
+  assert losses[-1] < 0.5 * losses[0]
+  after = np.array(m.regions.tokens[...] if mode == "cls_token" else m.regions.embedding[...])
+  assert np.abs(after - before).max() > 1e-4
