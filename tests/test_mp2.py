@@ -85,7 +85,7 @@ def test_jitted_adamw_steps_reduce_loss_and_train_region_params(mode):
   ids = np.array([[0, 1], [2, 3], [1, 0]])
   y = np.array([[1.0, 5.0], [4.0, 2.0], [6.0, 0.5]], np.float32)
   opt = nnx.Optimizer(m, optax.adamw(3e-3), wrt=nnx.Param)
-  before = np.array(m.regions.tokens[...] if mode == "cls_token" else m.regions.embedding[...])
+  before = np.array(m.regions.table[...])
 
   @nnx.jit
   def step(m, opt):
@@ -95,5 +95,5 @@ def test_jitted_adamw_steps_reduce_loss_and_train_region_params(mode):
 
   losses = [float(step(m, opt)) for _ in range(25)]
   assert losses[-1] < 0.5 * losses[0]
-  after = np.array(m.regions.tokens[...] if mode == "cls_token" else m.regions.embedding[...])
+  after = np.array(m.regions.table[...])
   assert np.abs(after - before).max() > 1e-4

@@ -33,12 +33,8 @@ class MP2(nnx.Module):
     self.region_mode = region_mode
     self.num_regions = num_regions
     self.encoder = encoder if encoder is not None else ast_lib.AST(cfg, rngs=rngs)
-    if region_mode == "cls_token":
-      self.regions = regions_lib.RegionTokens(num_regions, cfg.hidden, rngs=rngs)
-    elif region_mode == "embedding":
-      self.regions = regions_lib.RegionEmbedding(num_regions, cfg.hidden, rngs=rngs)
-    else:
-      self.regions = None
+    self.regions = (regions_lib.RegionTable(num_regions, cfg.hidden, rngs=rngs)
+                    if region_mode != "none" else None)
     self.head_norm = nnx.LayerNorm(cfg.hidden, epsilon=cfg.ln_eps, rngs=rngs)
     self.head = nnx.Linear(cfg.hidden, 1, kernel_init=nnx.initializers.zeros_init(),
                            bias_init=nnx.initializers.constant(head_bias), rngs=rngs)

@@ -53,27 +53,18 @@ def check_region_ids(ids, num_regions: int):
                      f"the model has {num_regions} regions (ids 0..{num_regions - 1})")
 
 
-class RegionTokens(nnx.Module):
-  """A learned CLS-like token per region: ids [B, R] -> tokens [B, R, D]."""
+class RegionTable(nnx.Module):
+  """A learned vector per region: ids [...] -> [..., D].
+
+  The same table serves both modes; the model decides how it is used (prepended as CLS
+  tokens, or added to every audio token).
+  """
 
   def __init__(self, num_regions: int, hidden: int, *, rngs: nnx.Rngs):
     self.num_regions = num_regions
-    self.tokens = nnx.Param(nnx.initializers.truncated_normal(0.02)(
+    self.table = nnx.Param(nnx.initializers.truncated_normal(0.02)(
         rngs.params(), (num_regions, hidden)))
 
   def __call__(self, ids):
     check_region_ids(ids, self.num_regions)
-    return jnp.take(self.tokens[...], ids, axis=0)
-
-
-class RegionEmbedding(nnx.Module):
-  """A learned vector per region, added to every audio token: ids [...] -> [..., D]."""
-
-  def __init__(self, num_regions: int, hidden: int, *, rngs: nnx.Rngs):
-    self.num_regions = num_regions
-    self.embedding = nnx.Param(nnx.initializers.truncated_normal(0.02)(
-        rngs.params(), (num_regions, hidden)))
-
-  def __call__(self, ids):
-    check_region_ids(ids, self.num_regions)
-    return jnp.take(self.embedding[...], ids, axis=0)
+    return jnp.take(self.table[...], ids, axis=0)
