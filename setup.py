@@ -14,6 +14,7 @@ INSTALL_REQUIRES = [
     "ml-collections>=1.1.0",
     "absl-py>=2.1",
     "numpy>=2.0",
+    "google-crc32c>=1.5",
     # Record format: tf.train.Example proto / parser without TensorFlow.
     "tensorflow-datasets>=4.9.10",
     # Data preparation.
