@@ -20,6 +20,8 @@ INSTALL_REQUIRES = [
     # Data preparation.
     "librosa>=0.11",
     "soundfile>=0.12",
+    "audioread>=3.0",  # m4a/aac via ffmpeg (apt package ffmpeg)
+    "soxr>=0.3",  # resampling to 16 kHz
     "pandas>=2.0",
     "spotipy>=2.24",
     "requests>=2.31",
