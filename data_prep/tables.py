@@ -119,10 +119,14 @@ _SUFFIX = re.compile(r"\s+-\s+(.*(remaster|version|edit|mix|live|mono|stereo).*)
 
 
 def normalise(text: str) -> str:
-  """Lowercase, accents and punctuation removed, whitespace collapsed (keeps CJK/Thai letters)."""
+  """Lowercase, Latin accents and punctuation removed, whitespace collapsed (CJK/Thai/Hangul kept)."""
+  # Strip only Latin-style diacritics (U+0300-U+036F), then recompose: Thai/Devanagari vowel
+  # and tone marks are combining characters too, and Hangul decomposes under NFKD.
   text = unicodedata.normalize("NFKD", text)
-  text = "".join(ch for ch in text if not unicodedata.combining(ch))
-  text = re.sub(r"[^\w\s]", " ", text.lower())
+  text = "".join(ch for ch in text if not 0x300 <= ord(ch) <= 0x36F)
+  text = unicodedata.normalize("NFKC", text)
+  # Letters, digits and (non-Latin) combining marks stay; punctuation and symbols become spaces.
+  text = "".join(ch if unicodedata.category(ch)[0] in "LNM" else " " for ch in text.lower())
   return re.sub(r"\s+", " ", text).strip()
 
 

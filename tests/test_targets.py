@@ -251,3 +251,10 @@ def test_real_csv_daily():
   weekly = targets.build_targets(charts, period="weekly", horizon=8)
   assert weekly.table["track_key"].tolist() == tg.table["track_key"].tolist()
   np.testing.assert_allclose(weekly.table["mp2_target"], tg.table["mp2_target"])
+
+
+def test_song_key_keeps_thai_and_hangul_letters():
+  from data_prep import tables
+  assert tables.song_key("x", "เดินมาส่ง") == "x - เดินมาส่ง"
+  assert tables.song_key("Muộii", "뛰어 (JUMP)") == "muoii - 뛰어 jump"
+  assert tables.song_key("Beyoncé", "Halo (feat. Someone) - Remastered 2011") == "beyonce - halo"
