@@ -274,7 +274,7 @@ def build(cfg: BuildConfig) -> dict:
   fdim = fbank_lib.NUM_MEL_BINS
   max_samples = int(cfg.max_seconds * fbank_lib.SAMPLE_RATE)
   try:
-    it = tqdm(clips.itertuples(index=False), total=len(clips), desc="clips -> records",
+    it = tqdm(clips.itertuples(index=False), total=len(clips), desc="clips -> records", mininterval=2.0,
               unit="clip", disable=not cfg.progress, file=sys.stderr)
     for c in it:
       if c.track_id not in groups:

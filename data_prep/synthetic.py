@@ -957,6 +957,9 @@ def main(argv=None):
                   help="share of songs with a second (album version) track")
   ap.add_argument("--mp2-weeks", type=int, default=6)
   ap.add_argument("--null", action="store_true", help="audio has no effect on popularity")
+  ap.add_argument("--build", metavar="DATASET", default=None,
+                  help="then build TFRecords into DATASET through data_prep.build (one command "
+                       "for the whole demo dataset)")
   ap.add_argument("--quiet", action="store_true", help="no progress output")
   args = ap.parse_args(argv)
   summary = generate(
@@ -966,6 +969,30 @@ def main(argv=None):
       tiktok_fraction=args.tiktok_fraction, chart_size=args.chart_size,
       alt_fraction=args.alt_fraction, mp2_weeks=args.mp2_weeks, progress=not args.quiet)
   print(json.dumps(summary, indent=1))
+  if args.build:
+    from data_prep import build as build_lib
+    manifest = build_lib.build(build_lib.BuildConfig(
+        raw=args.out, out=args.build, horizon=args.horizon, mp2_weeks=args.mp2_weeks,
+        progress=not args.quiet))
+    print(json.dumps({"dataset": args.build, **manifest["_timing"],
+                      "records": {k: v["records"] for k, v in manifest["counts"].items()}}))
+
+
+def make_demo(raw_dir: str, dataset_dir: str, *, seed: int = 0, null: bool = False,
+              progress: bool = True, **generate_kw) -> dict:
+  """The demo dataset in one call: synthesize into raw_dir (unless there), then build.
+
+  Returns the dataset manifest. An existing complete dataset (manifest.json present) is reused.
+  """
+  from data_prep import build as build_lib
+  manifest_path = os.path.join(dataset_dir, "manifest.json")
+  if os.path.exists(manifest_path):
+    with open(manifest_path) as f:
+      return json.load(f)
+  if not os.path.exists(os.path.join(raw_dir, "clips.csv")):
+    generate(raw_dir, seed=seed, null=null, progress=progress, **generate_kw)
+  kw = {k: generate_kw[k] for k in ("horizon", "mp2_weeks") if k in generate_kw}
+  return build_lib.build(build_lib.BuildConfig(raw=raw_dir, out=dataset_dir, progress=progress, **kw))
 
 
 if __name__ == "__main__":

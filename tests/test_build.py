@@ -1,0 +1,183 @@
+"""data_prep.build end to end: synthetic raw dir -> TFRecords -> read back and checked."""
+import glob
+import hashlib
+import json
+import os
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from data_prep import build, synthetic, tables
+from mpjax.input import tfrecord
+
+SMALL = dict(n_songs=40, n_artists=12, regions=("global", "us", "kr"), clip_seconds=5.5, weeks=40)
+
+
+@pytest.fixture(scope="module")
+def raw(tmp_path_factory):
+  d = str(tmp_path_factory.mktemp("raw"))
+  synthetic.generate(d, seed=3, **SMALL)
+  return d
+
+
+def run(raw, out, **kw):
+  return build.build(build.BuildConfig(raw=raw, out=str(out), progress=False,
+                                       records_per_shard=8, **kw))
+
+
+def records(out, split):
+  paths = sorted(glob.glob(os.path.join(out, f"{split}-*.tfrecord")))
+  src = tfrecord.TFRecordSource(paths) if paths else []
+  return [tfrecord.decode_example(src[i]) for i in range(len(src))]
+
+
+def test_records_match_targets_and_schema(raw, tmp_path):
+  out = tmp_path / "ds"
+  m = run(raw, out)
+  man = json.loads((out / "manifest.json").read_text())
+  assert man["regions"] == ["global", "kr", "us"]
+  T, F = man["horizon"], len(man["feature_names"])
+  assert man["labels"] == ["tiktok"]
+  total = 0
+  clips = tables.read(os.path.join(raw, "clips.csv"), "clips").set_index("clip_id")
+  for split in build.SPLITS:
+    recs = records(str(out), split)
+    assert len(recs) == man["counts"][split]["records"]
+    total += len(recs)
+    shards = man["shards"][split]
+    assert all(s.endswith(f"-of-{len(shards):05d}.tfrecord") for s in shards)
+    for r in recs:
+      R = len(r["regions"])
+      assert R >= 1 and set(x.decode() for x in r["regions"]) <= set(man["regions"])
+      assert r["series"].shape == (R * T,) and r["series_mask"].shape == (R * T,)
+      assert r["extrinsic"].shape == (R * F,) and r["mp2_target"].shape == (R,)
+      shape = tuple(r["fbank_shape"])
+      fb = np.frombuffer(r["fbank"][0], np.float16).reshape(shape)
+      assert shape[1] == 128 and shape[0] == 1 + (int(5.5 * 16000) - 400) // 160
+      assert np.isfinite(fb).all()
+      assert r["source"] == [b"synthetic"]
+      assert r["label/tiktok"][0] in (0, 1)
+      assert clips.loc[r["clip_id"][0].decode(), "track_id"] == r["track_id"][0].decode()
+      mask = r["series_mask"].reshape(R, T)
+      series = r["series"].reshape(R, T)
+      assert (series[mask == 0] == 0).all() and (series[mask == 1] > 0).all()
+  assert total == m["counts"]["train"]["records"] + m["counts"]["val"]["records"] + m["counts"]["test"]["records"]
+  assert man["skipped"]["total"] + total == len(clips)
+
+
+def test_targets_in_records_equal_chart_rows(raw, tmp_path):
+  """One record's series is the log1p of the chart streams from its debut on (independent check)."""
+  out = tmp_path / "ds"
+  run(raw, out)
+  charts = tables.read(os.path.join(raw, "charts.csv"), "charts")
+  rec = records(str(out), "train")[0]
+  tid = rec["track_id"][0].decode()
+  T = 26
+  for j, region in enumerate(x.decode() for x in rec["regions"]):
+    rows = charts[(charts.track_id == tid) & (charts.region == region)].sort_values("date")
+    debut = rec["debut"][j].decode()
+    assert debut == rows["date"].iloc[0]
+    dates = pd.to_datetime(rows["date"])
+    steps = ((dates - pd.Timestamp(debut)).dt.days // 7).to_numpy()
+    expect = np.zeros(T, np.float32)
+    keep = steps < T
+    expect[steps[keep]] = np.log1p(rows["streams"].to_numpy()[keep])
+    np.testing.assert_allclose(rec["series"].reshape(-1, T)[j], expect, rtol=1e-6)
+    mp2 = np.log1p(rows["streams"].to_numpy()[steps < 6].sum())
+    np.testing.assert_allclose(rec["mp2_target"][j], mp2, rtol=1e-6)
+
+
+def test_split_by_song_never_leaks_and_stats_are_train_only(raw, tmp_path):
+  out = tmp_path / "ds"
+  man = run(raw, out)
+  songs = {s: {r["song_id"][0] for r in records(str(out), s)} for s in build.SPLITS}
+  assert not songs["train"] & songs["val"] and not songs["train"] & songs["test"]
+  assert not songs["val"] & songs["test"]
+  # Album versions (several clips of one song) exist and stay together.
+  tracks = tables.read(os.path.join(raw, "tracks.csv"), "tracks")
+  assert tracks["song_id"].duplicated().any()
+  x = np.concatenate([np.frombuffer(r["fbank"][0], np.float16).astype(np.float64)
+                      for r in records(str(out), "train")])
+  assert man["fbank"]["mean"] == pytest.approx(x.mean(), rel=1e-9)
+  assert man["fbank"]["std"] == pytest.approx(x.std(), rel=1e-6)
+
+
+def test_same_input_same_bytes(raw, tmp_path):
+  run(raw, tmp_path / "a")
+  run(raw, tmp_path / "b")
+  def digest(d):
+    return {os.path.basename(p): hashlib.sha256(open(p, "rb").read()).hexdigest()
+            for p in sorted(glob.glob(str(d / "*.tfrecord*")))}
+  assert digest(tmp_path / "a") == digest(tmp_path / "b") and digest(tmp_path / "a")
+  ma = json.loads((tmp_path / "a" / "manifest.json").read_text())
+  mb = json.loads((tmp_path / "b" / "manifest.json").read_text())
+  ma["provenance"].pop("build_args"), mb["provenance"].pop("build_args")
+  assert ma == mb
+
+
+def test_bad_audio_is_skipped_and_listed(raw, tmp_path):
+  bad_raw = tmp_path / "raw"
+  shutil.copytree(raw, bad_raw)
+  clips = tables.read(str(bad_raw / "clips.csv"), "clips")
+  first = clips.iloc[0]
+  (bad_raw / first.audio_path).write_bytes(b"RIFF\x00\x00garbage")
+  second = clips.iloc[1]
+  os.remove(bad_raw / second.audio_path)
+  man = run(str(bad_raw), tmp_path / "ds")
+  skipped = pd.read_csv(tmp_path / "ds" / "skipped.csv")
+  reasons = dict(zip(skipped.clip_id, skipped.reason))
+  assert reasons[first.clip_id] == "corrupt"
+  assert reasons[second.clip_id] in ("missing", "corrupt")
+  assert man["skipped"]["total"] == len(skipped)
+  assert "corrupt" in (tmp_path / "ds" / "build_report.md").read_text()
+
+
+def test_existing_dataset_is_never_overwritten_and_bad_config_named(raw, tmp_path):
+  run(raw, tmp_path / "ds")
+  before = sorted(os.listdir(tmp_path / "ds"))
+  with pytest.raises(FileExistsError, match="already holds TFRecord shards"):
+    run(raw, tmp_path / "ds")
+  assert sorted(os.listdir(tmp_path / "ds")) == before
+  with pytest.raises(ValueError, match="--split-by debut needs --debut-cutoffs"):
+    run(raw, tmp_path / "x", split_by="debut")
+  with pytest.raises(ValueError, match="fractions"):
+    run(raw, tmp_path / "x", fractions=(0.5, 0.6, 0.1))
+
+
+def test_split_by_debut_date(raw, tmp_path):
+  out = tmp_path / "ds"
+  man = run(raw, out, split_by="debut", debut_cutoffs=("2024-02-15", "2024-03-14"))
+  firsts = {s: [min(d.decode() for d in r["debut"]) for r in records(str(out), s)] for s in build.SPLITS}
+  assert man["counts"]["train"]["records"] and man["counts"]["test"]["records"]
+  # A record's own earliest debut can be later than its song's (other versions), never earlier.
+  assert all(d >= "2024-03-14" for d in firsts["test"])
+  assert all(d >= "2024-02-15" for d in firsts["val"])
+
+
+def test_chart_only_build_from_real_csv_excerpt(tmp_path):
+  from data_prep import kworb_csv
+  src = os.path.join(os.path.dirname(__file__), "fixtures", "charts")
+  csvs = sorted(glob.glob(os.path.join(src, "*.csv*")))
+  assert csvs, "fixture excerpt of the real kworb CSV is missing"
+  raw = tmp_path / "raw"
+  raw.mkdir()
+  tables.write(kworb_csv.load_daily_csv(csvs[0]), str(raw / "charts.csv"), "charts")
+  man = run(str(raw), tmp_path / "ds", chart_only=True, period="daily", horizon=7)
+  assert man["has_audio"] is False
+  recs = [r for s in build.SPLITS for r in records(str(tmp_path / "ds"), s)]
+  assert recs and all(tuple(r["fbank_shape"]) == (0, 128) for r in recs)
+
+
+def test_cli_help_and_one_command_demo(tmp_path, capsys):
+  with pytest.raises(SystemExit):
+    build.main(["--help"])
+  text = capsys.readouterr().out
+  for opt in ("--raw", "--out", "--period", "--horizon", "--mp2-weeks", "--split-by", "--split",
+              "--debut-cutoffs", "--window", "--seed", "--records-per-shard", "--chart-only"):
+    assert opt in text
+  synthetic.main(["--out", str(tmp_path / "raw"), "--songs", "16", "--artists", "6",
+                  "--clip-seconds", "5.5", "--weeks", "36", "--quiet", "--build", str(tmp_path / "ds")])
+  man = json.loads((tmp_path / "ds" / "manifest.json").read_text())
+  assert sum(c["records"] for c in man["counts"].values()) > 0
