@@ -15,23 +15,12 @@ import responses
 import soundfile as sf
 
 from data_prep import audio
+from fakes import FakeTime
 
 SR_IN = 44100
 FREQ = 440.0
 HAS_MP3 = "MP3" in sf.available_formats()
 
-
-class FakeTime:
-  def __init__(self):
-    self.now = 1000.0
-    self.sleeps = []
-
-  def clock(self):
-    return self.now
-
-  def sleep(self, s):
-    self.sleeps.append(s)
-    self.now += s
 
 
 def tone(seconds=6.0, sr=SR_IN, freq=FREQ, amps=(0.5, 0.3)):

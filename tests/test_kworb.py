@@ -15,6 +15,7 @@ import requests
 import responses
 
 from data_prep import kworb, tables
+from fakes import FakeTime
 
 FIX = os.path.join(os.path.dirname(__file__), "fixtures", "kworb")
 BASE = "https://kworb.net/spotify"
@@ -29,20 +30,6 @@ def fixture(name):
   with open(os.path.join(FIX, name), encoding="utf-8") as f:
     return f.read()
 
-
-class FakeTime:
-  """Injected sleep/clock: records every wait, advances a fake clock instead of sleeping."""
-
-  def __init__(self):
-    self.now = 1000.0
-    self.sleeps = []
-
-  def sleep(self, s):
-    self.sleeps.append(s)
-    self.now += s
-
-  def clock(self):
-    return self.now
 
 
 def make_fetcher(tmp_path, **kw):

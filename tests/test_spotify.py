@@ -15,6 +15,7 @@ import responses
 import soundfile as sf
 
 from data_prep import spotify, tables
+from fakes import FakeTime
 
 SECRET = "s3cr3t-Do-Not-Leak-7f3a9c1e"
 CLIENT_ID = "client-id-4d2b"
@@ -23,18 +24,6 @@ TRACKS_URL = "https://api.spotify.com/v1/tracks/"
 DEEZER_URL = "https://api.deezer.com/track/isrc:{}"
 ITUNES_URL = "https://itunes.apple.com/search"
 
-
-class FakeTime:
-  def __init__(self):
-    self.now = 1000.0
-    self.sleeps = []
-
-  def clock(self):
-    return self.now
-
-  def sleep(self, s):
-    self.sleeps.append(s)
-    self.now += s
 
 
 def tid(i):
