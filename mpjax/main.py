@@ -1,0 +1,52 @@
+"""Entry point: python -m mpjax.main --config=configs/mp2.py[:demo] --workdir=DIR [--config.x=y]
+
+Runs what the config asks (config.task). For demo configs without a dataset, the synthetic demo
+dataset is built into WORKDIR/data first (through data_prep, the one place mpjax calls it).
+"""
+import os
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:arg]).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, logs and metrics go.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def ensure_data(config, workdir: str) -> None:
+  """Fills config.data_dir; builds the synthetic demo dataset when the config allows it."""
+  if config.data_dir and os.path.exists(os.path.join(config.data_dir, "manifest.json")):
+    return
+  if not config.get("demo_data"):
+    raise FileNotFoundError(
+        f"config.data_dir={config.data_dir!r} has no manifest.json; build a dataset with "
+        "`python -m data_prep.build` (or `python -m data_prep.synthetic --out RAW --build DATA`)")
+  from data_prep import synthetic  # only the demo reaches into data_prep
+
+  data_dir = config.data_dir or os.path.join(workdir, "data")
+  logging.info("building the synthetic demo dataset into %s", data_dir)
+  print(f"[demo] building the synthetic dataset into {data_dir} ...", flush=True)
+  synthetic.make_demo(os.path.join(workdir, "raw"), data_dir, progress=True)
+  with config.unlocked():
+    config.data_dir = data_dir
+
+
+def main(argv):
+  del argv
+  config = _CONFIG.value
+  workdir = _WORKDIR.value
+  os.makedirs(workdir, exist_ok=True)
+  ensure_data(config, workdir)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json_best_effort(indent=2))
+  if config.task == "mp2":
+    from mpjax import train
+    result = train.train_and_evaluate(config, workdir)
+  else:
+    raise ValueError(f"config.task={config.task!r}: unknown task (known: 'mp2')")
+  print({k: round(v, 4) for k, v in result.items() if "/" not in k[4:]}, flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)

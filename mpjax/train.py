@@ -1,0 +1,364 @@
+"""The train loop (MP2 today; MP3 shares it). Reads top to bottom:
+
+  1. data       manifest, Grain pipelines, mesh
+  2. model      shapes via nnx.eval_shape, then a jitted init with out_shardings
+  3. optimizer  AdamW, warmup + cosine/step decay, clipping, layer-wise LR decay, accumulation
+  4. steps      one donated, sharded train step; an eval step
+  5. restore    latest checkpoint (state + data iterator) or init_from
+  6. loop       logs (loss, steps/s, examples/s, TFLOP/s, ETA), eval, checkpoints,
+                NaN/Inf guard, SIGTERM -> checkpoint and exit 0
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import signal
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from flax import nnx
+
+from mpjax import checkpoint as ckpt_lib
+from mpjax import metrics as metrics_lib
+from mpjax import sharding
+from mpjax import summary
+from mpjax.input import pipeline
+from mpjax.models import ast as ast_lib
+from mpjax.models import mp2 as mp2_lib
+from mpjax.models import regions as regions_lib
+
+
+class TrainingDiverged(RuntimeError):
+  pass
+
+
+# ------------------------------------------------------------------------------------------------
+# Config checks: fail at start, naming the field
+# ------------------------------------------------------------------------------------------------
+
+
+def check_config(config):
+  def bad(field, why):
+    raise ValueError(f"config.{field}: {why}")
+
+  if config.region_mode not in regions_lib.MODES:
+    bad("region_mode", f"{config.region_mode!r} is not one of {regions_lib.MODES}")
+  o = config.optim
+  if not o.lr > 0:
+    bad("optim.lr", f"{o.lr} must be > 0")
+  if o.weight_decay < 0:
+    bad("optim.weight_decay", f"{o.weight_decay} must be >= 0")
+  if o.schedule not in ("cosine", "step", "constant"):
+    bad("optim.schedule", f"{o.schedule!r}: choose cosine, step or constant")
+  if o.warmup_steps < 0 or o.warmup_steps >= max(config.total_steps, 1):
+    bad("optim.warmup_steps", f"{o.warmup_steps} must be in [0, total_steps={config.total_steps})")
+  if o.grad_accum < 1:
+    bad("optim.grad_accum", f"{o.grad_accum} must be >= 1")
+  if not 0 <= o.layer_decay < 1 + 1e-9:
+    bad("optim.layer_decay", f"{o.layer_decay} must be in [0, 1] (0 = off)")
+  if config.total_steps < 1:
+    bad("total_steps", f"{config.total_steps} must be >= 1")
+  m = config.model
+  patch = 16
+  if m.input_tdim < patch:
+    bad("model.input_tdim", f"{m.input_tdim} frames is shorter than one {patch}-frame patch")
+  if config.input.batch_size % jax.process_count():
+    bad("input.batch_size", f"{config.input.batch_size} not divisible by {jax.process_count()} processes")
+  for k in ("log_every", "eval_every"):
+    if config[k] < 1:
+      bad(k, f"{config[k]} must be >= 1")
+
+
+def model_config(config) -> ast_lib.ASTConfig:
+  m = config.model
+  return ast_lib.config_for(m.variant, fstride=m.fstride, tstride=m.tstride,
+                            input_tdim=m.input_tdim, input_fdim=m.input_fdim, ln_eps=m.ln_eps,
+                            dtype=m.dtype, remat=m.remat,
+                            **({"depth": m.depth} if m.get("depth") else {}))
+
+
+# ------------------------------------------------------------------------------------------------
+# Optimizer
+# ------------------------------------------------------------------------------------------------
+
+
+def lr_schedule(config):
+  o = config.optim
+  decay_steps = max(config.total_steps - o.warmup_steps, 1)
+  if o.schedule == "cosine":
+    after = optax.cosine_decay_schedule(o.lr, decay_steps, alpha=o.min_lr_ratio)
+  elif o.schedule == "step":
+    after = optax.piecewise_constant_schedule(
+        o.lr, {int(b * decay_steps): o.step_factor for b in o.step_boundaries})
+  else:
+    after = optax.constant_schedule(o.lr)
+  if o.warmup_steps == 0:
+    return after
+  warm = optax.linear_schedule(0.0, o.lr, o.warmup_steps)
+  return optax.join_schedules([warm, after], [o.warmup_steps])
+
+
+def _layer_id(path: str, depth: int) -> int:
+  m = re.match(r"encoder/blocks/(\d+)/", path)
+  if m:
+    return int(m.group(1)) + 1
+  if path.startswith("encoder/") and not path.startswith("encoder/norm"):
+    return 0  # patch embedding, cls/dist tokens, positions
+  return depth + 1  # final norm, head, region table
+
+
+def make_optimizer(config, params, depth: int):
+  o = config.optim
+  no_decay = re.compile(r".*(bias|scale|cls_token|dist_token|pos_embed|table)$")
+  decay_mask = jax.tree_util.tree_map_with_path(
+      lambda p, _: not no_decay.fullmatch(sharding.path_str(p)), params)
+  chain = [optax.clip_by_global_norm(o.clip_norm)] if o.clip_norm else []
+  chain.append(optax.scale_by_adam(b1=o.b1, b2=o.b2))
+  if o.layer_decay:
+    scales = jax.tree_util.tree_map_with_path(
+        lambda p, _: o.layer_decay ** (depth + 1 - _layer_id(sharding.path_str(p), depth)), params)
+    chain.append(optax.GradientTransformation(
+        lambda _: optax.EmptyState(),
+        lambda u, s, p=None: (jax.tree.map(lambda a, f: a * f, u, scales), s)))
+  chain.append(optax.add_decayed_weights(o.weight_decay, mask=decay_mask))
+  chain.append(optax.scale_by_learning_rate(lr_schedule(config)))
+  tx = optax.chain(*chain)
+  if o.grad_accum > 1:
+    tx = optax.MultiSteps(tx, every_k_schedule=o.grad_accum)
+  return tx
+
+
+# ------------------------------------------------------------------------------------------------
+# Loss and steps
+# ------------------------------------------------------------------------------------------------
+
+
+def mp2_loss(pred, batch):
+  """Masked MSE over the (example, region) pairs with a target."""
+  w = batch["mp2_weight"]
+  sq = jnp.where(w > 0, (pred - batch["mp2"]) ** 2, 0.0) * w
+  return sq.sum() / jnp.maximum(w.sum(), 1.0)
+
+
+def make_steps(graphdef, tx, mesh):
+  def train_step(state, batch):
+    def loss_fn(params):
+      model = nnx.merge(graphdef, params)
+      fbank = sharding.constrain_batch(batch["fbank"], mesh)
+      return mp2_loss(model(fbank, batch["region_ids"]), batch)
+
+    loss, grads = jax.value_and_grad(loss_fn)(state["params"])
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))
+    new = {"params": params, "opt_state": opt_state, "step": state["step"] + 1}
+    return new, {"loss": loss, "grad_norm": optax.global_norm(grads), "finite": finite}
+
+  def eval_step(params, batch):
+    model = nnx.merge(graphdef, params)
+    return model(batch["fbank"], batch["region_ids"])
+
+  return train_step, eval_step
+
+
+def all_finite(tree) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+                            if jnp.issubdtype(x.dtype, jnp.floating)]))
+
+
+# ------------------------------------------------------------------------------------------------
+# Train and evaluate
+# ------------------------------------------------------------------------------------------------
+
+
+def evaluate(eval_fn, params, data_dir, split, config, manifest, mesh) -> dict[str, float]:
+  preds, targets, weights, ids = [], [], [], []
+  ds = pipeline.make_dataset(data_dir, split, cfg=config.input, augment=None, seed=config.seed,
+                             train=False)
+  for batch in ds:
+    gb = pipeline.to_global(batch, mesh)
+    p = np.asarray(jax.device_get(eval_fn(params, gb)))
+    preds.append(p)
+    targets.append(batch["mp2"])
+    weights.append(batch["mp2_weight"])
+    ids.append(batch["region_ids"])
+  if not preds:
+    return {}
+  cat = lambda xs: np.concatenate(xs, 0)
+  return metrics_lib.per_region(cat(preds), cat(targets), cat(weights), cat(ids), manifest["regions"])
+
+
+def train_and_evaluate(config, workdir: str) -> dict[str, float]:
+  """Trains until config.total_steps (resuming from WORKDIR/checkpoints); returns final eval."""
+  check_config(config)
+  os.makedirs(workdir, exist_ok=True)
+  is_main = jax.process_index() == 0
+  log = summary.MetricLogger(workdir, tensorboard=config.tensorboard, is_main=is_main)
+
+  # 1. Data ---------------------------------------------------------------------------------
+  data_dir = config.data_dir
+  with open(os.path.join(data_dir, "manifest.json")) as f:
+    manifest = json.load(f)
+  mesh = sharding.make_mesh(config.mesh)
+  train_ds = pipeline.make_dataset(data_dir, "train", cfg=config.input, augment=config.augment,
+                                   seed=config.seed, train=True)
+  train_iter = iter(train_ds)
+  batch_size = config.input.batch_size
+
+  # 2. Model: abstract shapes, shardings, jitted init ----------------------------------------
+  cfg = model_config(config)
+  num_regions = len(manifest["regions"])
+
+  def make_model(seed):
+    return mp2_lib.MP2(cfg, num_regions, config.region_mode, rngs=nnx.Rngs(seed))
+
+  abstract = nnx.eval_shape(lambda: make_model(config.seed))
+  graphdef, abs_params = nnx.split(abstract, nnx.Param)
+  rules = [tuple(r) for r in config.sharding_rules]
+  param_sh = sharding.param_shardings(abs_params, mesh, rules)
+  tx = make_optimizer(config, abs_params, cfg.depth)
+
+  def init_state(seed):
+    params = nnx.state(make_model(seed), nnx.Param)
+    return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+
+  abs_state = jax.eval_shape(lambda: init_state(config.seed))
+  state_sh = {"params": param_sh,
+              "opt_state": _follow_params(abs_state["opt_state"], abs_params, param_sh, mesh),
+              "step": jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())}
+  with mesh:
+    state = jax.jit(init_state, static_argnums=0, out_shardings=state_sh)(config.seed)
+
+  # 3/4. Steps ------------------------------------------------------------------------------
+  train_step, eval_step = make_steps(graphdef, tx, mesh)
+  batch_sh = sharding.batch_sharding(mesh)
+  train_step = jax.jit(train_step, in_shardings=(state_sh, batch_sh),
+                       out_shardings=(state_sh, None), donate_argnums=0)
+  eval_fn = jax.jit(eval_step, in_shardings=(param_sh, batch_sh))
+  finite_fn = jax.jit(all_finite)
+
+  # 5. Restore or init_from -----------------------------------------------------------------
+  ck = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
+                             keep_latest=config.checkpoint.keep_latest,
+                             keep_best=config.checkpoint.keep_best,
+                             best_metric=config.checkpoint.best_metric,
+                             best_mode=config.checkpoint.best_mode,
+                             use_async=config.checkpoint.use_async)
+  if ck.latest_step() is not None:
+    step0, state = ck.restore(_with_shardings(abs_state, state_sh), train_iter)
+    logging.info("resumed from step %d (%s)", step0, ck.directory)
+  elif config.init_from:
+    model = nnx.merge(graphdef, state["params"])
+    m = config.model
+    report = ckpt_lib.init_from(model, config.init_from, input_fdim=m.input_fdim,
+                                input_tdim=m.input_tdim, fstride=m.fstride, tstride=m.tstride)
+    state["params"] = jax.device_put(nnx.state(model, nnx.Param), param_sh)
+    logging.info("init_from %s: %d loaded; re-initialised (shape differs): %s; fresh: %s",
+                 config.init_from, len(report["loaded"]), report["reinit"], report["absent"])
+
+  # 6. Loop ---------------------------------------------------------------------------------
+  stop = {"sigterm": False}
+  prev_handler = signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("sigterm", True))
+  step = int(jax.device_get(state["step"]))
+  flops = None
+  t_last, step_last = time.time(), step
+  t_start, step_start = t_last, step
+  losses = []
+  final = {}
+  try:
+    while step < config.total_steps:
+      batch = next(train_iter)
+      gb = pipeline.to_global(batch, mesh)
+      if flops is None:
+        flops = _step_flops(train_step, state, gb)
+      state, out = train_step(state, gb)
+      step += 1
+      losses.append(out)
+      if step % config.log_every == 0 or step == config.total_steps:
+        vals = jax.device_get(losses)
+        losses = []
+        if not all(bool(v["finite"]) for v in vals):
+          bad = [v for v in vals if not bool(v["finite"])][0]
+          raise TrainingDiverged(
+              f"non-finite loss/gradients (loss={float(bad['loss'])}) by step {step}; the last "
+              f"good checkpoint is step {ck.latest_step()} in {ck.directory}. Lower optim.lr or "
+              "check the data.")
+        now = time.time()
+        sps = (step - step_last) / max(now - t_last, 1e-9)
+        eta = (config.total_steps - step) / max((step - step_start) / max(now - t_start, 1e-9), 1e-9)
+        row = {"loss": float(np.mean([v["loss"] for v in vals])),
+               "grad_norm": float(vals[-1]["grad_norm"]), "steps_per_s": sps,
+               "examples_per_s": sps * batch_size,
+               "tflops_per_s": (flops or 0) * sps / 1e12,
+               "lr": float(lr_schedule(config)(step)), "eta_min": eta / 60}
+        log.write(step, row, prefix="train/")
+        if is_main:
+          print(f"step {step:6d}/{config.total_steps}  loss {row['loss']:.4f}  "
+                f"{row['steps_per_s']:.2f} steps/s  {row['examples_per_s']:.1f} ex/s  "
+                f"{row['tflops_per_s']:.3f} TFLOP/s  lr {row['lr']:.2e}  ETA {eta / 60:.1f} min",
+                flush=True)
+        t_last, step_last = now, step
+      evaluated = None
+      if step % config.eval_every == 0 or step == config.total_steps:
+        evaluated = evaluate(eval_fn, state["params"], data_dir, "val", config, manifest, mesh)
+        log.write(step, evaluated, prefix="val/")
+        final = {f"val/{k}": v for k, v in evaluated.items()}
+        if is_main:
+          print(f"eval  {step:6d}  val r2 {evaluated.get('r2', float('nan')):.4f}  "
+                f"mse {evaluated.get('mse', float('nan')):.4f}  "
+                f"spearman {evaluated.get('spearman', float('nan')):.4f}", flush=True)
+      if (step % config.checkpoint.every == 0 or step == config.total_steps or stop["sigterm"]
+          or evaluated is not None):
+        if not bool(finite_fn(state["params"])):
+          raise TrainingDiverged(f"non-finite parameters at step {step}; not saved. The last good "
+                                 f"checkpoint is step {ck.latest_step()} in {ck.directory}.")
+        metrics = {f"val/{k}": v for k, v in (evaluated or {}).items()} or None
+        ck.save(step, state, train_iter, metrics=metrics, force=True)
+      if stop["sigterm"]:
+        ck.wait()
+        print(f"SIGTERM: checkpoint saved at step {step}; exiting.", flush=True)
+        break
+  finally:
+    signal.signal(signal.SIGTERM, prev_handler)
+    ck.close()
+    log.close()
+  return final
+
+
+def _follow_params(opt_abs, abs_params, param_sh, mesh):
+  """Optimizer-state shardings: a leaf at a parameter's path (suffix) with its shape gets the
+  parameter's sharding (Adam moments); everything else (counts) is replicated."""
+  shapes = {sharding.path_str(p): x.shape for p, x in jax.tree_util.tree_leaves_with_path(abs_params)}
+  by_path = {sharding.path_str(p): s for p, s in jax.tree_util.tree_leaves_with_path(param_sh)}
+  rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+  def one(path, leaf):
+    name = sharding.path_str(path)
+    for pname, s in by_path.items():
+      if (name == pname or name.endswith("/" + pname)) and shapes[pname] == leaf.shape:
+        return s
+    return rep
+
+  return jax.tree_util.tree_map_with_path(one, opt_abs)
+
+
+def _with_shardings(abs_tree, sh_tree):
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abs_tree, sh_tree)
+
+
+def _step_flops(jitted, state, batch) -> float | None:
+  """FLOPs of one train step from XLA's cost analysis (None where the backend has none)."""
+  try:
+    cost = jitted.lower(state, batch).compile().cost_analysis()
+    if isinstance(cost, (list, tuple)):
+      cost = cost[0]
+    return float(cost.get("flops", 0.0)) or None
+  except Exception:  # cost analysis is optional diagnostics
+    return None
