@@ -34,6 +34,8 @@ def ensure_data(config, workdir: str) -> None:
 
 def main(argv):
   del argv
+  # Orbax/absl log every checkpoint operation at INFO; keep stdout for the training log.
+  logging.set_verbosity(logging.WARNING)
   config = _CONFIG.value
   workdir = _WORKDIR.value
   os.makedirs(workdir, exist_ok=True)

@@ -325,6 +325,13 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         ck.wait()
         print(f"SIGTERM: checkpoint saved at step {step}; exiting.", flush=True)
         break
+    if step >= config.total_steps and not stop["sigterm"]:
+      test = evaluate(eval_fn, state["params"], data_dir, "test", config, manifest, mesh)
+      log.write(step, test, prefix="test/")
+      final.update({f"test/{k}": v for k, v in test.items()})
+      if is_main and test:
+        print(f"test  {step:6d}  r2 {test['r2']:.4f}  mse {test['mse']:.4f}  "
+              f"spearman {test['spearman']:.4f}  (n={int(test['n'])})", flush=True)
   finally:
     signal.signal(signal.SIGTERM, prev_handler)
     ck.close()
