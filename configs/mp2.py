@@ -58,6 +58,7 @@ def get_config(arg: str | None = None):
 
   # Sharding --------------------------------------------------------------------------------
   c.mesh = [("data", -1), ("fsdp", 1)]
+  c.num_devices = 0  # 0 = all devices; N = the first N (tests, debugging)
   c.sharding_rules = [(r".*(bias|scale|cls_token|dist_token|table)$", "replicated"), (r".*", "fsdp")]
 
   # Loop, eval, checkpoints, logs -----------------------------------------------------------

@@ -157,9 +157,9 @@ def make_steps(graphdef, tx, mesh):
     loss, grads = jax.value_and_grad(loss_fn)(state["params"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
-    finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))
+    finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
     new = {"params": params, "opt_state": opt_state, "step": state["step"] + 1}
-    return new, {"loss": loss, "grad_norm": optax.global_norm(grads), "finite": finite}
+    return new, {"loss": loss, "grad_norm": optax.tree.norm(grads), "finite": finite}
 
   def eval_step(params, batch):
     model = nnx.merge(graphdef, params)
@@ -206,7 +206,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   data_dir = config.data_dir
   with open(os.path.join(data_dir, "manifest.json")) as f:
     manifest = json.load(f)
-  mesh = sharding.make_mesh(config.mesh)
+  n_dev = config.get("num_devices") or len(jax.devices())
+  mesh = sharding.make_mesh(config.mesh, devices=jax.devices()[:n_dev])
   train_ds = pipeline.make_dataset(data_dir, "train", cfg=config.input, augment=config.augment,
                                    seed=config.seed, train=True)
   train_iter = iter(train_ds)
@@ -233,7 +234,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   state_sh = {"params": param_sh,
               "opt_state": _follow_params(abs_state["opt_state"], abs_params, param_sh, mesh),
               "step": jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())}
-  with mesh:
+  with jax.set_mesh(mesh):
     state = jax.jit(init_state, static_argnums=0, out_shardings=state_sh)(config.seed)
 
   # 3/4. Steps ------------------------------------------------------------------------------

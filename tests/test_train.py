@@ -1,0 +1,125 @@
+"""MP2 training: config errors, sharded == single device, overfitting, exact resume."""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import mp2 as mp2_config
+from data_prep import build, synthetic
+from mpjax import checkpoint, train
+from mpjax.input import pipeline
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+  raw = str(tmp_path_factory.mktemp("raw"))
+  out = str(tmp_path_factory.mktemp("ds"))
+  synthetic.generate(raw, seed=2, n_songs=40, n_artists=10, regions=("global", "us", "kr"),
+                     clip_seconds=5.5, weeks=36)
+  build.build(build.BuildConfig(raw=raw, out=out, progress=False, records_per_shard=8))
+  return out
+
+
+def tiny_config(data, **over):
+  c = mp2_config.get_config("demo")
+  c.data_dir = data
+  c.model.depth = 1
+  c.model.input_tdim = 64
+  c.input.batch_size = 8
+  c.input.eval_batch_size = 8
+  c.total_steps = 6
+  c.optim.warmup_steps = 2
+  c.log_every = 1
+  c.eval_every = 1000
+  c.checkpoint.every = 3
+  c.checkpoint.use_async = False
+  c.tensorboard = False
+  c.augment.specaug.freq_width = 8
+  c.augment.specaug.time_width = 8
+  for k, v in over.items():
+    target = c
+    *parents, leaf = k.split(".")
+    for p in parents:
+      target = target[p]
+    target[leaf] = v
+  return c
+
+
+def final_params(workdir):
+  ck = os.path.join(workdir, "checkpoints")
+  return checkpoint.read_checkpoint_params(ck)
+
+
+def losses(workdir):
+  rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  return {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("region_mode", "token", r"config\.region_mode: 'token'"),
+    ("optim.lr", -1e-3, r"config\.optim\.lr: -0\.001 must be > 0"),
+    ("model.input_tdim", 8, r"config\.model\.input_tdim: 8 frames is shorter than one 16-frame patch"),
+    ("optim.schedule", "linear", r"config\.optim\.schedule"),
+])
+def test_bad_config_fails_at_start(data, tmp_path, field, value, match):
+  with pytest.raises(ValueError, match=match):
+    train.train_and_evaluate(tiny_config(data, **{field: value}), str(tmp_path))
+  assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def test_resume_is_bit_identical(data, tmp_path):
+  full, part = str(tmp_path / "full"), str(tmp_path / "part")
+  train.train_and_evaluate(tiny_config(data), full)
+  # "Killed" after the step-3 checkpoint, then restarted with the same config.
+  train.train_and_evaluate(tiny_config(data, total_steps=3), part)
+  train.train_and_evaluate(tiny_config(data), part)
+  a, b = final_params(full), final_params(part)
+  assert a.keys() == b.keys()
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+  la, lb = losses(full), losses(part)
+  assert [la[s] for s in (4, 5, 6)] == [lb[s] for s in (4, 5, 6)]  # same data order after resume
+  assert len(set(la.values())) > 1
+
+
+def test_sharded_mesh_matches_one_device(data, tmp_path):
+  assert len(jax.devices()) == 8
+  one = tiny_config(data, num_devices=1, total_steps=3, mesh=[("data", 1), ("fsdp", 1)])
+  sharded = tiny_config(data, total_steps=3, mesh=[("data", 4), ("fsdp", 2)])
+  train.train_and_evaluate(one, str(tmp_path / "one"))
+  train.train_and_evaluate(sharded, str(tmp_path / "sharded"))
+  a, b = final_params(str(tmp_path / "one")), final_params(str(tmp_path / "sharded"))
+  # float32 reductions run in another order. Adam divides by sqrt(v), which amplifies those
+  # rounding differences for near-zero gradients: allow 1e-5 absolute (1% of one Adam step at
+  # lr 1e-3) per element, and require the average difference to be at rounding level.
+  for k in a:
+    np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-5, err_msg=k)
+    assert np.abs(a[k] - b[k]).mean() < 1e-7, k
+  la, lb = losses(str(tmp_path / "one")), losses(str(tmp_path / "sharded"))
+  np.testing.assert_allclose([la[s] for s in (1, 2, 3)], [lb[s] for s in (1, 2, 3)], rtol=1e-5)
+
+
+def test_overfits_a_tiny_batch(data):
+  c = tiny_config(data)
+  c.optim.lr = 3e-3
+  c.total_steps = 60
+  cfg = train.model_config(c)
+  from mpjax.models import mp2
+  manifest = json.load(open(os.path.join(data, "manifest.json")))
+  model = mp2.MP2(cfg, len(manifest["regions"]), "cls_token", rngs=nnx.Rngs(0), head_bias=15.0)
+  graphdef, params = nnx.split(model, nnx.Param)
+  tx = train.make_optimizer(c, params, cfg.depth)
+  step, _ = train.make_steps(graphdef, tx, None)
+  step = jax.jit(step)
+  batch = next(iter(pipeline.make_dataset(data, "train", cfg=c.input, seed=0, train=False)))
+  batch = {k: jnp.asarray(v) for k, v in batch.items()}
+  state = {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+  first = None
+  for _ in range(60):
+    state, out = step(state, batch)
+    first = first if first is not None else float(out["loss"])
+  assert float(out["loss"]) < 0.05 * first
