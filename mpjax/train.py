@@ -217,8 +217,15 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   cfg = model_config(config)
   num_regions = len(manifest["regions"])
 
+  # Start the head at the mean target (from one eval-mode batch of train, so the training
+  # iterator's order is untouched): the first steps then learn structure, not the offset.
+  peek = next(iter(pipeline.make_dataset(data_dir, "train", cfg=config.input, seed=config.seed,
+                                         train=False)))
+  head_bias = float(np.sum(peek["mp2"] * peek["mp2_weight"]) / max(np.sum(peek["mp2_weight"]), 1))
+
   def make_model(seed):
-    return mp2_lib.MP2(cfg, num_regions, config.region_mode, rngs=nnx.Rngs(seed))
+    return mp2_lib.MP2(cfg, num_regions, config.region_mode, rngs=nnx.Rngs(seed),
+                       head_bias=head_bias)
 
   abstract = nnx.eval_shape(lambda: make_model(config.seed))
   graphdef, abs_params = nnx.split(abstract, nnx.Param)

@@ -123,3 +123,16 @@ def test_overfits_a_tiny_batch(data):
     state, out = step(state, batch)
     first = first if first is not None else float(out["loss"])
   assert float(out["loss"]) < 0.05 * first
+
+
+def test_nan_guard_stops_and_keeps_last_good_checkpoint(data, tmp_path):
+  wd = str(tmp_path / "run")
+  train.train_and_evaluate(tiny_config(data, total_steps=3), wd)
+  poisoned = tiny_config(data)
+  poisoned.input.fbank_std = 1e-300  # normalised inputs overflow float32: inf, then NaN
+  with pytest.raises(train.TrainingDiverged, match=r"non-finite loss/gradients .* last good checkpoint is step 3"):
+    train.train_and_evaluate(poisoned, wd)
+  ck = checkpoint.Checkpointer(os.path.join(wd, "checkpoints"))
+  assert ck.latest_step() == 3
+  ck.close()
+  assert all(np.isfinite(v).all() for v in final_params(wd).values())
