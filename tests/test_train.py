@@ -136,3 +136,32 @@ def test_nan_guard_stops_and_keeps_last_good_checkpoint(data, tmp_path):
   assert ck.latest_step() == 3
   ck.close()
   assert all(np.isfinite(v).all() for v in final_params(wd).values())
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_zero(data, tmp_path):
+  import subprocess
+  import sys
+  import time
+  wd = str(tmp_path / "run")
+  cmd = [sys.executable, "-m", "mpjax.main", "--config=configs/mp2.py:demo", f"--workdir={wd}",
+         f"--config.data_dir={data}", "--config.model.depth=1", "--config.model.input_tdim=64",
+         "--config.input.batch_size=8", "--config.total_steps=100000", "--config.log_every=1",
+         "--config.checkpoint.every=100000", "--config.eval_every=100000"]
+  env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  out = []
+  deadline = time.time() + 240
+  for line in proc.stdout:
+    out.append(line)
+    if line.startswith("step") and " 3/" in line:
+      proc.terminate()  # SIGTERM, as a preempting scheduler sends it
+      break
+    assert time.time() < deadline, "".join(out[-20:])
+  rest, _ = proc.communicate(timeout=120)
+  text = "".join(out) + rest
+  assert proc.returncode == 0, text[-3000:]
+  assert "SIGTERM: checkpoint saved at step" in text
+  ck = checkpoint.Checkpointer(os.path.join(wd, "checkpoints"))
+  assert ck.latest_step() is not None and ck.latest_step() >= 3
+  ck.close()
