@@ -23,6 +23,7 @@ convolution with 16x16 kernels and large strides was the slow part of a naive po
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -119,8 +120,153 @@ def _dense(din, dout, cfg, rngs, use_bias=True):
 
 def _norm(cfg, rngs):
   # LayerNorm statistics in float32 whatever the compute dtype.
-  return nnx.LayerNorm(cfg.hidden, epsilon=cfg.ln_eps, dtype=jnp.float32,
-                       param_dtype=jnp.float32, rngs=rngs)
+  return LayerNorm(cfg.hidden, epsilon=cfg.ln_eps, dtype=jnp.float32,
+                   param_dtype=jnp.float32, rngs=rngs)
+
+
+# ----------------------------------------------------------------------------------------------
+# Hand-written primitives (speed). Same math as the library versions, with backward passes that
+# touch each large tensor as few times as possible; see the module docstring.
+# ----------------------------------------------------------------------------------------------
+
+
+def _flat_dense(layer, x):
+  """`layer(x)` on `x` viewed as a matrix [rows, features] (a free reshape).
+
+  With [B, N, D] activations XLA:CPU computes the weight gradient by contracting over two
+  axes and inserts a transposed copy of the activation (or of its gradient) for every dense
+  layer; on a 2-D view the gradient is one plain matmul."""
+  return layer(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], -1)
+
+
+_SQRT_HALF = 0.7071067811865476
+_INV_SQRT_2PI = 0.3989422804014327
+
+
+@jax.custom_vjp
+def gelu(x):
+  """Exact (erf) GELU, `x * (1 + erf(x / sqrt 2)) / 2` as torch's; hand-written derivative
+  `cdf(x) + x * pdf(x)`, one pass over the saved input."""
+  return x * (0.5 + 0.5 * jax.lax.erf(x * jnp.asarray(_SQRT_HALF, x.dtype)))
+
+
+def _gelu_fwd(x):
+  return gelu(x), x
+
+
+def _gelu_bwd(x, g):
+  cdf = 0.5 + 0.5 * jax.lax.erf(x * jnp.asarray(_SQRT_HALF, x.dtype))
+  pdf = jnp.asarray(_INV_SQRT_2PI, x.dtype) * jnp.exp(-0.5 * x * x)
+  return (g * (cdf + x * pdf),)
+
+
+gelu.defvjp(_gelu_fwd, _gelu_bwd)
+
+
+def _ln_stats(x, eps):
+  mean = jnp.mean(x, axis=-1, keepdims=True)
+  xc = x - mean
+  var = jnp.mean(xc * xc, axis=-1, keepdims=True)  # two-pass variance, as torch
+  rstd = jax.lax.rsqrt(var + eps)
+  return xc * rstd, rstd
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def layer_norm(x, scale, bias, eps):
+  """LayerNorm over the last axis, `(x - mean) / sqrt(var + eps) * scale + bias`."""
+  return _ln_stats(x, eps)[0] * scale + bias
+
+
+def _layer_norm_fwd(x, scale, bias, eps):
+  xhat, rstd = _ln_stats(x, eps)
+  return xhat * scale + bias, (xhat, rstd, scale)
+
+
+def _layer_norm_bwd(eps, res, dy):
+  xhat, rstd, scale = res
+  g = dy * scale
+  dx = rstd * (g - jnp.mean(g, axis=-1, keepdims=True)
+               - xhat * jnp.mean(g * xhat, axis=-1, keepdims=True))
+  rows = tuple(range(dy.ndim - 1))
+  return dx, jnp.sum(dy * xhat, axis=rows), jnp.sum(dy, axis=rows)
+
+
+layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
+
+
+class LayerNorm(nnx.LayerNorm):
+  """`nnx.LayerNorm` (same parameters) computed by `layer_norm`: two-pass float32 statistics
+  and a hand-written backward pass."""
+
+  def __call__(self, x, *args, **kwargs):
+    if args or kwargs or self.scale is None or self.bias is None:
+      return super().__call__(x, *args, **kwargs)
+    dtype = self.dtype or jnp.float32
+    return layer_norm(x.astype(dtype), self.scale[...].astype(dtype),
+                      self.bias[...].astype(dtype), self.epsilon)
+
+
+def _attn_core_fwd(q, k, v, mask):
+  """q (already scaled), k, v: [B, H, N, Dh]. Softmax in float32; the probabilities are
+  normalised after the value product (`(e @ v) / l`), on [N, Dh] rather than [N, N], and the
+  row sums l come out of that same product (v gets a column of ones), which saves XLA:CPU a
+  separate reduction pass over the [N, N] scores."""
+  s = jnp.einsum("bhnd,bhmd->bhnm", q, k, preferred_element_type=jnp.float32)
+  if mask is not None:
+    s = jnp.where(mask, s, jnp.finfo(s.dtype).min)
+  e = jnp.exp(s - jax.lax.stop_gradient(jnp.max(s, axis=-1, keepdims=True)))
+  dh = v.shape[-1]
+  v1 = jnp.concatenate([v, jnp.ones(v.shape[:-1] + (1,), v.dtype)], axis=-1)
+  ol = jnp.einsum("bhnm,bhmd->bhnd", e.astype(v.dtype), v1, preferred_element_type=jnp.float32)
+  l = ol[..., dh:]
+  return (ol[..., :dh] / l).astype(v.dtype), e, l
+
+
+def _attn_core_bwd(q, k, v, e, l, o, do):
+  """Softmax-attention backward with the probabilities p = e / l never formed: with
+  D = rowsum(do * o) (= rowsum(dp * p)), ds = p * (dp - D) = e * (dp / l - D / l)."""
+  f32 = jnp.float32
+  dol = (do.astype(f32) / l).astype(v.dtype)
+  dv = jnp.einsum("bhnm,bhnd->bhmd", e.astype(v.dtype), dol, preferred_element_type=f32)
+  dp = jnp.einsum("bhnd,bhmd->bhnm", dol, v, preferred_element_type=f32)
+  dsum = jnp.sum(do.astype(f32) * o.astype(f32), axis=-1, keepdims=True) / l
+  ds = (e * (dp - dsum)).astype(q.dtype)
+  dq = jnp.einsum("bhnm,bhmd->bhnd", ds, k, preferred_element_type=f32)
+  dk = jnp.einsum("bhnm,bhnd->bhmd", ds, q, preferred_element_type=f32)
+  return dq, dk, dv.astype(f32)
+
+
+def softmax_attention(qkv, heads, mask=None):
+  """Multi-head softmax attention straight from the fused projection.
+
+  qkv: [B, N, 3 * D], the q, k, v blocks heads-major (timm/official order). mask: optional
+  boolean, broadcastable to [B, heads, N, N] (True = attend). Returns [B, N, D] (heads-major).
+  Same math as `jax.nn.dot_product_attention`; the backward pass is hand-written
+  (flash-attention style) and returns d(qkv) in the projection's layout in one tensor.
+  """
+  b, n, d3 = qkv.shape
+  dh = d3 // (3 * heads)
+  scale = dh ** -0.5
+
+  @jax.custom_vjp
+  def attend(qkv):
+    return fwd(qkv)[0]
+
+  def fwd(qkv):
+    t = qkv.reshape(b, n, 3, heads, dh).transpose(2, 0, 3, 1, 4)  # [3, B, H, N, Dh]
+    q = t[0] * jnp.asarray(scale, qkv.dtype)
+    o, e, l = _attn_core_fwd(q, t[1], t[2], mask)
+    return o.transpose(0, 2, 1, 3).reshape(b, n, heads * dh), (q, t[1], t[2], e, l, o)
+
+  def bwd(res, dout):
+    q, k, v, e, l, o = res
+    do = dout.reshape(b, n, heads, dh).transpose(0, 2, 1, 3)
+    dq, dk, dv = _attn_core_bwd(q, k, v, e, l, o, do)
+    d = jnp.stack([dq * scale, dk, dv])  # [3, B, H, N, Dh]
+    return (d.transpose(1, 3, 0, 2, 4).reshape(b, n, d3).astype(qkv.dtype),)
+
+  attend.defvjp(fwd, bwd)
+  return attend(qkv)
 
 
 class PatchEmbed(nnx.Module):
@@ -148,9 +294,9 @@ class PatchEmbed(nnx.Module):
     dtype = jnp.dtype(self.cfg.dtype)
     p = self.patches(x.astype(dtype))
     b, fp, tp = p.shape[:3]
-    p = p.reshape(b, fp * tp, self.cfg.patch * self.cfg.patch)
+    p = p.reshape(b * fp * tp, self.cfg.patch * self.cfg.patch)  # 2-D: see _flat_dense
     k = self.kernel[...].astype(dtype).reshape(-1, self.cfg.hidden)
-    return (p @ k).astype(jnp.float32) + self.bias[...]
+    return ((p @ k).astype(jnp.float32) + self.bias[...]).reshape(b, fp * tp, self.cfg.hidden)
 
 
 class Attention(nnx.Module):
@@ -163,11 +309,15 @@ class Attention(nnx.Module):
   def __call__(self, x, mask=None):
     b, n, d = x.shape
     h = self.cfg.heads
-    qkv = self.qkv(x).reshape(b, n, 3, h, d // h)  # timm/official order: q, k, v; heads-major
-    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-    # The fused backends (cuDNN flash attention on GPU) are picked here where available.
-    out = jax.nn.dot_product_attention(q, k, v, mask=mask)
-    return self.proj(out.reshape(b, n, d))
+    qkv = _flat_dense(self.qkv, x)  # [B, N, 3D]; timm/official order: q, k, v; heads-major
+    if jax.default_backend() == "cpu":
+      out = softmax_attention(qkv, h, mask)
+    else:
+      # The fused backends (cuDNN flash attention on GPU) are picked here where available.
+      qkv = qkv.reshape(b, n, 3, h, d // h)
+      q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+      out = jax.nn.dot_product_attention(q, k, v, mask=mask).reshape(b, n, d)
+    return _flat_dense(self.proj, out)
 
 
 class Mlp(nnx.Module):
@@ -177,7 +327,9 @@ class Mlp(nnx.Module):
     self.fc2 = _dense(cfg.mlp_dim, cfg.hidden, cfg, rngs)
 
   def __call__(self, x):
-    return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
+    shape = x.shape
+    x = x.reshape(-1, shape[-1])  # 2-D: see _flat_dense
+    return self.fc2(gelu(self.fc1(x))).reshape(shape)
 
 
 class Block(nnx.Module):
