@@ -19,6 +19,20 @@ Implementation note (speed): the patch "conv" is done as patch extraction + one 
 input spectrogram never needs a gradient, so the extraction is a plain gather (or a reshape
 when the strides equal the patch size) and the kernel gradient is a single matmul; XLA's CPU
 convolution with 16x16 kernels and large strides was the slow part of a naive port.
+The rest is tuned for XLA:CPU (benchmarks/ast_step.py has the measurements), same math as the
+straightforward version (float32 parity with HF stays ~1e-7 relative, forward and gradients):
+  - dense layers see 2-D [rows, features] views, so each weight gradient is one matmul
+    (on [B, N, D] XLA:CPU added a transposed copy of an activation per dense layer);
+  - on the CPU backend attention is a hand-written custom_vjp from the fused qkv projection
+    (`softmax_attention`): flash-attention-style backward (no [N, N] probability tensor, the
+    softmax-row term from rowsum(do * o)), row sums from the value matmul, d(qkv) in one tensor.
+    Other backends keep `jax.nn.dot_product_attention` (cuDNN where available);
+  - exact GELU and LayerNorm with hand-written derivatives (fewer passes than autodiff's).
+Two settings outside this module matter as much on CPU; the train step should make them:
+`jax.jit(..., compiler_options={"xla_cpu_experimental_ynn_fusion_type": ""})` (this jaxlib's
+YNNPACK dots ran at 60-110 GFLOP/s on an AVX2 CPU where Eigen's run at 105-160), and glibc
+malloc tuned to reuse memory (XLA:CPU allocates the step's ~1 GB of temporaries per call and
+glibc mmap()s them afresh: ~440k page faults per tiny step); see `tune_malloc` there.
 """
 from __future__ import annotations
 
@@ -120,8 +134,8 @@ def _dense(din, dout, cfg, rngs, use_bias=True):
 
 def _norm(cfg, rngs):
   # LayerNorm statistics in float32 whatever the compute dtype.
-  return LayerNorm(cfg.hidden, epsilon=cfg.ln_eps, dtype=jnp.float32,
-                   param_dtype=jnp.float32, rngs=rngs)
+  return _LayerNorm(cfg.hidden, epsilon=cfg.ln_eps, dtype=jnp.float32,
+                    param_dtype=jnp.float32, rngs=rngs)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -144,14 +158,14 @@ _INV_SQRT_2PI = 0.3989422804014327
 
 
 @jax.custom_vjp
-def gelu(x):
+def _gelu(x):
   """Exact (erf) GELU, `x * (1 + erf(x / sqrt 2)) / 2` as torch's; hand-written derivative
   `cdf(x) + x * pdf(x)`, one pass over the saved input."""
   return x * (0.5 + 0.5 * jax.lax.erf(x * jnp.asarray(_SQRT_HALF, x.dtype)))
 
 
 def _gelu_fwd(x):
-  return gelu(x), x
+  return _gelu(x), x
 
 
 def _gelu_bwd(x, g):
@@ -160,7 +174,7 @@ def _gelu_bwd(x, g):
   return (g * (cdf + x * pdf),)
 
 
-gelu.defvjp(_gelu_fwd, _gelu_bwd)
+_gelu.defvjp(_gelu_fwd, _gelu_bwd)
 
 
 def _ln_stats(x, eps):
@@ -172,7 +186,7 @@ def _ln_stats(x, eps):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def layer_norm(x, scale, bias, eps):
+def _layer_norm(x, scale, bias, eps):
   """LayerNorm over the last axis, `(x - mean) / sqrt(var + eps) * scale + bias`."""
   return _ln_stats(x, eps)[0] * scale + bias
 
@@ -191,18 +205,19 @@ def _layer_norm_bwd(eps, res, dy):
   return dx, jnp.sum(dy * xhat, axis=rows), jnp.sum(dy, axis=rows)
 
 
-layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
+_layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
 
 
-class LayerNorm(nnx.LayerNorm):
-  """`nnx.LayerNorm` (same parameters) computed by `layer_norm`: two-pass float32 statistics
+class _LayerNorm(nnx.LayerNorm):
+  """`nnx.LayerNorm` (same parameters) computed by `_layer_norm`: two-pass float32 statistics
   and a hand-written backward pass."""
 
   def __call__(self, x, *args, **kwargs):
-    if args or kwargs or self.scale is None or self.bias is None:
+    if (args or kwargs or self.scale is None or self.bias is None
+        or self.reduction_axes not in (-1, (-1,)) or self.feature_axes not in (-1, (-1,))):
       return super().__call__(x, *args, **kwargs)
     dtype = self.dtype or jnp.float32
-    return layer_norm(x.astype(dtype), self.scale[...].astype(dtype),
+    return _layer_norm(x.astype(dtype), self.scale[...].astype(dtype),
                       self.bias[...].astype(dtype), self.epsilon)
 
 
@@ -223,8 +238,9 @@ def _attn_core_fwd(q, k, v, mask):
 
 
 def _attn_core_bwd(q, k, v, e, l, o, do):
-  """Softmax-attention backward with the probabilities p = e / l never formed: with
-  D = rowsum(do * o) (= rowsum(dp * p)), ds = p * (dp - D) = e * (dp / l - D / l)."""
+  """Softmax-attention backward with the probabilities p = e / l never formed. With
+  dP = do @ v^T and D = rowsum(do * o) (= rowsum(dP * p)), the score gradient is
+  ds = p * (dP - D) = e * (dP / l - D / l): one pass over [N, N]; dv = p^T @ do = e^T @ (do / l)."""
   f32 = jnp.float32
   dol = (do.astype(f32) / l).astype(v.dtype)
   dv = jnp.einsum("bhnm,bhnd->bhmd", e.astype(v.dtype), dol, preferred_element_type=f32)
@@ -329,7 +345,7 @@ class Mlp(nnx.Module):
   def __call__(self, x):
     shape = x.shape
     x = x.reshape(-1, shape[-1])  # 2-D: see _flat_dense
-    return self.fc2(gelu(self.fc1(x))).reshape(shape)
+    return self.fc2(_gelu(self.fc1(x))).reshape(shape)
 
 
 class Block(nnx.Module):
