@@ -49,8 +49,6 @@ time (> 1: Flax faster).
 from __future__ import annotations
 
 import argparse
-import ctypes
-import ctypes.util
 import json
 import os
 import platform
@@ -58,6 +56,9 @@ import sys
 import time
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from mpjax.cpu import CPU_COMPILER_OPTIONS as XLA_CPU_OPTIONS, tune_malloc  # noqa: E402
 
 CONFIGS = {
     "tiny": dict(hidden=192, depth=12, heads=3, mlp=768, fstride=16, tstride=16, frames=1024,
@@ -68,23 +69,6 @@ CONFIGS = {
 PATCH = 16
 LN_EPS = 1e-12  # HF's default; both implementations use it
 LR, B1, B2, EPS, WD = 1e-4, 0.9, 0.999, 1e-8, 0.01
-
-# XLA:CPU: Eigen rather than YNNPACK for dots/reductions (see the module docstring).
-XLA_CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
-
-
-def tune_malloc() -> dict | None:
-  """glibc only: keep freed memory for reuse instead of unmapping it (module docstring)."""
-  if platform.system() != "Linux":
-    return None
-  try:
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    mallopt = libc.mallopt
-  except (OSError, AttributeError):
-    return None
-  M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
-  ok = (mallopt(M_ARENA_MAX, 1), mallopt(M_MMAP_MAX, 0), mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
-  return dict(M_ARENA_MAX=1, M_MMAP_MAX=0, M_TRIM_THRESHOLD=2**31 - 1) if all(ok) else None
 
 
 def step_options(cpu_options):
@@ -325,5 +309,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   main()

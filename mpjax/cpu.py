@@ -1,0 +1,41 @@
+"""XLA:CPU settings that decide the train step's speed on a CPU (measured: benchmarks/ast_step.py).
+
+Both are no-ops off the CPU backend / off glibc, so the train loop applies them unconditionally:
+
+  * `jit_options()`: `compiler_options` for `jax.jit` of the hot step. This jaxlib routes dots
+    and reductions through YNNPACK fusions; on an AVX2 CPU they ran the AST step's matmuls at
+    60-110 GFLOP/s against Eigen's 105-160 (torch: 115-155). `xla_cpu_experimental_ynn_fusion_type=""`
+    turns them off. None on other backends (the option does not exist there).
+  * `tune_malloc()`: glibc `mallopt(M_ARENA_MAX=1, M_MMAP_MAX=0, M_TRIM_THRESHOLD=2**31-1)`,
+    process-wide. XLA:CPU allocates a step's temporaries (1.1 GB for AST-tiny, batch 8) afresh
+    at every call and glibc serves them with fresh mmap()s: every step page-faulted ~440k pages
+    (1.4 s of kernel time per step on 2 cores). With the settings freed memory is reused.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import platform
+
+CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+def jit_options(backend: str | None = None) -> dict | None:
+  """`compiler_options` for `jax.jit` on the CPU backend, else None."""
+  import jax
+  backend = backend or jax.default_backend()
+  return dict(CPU_COMPILER_OPTIONS) if backend == "cpu" else None
+
+
+def tune_malloc() -> dict | None:
+  """glibc only: keep freed memory for reuse instead of unmapping it. Returns what was set."""
+  if platform.system() != "Linux":
+    return None
+  try:
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    mallopt = libc.mallopt
+  except (OSError, AttributeError):
+    return None
+  M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
+  ok = (mallopt(M_ARENA_MAX, 1), mallopt(M_MMAP_MAX, 0), mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+  return dict(M_ARENA_MAX=1, M_MMAP_MAX=0, M_TRIM_THRESHOLD=2**31 - 1) if all(ok) else None
