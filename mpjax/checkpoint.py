@@ -97,7 +97,8 @@ def read_checkpoint_params(directory: str, step: int | None = None) -> dict[str,
   state = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
   mgr.close()
   params = state["params"] if isinstance(state, dict) and "params" in state else state
-  return {k: np.asarray(v) for k, v in _flat_params(params).items()}
+  # Restored without a target, each nnx Variable comes back as a {'value': array} dict.
+  return {k.removesuffix("/value"): np.asarray(v) for k, v in _flat_params(params).items()}
 
 
 def init_from(model: nnx.Module, source: str, *, encoder_attr: str = "encoder",

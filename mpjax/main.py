@@ -1,7 +1,9 @@
 """Entry point: python -m mpjax.main --config=configs/mp2.py[:demo] --workdir=DIR [--config.x=y]
 
-Runs what the config asks (config.task). For demo configs without a dataset, the synthetic demo
-dataset is built into WORKDIR/data first (through data_prep, the one place mpjax calls it).
+Runs what the config asks (config.task: mp2 or mp3). For demo configs without a dataset, the
+synthetic demo dataset is built into WORKDIR/data first (through data_prep, the one place mpjax
+calls it). The MP3 demo also trains the MP2 demo first, into WORKDIR/mp2 (resumed, not
+repeated, when already there), and starts MP3 from its encoder.
 """
 import os
 
@@ -32,6 +34,21 @@ def ensure_data(config, workdir: str) -> None:
     config.data_dir = data_dir
 
 
+def train_mp2_demo(config, workdir: str) -> str:
+  """The MP3 demo's encoder: trains (or resumes) the MP2 demo in WORKDIR/mp2 on the same data."""
+  from configs import mp2 as mp2_config
+  from mpjax import train
+
+  mp2 = mp2_config.get_config("demo")
+  mp2.data_dir = config.data_dir
+  mp2_dir = os.path.join(workdir, "mp2")
+  ckpt = os.path.join(mp2_dir, "checkpoints")
+  print(f"[demo] training the MP2 demo into {mp2_dir} (MP3 starts from its encoder) ...",
+        flush=True)
+  train.train_and_evaluate(mp2, mp2_dir)
+  return ckpt
+
+
 def main(argv):
   del argv
   # Orbax/absl log every checkpoint operation at INFO; keep stdout for the training log.
@@ -42,11 +59,13 @@ def main(argv):
   ensure_data(config, workdir)
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(config.to_json_best_effort(indent=2))
-  if config.task == "mp2":
-    from mpjax import train
-    result = train.train_and_evaluate(config, workdir)
-  else:
-    raise ValueError(f"config.task={config.task!r}: unknown task (known: 'mp2')")
+  if config.task not in ("mp2", "mp3"):
+    raise ValueError(f"config.task={config.task!r}: unknown task (known: 'mp2', 'mp3')")
+  from mpjax import train
+  if config.task == "mp3" and config.get("train_mp2_first") and not config.init_from:
+    with config.unlocked():
+      config.init_from = train_mp2_demo(config, workdir)
+  result = train.train_and_evaluate(config, workdir)
   print({k: round(v, 4) for k, v in result.items() if "/" not in k[4:]}, flush=True)
 
 

@@ -1,4 +1,4 @@
-"""The train loop (MP2 today; MP3 shares it). Reads top to bottom:
+"""The train loop, shared by MP2 (config.task='mp2') and MP3 ('mp3'). Reads top to bottom:
 
   1. data       manifest, Grain pipelines, mesh
   2. model      shapes via nnx.eval_shape, then a jitted init with out_shardings
@@ -7,6 +7,8 @@
   5. restore    latest checkpoint (state + data iterator) or init_from
   6. loop       logs (loss, steps/s, examples/s, TFLOP/s, ETA), eval, checkpoints,
                 NaN/Inf guard, SIGTERM -> checkpoint and exit 0
+  7. MP3 only   the forecast evaluation on the test split against every baseline
+                (`mpjax.forecast`): metrics JSON, markdown table, fan charts in WORKDIR/forecast
 """
 from __future__ import annotations
 
@@ -26,12 +28,15 @@ from absl import logging
 from flax import nnx
 
 from mpjax import checkpoint as ckpt_lib
+from mpjax import forecast as forecast_lib
+from mpjax import cpu as cpu_lib
 from mpjax import metrics as metrics_lib
 from mpjax import sharding
 from mpjax import summary
 from mpjax.input import pipeline
 from mpjax.models import ast as ast_lib
 from mpjax.models import mp2 as mp2_lib
+from mpjax.models import mp3 as mp3_lib
 from mpjax.models import regions as regions_lib
 
 
@@ -48,6 +53,8 @@ def check_config(config):
   def bad(field, why):
     raise ValueError(f"config.{field}: {why}")
 
+  if config.task not in ("mp2", "mp3"):
+    bad("task", f"{config.task!r}: choose 'mp2' or 'mp3'")
   if config.region_mode not in regions_lib.MODES:
     bad("region_mode", f"{config.region_mode!r} is not one of {regions_lib.MODES}")
   o = config.optim
@@ -74,6 +81,21 @@ def check_config(config):
   for k in ("log_every", "eval_every"):
     if config[k] < 1:
       bad(k, f"{config[k]} must be >= 1")
+  if config.task == "mp3":
+    f = config.mp3
+    if f.prefix_steps < 0:
+      bad("mp3.prefix_steps", f"{f.prefix_steps} must be >= 0")
+    q = list(f.quantiles) if f.quantiles else None
+    if q is not None and (any(not 0 < v < 1 for v in q) or any(b <= a for a, b in zip(q, q[1:]))):
+      bad("mp3.quantiles", f"{q}: need strictly increasing levels in (0, 1), or None (point)")
+    if f.dec_depth < 1:
+      bad("mp3.dec_depth", f"{f.dec_depth} must be >= 1")
+    if f.censored_weight < 0:
+      bad("mp3.censored_weight", f"{f.censored_weight} must be >= 0")
+    if f.freeze_encoder and not f.audio:
+      bad("mp3.freeze_encoder", "needs mp3.audio=True (there is no encoder to freeze)")
+    if config.input.get("eval_crops", 1) != 1:
+      bad("input.eval_crops", "MP3 evaluates one centre crop (set 1)")
 
 
 def model_config(config) -> ast_lib.ASTConfig:
@@ -115,6 +137,8 @@ def _layer_id(path: str, depth: int) -> int:
 
 
 def make_optimizer(config, params, depth: int):
+  """AdamW chain; with config.mp3.freeze_encoder the encoder's updates are zero (and its
+  weights are not decayed): only the decoder and the region table train."""
   o = config.optim
   no_decay = re.compile(r".*(bias|scale|cls_token|dist_token|pos_embed|table)$")
   decay_mask = jax.tree_util.tree_map_with_path(
@@ -130,6 +154,10 @@ def make_optimizer(config, params, depth: int):
   chain.append(optax.add_decayed_weights(o.weight_decay, mask=decay_mask))
   chain.append(optax.scale_by_learning_rate(lr_schedule(config)))
   tx = optax.chain(*chain)
+  if config.task == "mp3" and config.mp3.freeze_encoder:
+    labels = jax.tree_util.tree_map_with_path(
+        lambda p, _: "frozen" if sharding.path_str(p).startswith("encoder/") else "train", params)
+    tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
   if o.grad_accum > 1:
     tx = optax.MultiSteps(tx, every_k_schedule=o.grad_accum)
   return tx
@@ -147,12 +175,35 @@ def mp2_loss(pred, batch):
   return sq.sum() / jnp.maximum(w.sum(), 1.0)
 
 
-def make_steps(graphdef, tx, mesh):
+def forward(model, batch, config, fbank=None):
+  """The model's output for a batch: MP2 [B, R]; MP3 [B, R, H, Q] (from the first k steps)."""
+  fbank = batch["fbank"] if fbank is None else fbank
+  if config.task == "mp2":
+    return model(fbank, batch["region_ids"])
+  k = config.mp3.prefix_steps
+  return model(fbank, batch["region_ids"], batch["series"][..., :k], batch["series_mask"][..., :k])
+
+
+def task_loss(out, batch, config):
+  if config.task == "mp2":
+    return mp2_loss(out, batch)
+  f = config.mp3
+  return mp3_lib.forecast_loss(out, batch["series"], batch["series_mask"],
+                               prefix_steps=f.prefix_steps, quantiles=_quantiles(config),
+                               censored_weight=f.censored_weight)
+
+
+def _quantiles(config):
+  q = config.mp3.quantiles
+  return tuple(float(v) for v in q) if q else None
+
+
+def make_steps(graphdef, tx, mesh, config):
   def train_step(state, batch):
     def loss_fn(params):
       model = nnx.merge(graphdef, params)
       fbank = sharding.constrain_batch(batch["fbank"], mesh)
-      return mp2_loss(model(fbank, batch["region_ids"]), batch)
+      return task_loss(forward(model, batch, config, fbank), batch, config)
 
     loss, grads = jax.value_and_grad(loss_fn)(state["params"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
@@ -162,8 +213,7 @@ def make_steps(graphdef, tx, mesh):
     return new, {"loss": loss, "grad_norm": optax.tree.norm(grads), "finite": finite}
 
   def eval_step(params, batch):
-    model = nnx.merge(graphdef, params)
-    return model(batch["fbank"], batch["region_ids"])
+    return forward(nnx.merge(graphdef, params), batch, config)
 
   return train_step, eval_step
 
@@ -179,6 +229,10 @@ def all_finite(tree) -> jax.Array:
 
 
 def evaluate(eval_fn, params, data_dir, split, config, manifest, mesh) -> dict[str, float]:
+  """Flat metrics of the model on `split`: MP2 per-region regression metrics; MP3 forecast
+  metrics (overall and per-region MAE) of the forecast window."""
+  if config.task == "mp3":
+    return forecast_lib.model_metrics(eval_fn, params, data_dir, split, config, manifest, mesh)
   preds, targets, weights, ids = [], [], [], []
   ds = pipeline.make_dataset(data_dir, split, cfg=config.input, augment=None, seed=config.seed,
                              train=False)
@@ -199,6 +253,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   """Trains until config.total_steps (resuming from WORKDIR/checkpoints); returns final eval."""
   check_config(config)
   os.makedirs(workdir, exist_ok=True)
+  cpu_lib.tune_malloc()  # no-op off glibc; see mpjax/cpu.py
   is_main = jax.process_index() == 0
   log = summary.MetricLogger(workdir, tensorboard=config.tensorboard, is_main=is_main)
 
@@ -221,11 +276,22 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   # iterator's order is untouched): the first steps then learn structure, not the offset.
   peek = next(iter(pipeline.make_dataset(data_dir, "train", cfg=config.input, seed=config.seed,
                                          train=False)))
-  head_bias = float(np.sum(peek["mp2"] * peek["mp2_weight"]) / max(np.sum(peek["mp2_weight"]), 1))
+  if config.task == "mp2":
+    head_bias = float(np.sum(peek["mp2"] * peek["mp2_weight"]) / max(np.sum(peek["mp2_weight"]), 1))
+  else:
+    head_bias = float(np.sum(peek["series"] * peek["series_mask"]) /
+                      max(np.sum(peek["series_mask"]), 1))
 
   def make_model(seed):
-    return mp2_lib.MP2(cfg, num_regions, config.region_mode, rngs=nnx.Rngs(seed),
-                       head_bias=head_bias)
+    if config.task == "mp2":
+      return mp2_lib.MP2(cfg, num_regions, config.region_mode, rngs=nnx.Rngs(seed),
+                         head_bias=head_bias)
+    f = config.mp3
+    return mp3_lib.MP3(cfg, num_regions, config.region_mode, horizon=int(manifest["horizon"]),
+                       prefix_steps=f.prefix_steps, quantiles=_quantiles(config), audio=f.audio,
+                       dec_depth=f.dec_depth, dec_heads=f.dec_heads or None,
+                       freeze_encoder=f.freeze_encoder, level_init=head_bias,
+                       rngs=nnx.Rngs(seed))
 
   abstract = nnx.eval_shape(lambda: make_model(config.seed))
   graphdef, abs_params = nnx.split(abstract, nnx.Param)
@@ -245,10 +311,11 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     state = jax.jit(init_state, static_argnums=0, out_shardings=state_sh)(config.seed)
 
   # 3/4. Steps ------------------------------------------------------------------------------
-  train_step, eval_step = make_steps(graphdef, tx, mesh)
+  train_step, eval_step = make_steps(graphdef, tx, mesh, config)
   batch_sh = sharding.batch_sharding(mesh)
   train_step = jax.jit(train_step, in_shardings=(state_sh, batch_sh),
-                       out_shardings=(state_sh, None), donate_argnums=0)
+                       out_shardings=(state_sh, None), donate_argnums=0,
+                       compiler_options=cpu_lib.jit_options())
   eval_fn = jax.jit(eval_step, in_shardings=(param_sh, batch_sh))
   finite_fn = jax.jit(all_finite)
 
@@ -270,6 +337,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     state["params"] = jax.device_put(nnx.state(model, nnx.Param), param_sh)
     logging.info("init_from %s: %d loaded; re-initialised (shape differs): %s; fresh: %s",
                  config.init_from, len(report["loaded"]), report["reinit"], report["absent"])
+    if is_main:
+      print(f"init_from {config.init_from}: {len(report['loaded'])} parameters loaded, "
+            f"{len(report['reinit'])} re-initialised (shape differs), "
+            f"{len(report['absent'])} fresh", flush=True)
 
   # 6. Loop ---------------------------------------------------------------------------------
   stop = {"sigterm": False}
@@ -319,9 +390,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         log.write(step, evaluated, prefix="val/")
         final = {f"val/{k}": v for k, v in evaluated.items()}
         if is_main:
-          print(f"eval  {step:6d}  val r2 {evaluated.get('r2', float('nan')):.4f}  "
-                f"mse {evaluated.get('mse', float('nan')):.4f}  "
-                f"spearman {evaluated.get('spearman', float('nan')):.4f}", flush=True)
+          print(f"eval  {step:6d}  val " + _headline(evaluated, config), flush=True)
       if (step % config.checkpoint.every == 0 or step == config.total_steps or stop["sigterm"]
           or evaluated is not None):
         if not bool(finite_fn(state["params"])):
@@ -338,13 +407,27 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
       log.write(step, test, prefix="test/")
       final.update({f"test/{k}": v for k, v in test.items()})
       if is_main and test:
-        print(f"test  {step:6d}  r2 {test['r2']:.4f}  mse {test['mse']:.4f}  "
-              f"spearman {test['spearman']:.4f}  (n={int(test['n'])})", flush=True)
+        print(f"test  {step:6d}  " + _headline(test, config) + f"  (n={int(test['n'])})",
+              flush=True)
+      if config.task == "mp3" and is_main:
+        # 7. Model vs every baseline on the test split: JSON, markdown table, fan charts.
+        table = forecast_lib.report(eval_fn, state["params"], data_dir, config, manifest, mesh,
+                                    os.path.join(workdir, "forecast"))
+        print(table, flush=True)
   finally:
     signal.signal(signal.SIGTERM, prev_handler)
     ck.close()
     log.close()
   return final
+
+
+def _headline(m: dict, config) -> str:
+  nan = float("nan")
+  if config.task == "mp2":
+    return (f"r2 {m.get('r2', nan):.4f}  mse {m.get('mse', nan):.4f}  "
+            f"spearman {m.get('spearman', nan):.4f}")
+  return (f"mae {m.get('mae', nan):.4f}  rmse {m.get('rmse', nan):.4f}  "
+          f"pinball {m.get('pinball', nan):.4f}  coverage {m.get('coverage', nan):.3f}")
 
 
 def _follow_params(opt_abs, abs_params, param_sh, mesh):

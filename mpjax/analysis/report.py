@@ -1,0 +1,219 @@
+"""Forecast evaluation reports: metrics JSON, markdown tables and fan charts.
+
+`results` everywhere is name -> the dict returned by `mpjax.metrics.forecast` (the model, e.g.
+"mp3", next to the baselines). Steps in the tables are 1-based: the row for step index s
+(0-based, as in `per_horizon[h]["step"] = k + h`) is labelled s + 1, so with a prefix of k
+observed steps the first forecast row is k + 1.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Sequence
+
+import numpy as np
+
+from mpjax import metrics
+
+FORECAST_JSON = "forecast_metrics.json"
+FORECAST_MD = "forecast_table.md"
+_MAX_HORIZON_ROWS = 12
+_HORIZON_SAMPLE = 8
+
+
+def _fmt(v, digits=4):
+  if v is None:
+    return "–"
+  v = float(v)
+  if math.isnan(v):
+    return "nan"
+  return f"{v:.{digits}f}"
+
+
+def _mae_key(name, results):
+  v = results[name]["overall"].get("mae", float("nan"))
+  return (math.isnan(v), v, name)
+
+
+def _table(header, rows):
+  lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+  lines += ["| " + " | ".join(r) + " |" for r in rows]
+  return lines
+
+
+def _best_row(values):
+  """Index of the smallest non-NaN value, or None."""
+  arr = np.array([np.nan if v is None else float(v) for v in values])
+  return None if np.all(np.isnan(arr)) else int(np.nanargmin(arr))
+
+
+def _horizon_steps(h_len):
+  if h_len <= _MAX_HORIZON_ROWS:
+    return list(range(h_len))
+  return sorted(set(np.round(np.linspace(0, h_len - 1, _HORIZON_SAMPLE)).astype(int).tolist()))
+
+
+def write_forecast_report(outdir: str, results: dict[str, dict], *, title: str, k: int,
+                          period: str, quantiles: Sequence[float] | None = None) -> str:
+  """Writes `forecast_metrics.json` (all of `results` plus title, k, period, quantiles) and
+  `forecast_table.md` to outdir; returns the markdown.
+
+  The markdown has an overall table sorted by MAE (best MAE in bold; pinball, CRPS and coverage
+  columns when any method has them), a per-horizon MAE table (1-based steps; about 8 steps incl.
+  the first and last when H > 12; best per row in bold) and a per-region MAE table.
+  `period` names a step ("week", "day") for the text.
+  """
+  if not results:
+    raise ValueError("results must name at least one method, got an empty dict")
+  for name, r in results.items():
+    if not isinstance(r, dict) or "overall" not in r:
+      raise ValueError(f"results[{name!r}] must be a metrics.forecast dict with 'overall', "
+                       f"got {type(r).__name__}")
+  os.makedirs(outdir, exist_ok=True)
+  payload = {"title": title, "k": int(k), "period": period,
+             "quantiles": None if quantiles is None else [float(q) for q in quantiles],
+             "results": results}
+  with open(os.path.join(outdir, FORECAST_JSON), "w") as f:
+    json.dump(payload, f, indent=1)
+
+  names = sorted(results, key=lambda n: _mae_key(n, results))
+  has_q = any("pinball" in results[n]["overall"] for n in names)
+  lines = [f"# {title}", "",
+           f"Prefix: k = {k} observed steps ({period}); forecast steps k+1.. (1-based). "
+           "MAE / RMSE on log1p streams, sMAPE (%) on streams, MASE relative to the seasonal "
+           "naive forecast.", ""]
+  if quantiles is not None:
+    lines += [f"Quantile levels: {', '.join(_fmt(q, 2) for q in quantiles)}.", ""]
+  header = ["method", "MAE", "RMSE", "sMAPE", "MASE"]
+  if has_q:
+    nominal = next((results[n]["overall"].get("coverage_nominal") for n in names
+                    if "coverage_nominal" in results[n]["overall"]), None)
+    header += ["pinball", "CRPS", f"coverage (nominal {_fmt(nominal, 2)})"]
+  header += ["n"]
+  best = _best_row([results[n]["overall"].get("mae") for n in names])
+  rows = []
+  for i, n in enumerate(names):
+    o = results[n]["overall"]
+    mae = _fmt(o.get("mae"))
+    rows.append([n, f"**{mae}**" if i == best else mae, _fmt(o.get("rmse")),
+                 _fmt(o.get("smape"), 2), _fmt(o.get("mase"), 3)]
+                + ([_fmt(o.get("pinball")), _fmt(o.get("crps")), _fmt(o.get("coverage"), 3)]
+                   if has_q else [])
+                + [str(o.get("n", "–"))])
+  lines += ["## Overall", ""] + _table(header, rows) + [""]
+
+  h_len = max(len(results[n].get("per_horizon", [])) for n in names)
+  if h_len:
+    lines += [f"## MAE per horizon (step, 1-based; {period})", ""]
+    rows = []
+    for h in _horizon_steps(h_len):
+      entries = [results[n]["per_horizon"][h] if h < len(results[n].get("per_horizon", []))
+                 else None for n in names]
+      step = next((e["step"] for e in entries if e is not None), int(k) + h)
+      vals = [None if e is None else e.get("mae") for e in entries]
+      b = _best_row(vals)
+      cells = [f"**{_fmt(v)}**" if j == b else _fmt(v) for j, v in enumerate(vals)]
+      rows.append([str(step + 1)] + cells)
+    lines += _table(["step"] + names, rows) + [""]
+
+  regions = []
+  for n in names:
+    for reg in results[n].get("per_region", {}):
+      if reg not in regions:
+        regions.append(reg)
+  if regions:
+    lines += ["## MAE per region", ""]
+    rows = []
+    for reg in regions:
+      vals = [results[n].get("per_region", {}).get(reg, {}).get("mae") for n in names]
+      b = _best_row(vals)
+      rows.append([reg] + [f"**{_fmt(v)}**" if j == b else _fmt(v) for j, v in enumerate(vals)])
+    lines += _table(["region"] + names, rows) + [""]
+
+  text = "\n".join(lines)
+  with open(os.path.join(outdir, FORECAST_MD), "w") as f:
+    f.write(text)
+  return text
+
+
+def fan_charts(path: str, series, mask, k: int, forecasts: dict[str, np.ndarray] | None = None,
+               *, quantiles: Sequence[float] | None = None, quantile_pred=None,
+               titles: Sequence[str] | None = None, n: int = 6, seed: int = 0) -> str:
+  """PNG grid of n randomly sampled series (seeded): observed prefix (line, steps 0..k-1),
+  observed truth after it (dots; unobserved steps not drawn), the model's quantile band
+  (lowest..highest level) and median (the 0.5 level, else the mean over levels; the middle
+  level when quantiles is None) when quantile_pred [N, H, Q] is given, and point forecasts
+  `forecasts` (name -> [N, H]) as lines.
+  x = step (0-based index), y = log1p streams; titles [N] label the panels. Returns path.
+  """
+  y = np.asarray(series, np.float64)
+  msk = np.asarray(mask)
+  if y.ndim != 2:
+    raise ValueError(f"series must be [N, T], got shape {y.shape}")
+  if msk.shape != y.shape:
+    raise ValueError(f"mask must have the shape of series {y.shape}, got {msk.shape}")
+  n_rows, t = y.shape
+  if not 0 <= int(k) < t:
+    raise ValueError(f"k must satisfy 0 <= k < T = {t}, got {k}")
+  k = int(k)
+  h_len = t - k
+  forecasts = dict(forecasts or {})
+  for name, fc in forecasts.items():
+    if np.shape(fc) != (n_rows, h_len):
+      raise ValueError(f"forecasts[{name!r}] must be [N, H] = [{n_rows}, {h_len}], "
+                       f"got shape {np.shape(fc)}")
+  qp = None
+  if quantile_pred is not None:
+    qp = np.asarray(quantile_pred, np.float64)
+    if qp.ndim != 3 or qp.shape[:2] != (n_rows, h_len):
+      raise ValueError(f"quantile_pred must be [N, H, Q] with N, H = {n_rows}, {h_len}, "
+                       f"got shape {qp.shape}")
+    if quantiles is not None and len(quantiles) != qp.shape[2]:
+      raise ValueError(f"quantiles must have Q = {qp.shape[2]} levels (quantile_pred "
+                       f"{qp.shape}), got {len(quantiles)}")
+  if titles is not None and len(titles) != n_rows:
+    raise ValueError(f"titles must have N = {n_rows} entries, got {len(titles)}")
+  if n_rows == 0 or n < 1:
+    raise ValueError(f"need at least one series and n >= 1, got series {y.shape}, n = {n}")
+
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  pick = np.sort(np.random.default_rng(seed).choice(n_rows, size=min(n, n_rows), replace=False))
+  ncols = min(3, len(pick))
+  nrows = -(-len(pick) // ncols)
+  fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.0 * nrows), squeeze=False)
+  steps = np.arange(t)
+  fut = steps[k:]
+  for ax, i in zip(axes.ravel(), pick):
+    obs = msk[i] > 0
+    hist = np.where(obs[:k], y[i, :k], np.nan)
+    if k:
+      ax.plot(steps[:k], hist, "o-", color="black", ms=3, lw=1.2, label="history")
+    ax.plot(fut[obs[k:]], y[i, k:][obs[k:]], "o", color="black", ms=3, mfc="white",
+            label="truth")
+    if qp is not None:
+      band = qp[i]
+      ax.fill_between(fut, band[:, 0], band[:, -1], color="C0", alpha=0.25,
+                      label="model band" if quantiles is None else
+                      f"model {quantiles[0]:g}–{quantiles[-1]:g}")
+      med = (metrics.point_from_quantiles(band, quantiles) if quantiles is not None
+             else band[:, band.shape[1] // 2])
+      ax.plot(fut, med, "-", color="C0", lw=1.5, label="model median")
+    for j, (name, fc) in enumerate(forecasts.items()):
+      ax.plot(fut, np.asarray(fc, np.float64)[i], "--", color=f"C{j + 1}", lw=1.0, label=name)
+    if k:
+      ax.axvline(k - 0.5, color="grey", lw=0.6, ls=":")
+    ax.set_title(str(titles[i]) if titles is not None else f"series {i}", fontsize=9)
+    ax.set_xlabel("step")
+    ax.set_ylabel("log1p streams")
+  for ax in axes.ravel()[len(pick):]:
+    ax.axis("off")
+  axes[0, 0].legend(fontsize=7, loc="best")
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+  return path

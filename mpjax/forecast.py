@@ -1,0 +1,120 @@
+"""MP3 evaluation: the model and every baseline scored by one evaluator on the same series.
+
+    rows = collect(data_dir, split, config, eval_fn=..., params=..., mesh=...)
+        one row per (record, region it charted in): series [N, T], mask [N, T], region_ids [N],
+        extrinsic [N, F], record [N], and the model's output pred [N, H, Q] (when eval_fn given)
+    model_metrics(...)   flat {mae, rmse, smape, pinball, coverage, n, <region>/mae} (val logs)
+    report(...)          WORKDIR/forecast/: forecast_metrics.json, forecast_table.md (model vs
+                         baselines: overall, per forecast step, per region), fan_charts.png
+
+Baselines are fitted on the train split's rows (`train_drift`, `extrinsic_ridge`) or on each
+series' own prefix (`seasonal_naive`, `last_value`, `exp_decay`, `power_decay`); see
+`mpjax.baselines`. MASE is relative to the seasonal naive forecast on the same points.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import numpy as np
+
+from mpjax import baselines
+from mpjax import metrics as metrics_lib
+from mpjax.analysis import report as report_lib
+from mpjax.input import pipeline
+
+
+def _quantiles(config):
+  q = config.mp3.quantiles
+  return tuple(float(v) for v in q) if q else None
+
+
+def collect(data_dir, split, config, *, eval_fn=None, params=None, mesh=None) -> dict:
+  """Rows of `split` (every record x every region it charted in, eval mode: centre crop)."""
+  ds = pipeline.make_dataset(data_dir, split, cfg=config.input, augment=None, seed=config.seed,
+                             train=False)
+  keys = ("series", "series_mask", "region_ids", "extrinsic", "record")
+  parts = {k: [] for k in keys + ("pred",)}
+  for batch in ds:
+    b, v = batch["region_ids"].shape
+    keep = ((batch["valid"][:, None] > 0) & (batch["region_mask"] > 0)).reshape(-1)
+    if eval_fn is not None:
+      out = np.asarray(jax.device_get(eval_fn(params, pipeline.to_global(batch, mesh))))
+      parts["pred"].append(out.reshape(b * v, *out.shape[2:])[keep])
+    parts["series"].append(batch["series"].reshape(b * v, -1)[keep])
+    parts["series_mask"].append(batch["series_mask"].reshape(b * v, -1)[keep])
+    parts["region_ids"].append(batch["region_ids"].reshape(-1)[keep])
+    parts["extrinsic"].append(batch["extrinsic"].reshape(b * v, -1)[keep])
+    parts["record"].append(np.repeat(batch["record"], v)[keep])
+  if not parts["series"]:
+    return {}
+  rows = {k: np.concatenate(parts[k], 0) for k in keys}
+  rows["mask"] = rows.pop("series_mask")
+  rows["pred"] = np.concatenate(parts["pred"], 0) if parts["pred"] else None
+  return rows
+
+
+def _flat(result: dict) -> dict[str, float]:
+  out = dict(result["overall"])
+  for name, m in result["per_region"].items():
+    out[f"{name}/mae"] = m["mae"]
+  return out
+
+
+def model_metrics(eval_fn, params, data_dir, split, config, manifest, mesh) -> dict[str, float]:
+  rows = collect(data_dir, split, config, eval_fn=eval_fn, params=params, mesh=mesh)
+  if not rows:
+    return {}
+  k = config.mp3.prefix_steps
+  q = _quantiles(config)
+  pred = rows["pred"] if q else rows["pred"][..., 0]
+  naive = (baselines.seasonal_naive(rows["series"], rows["mask"], k, config.mp3.season)
+           if k >= 1 else None)
+  res = metrics_lib.forecast(pred, rows["series"][:, k:], rows["mask"][:, k:], rows["region_ids"],
+                             manifest["regions"], quantiles=q, naive=naive, k=k)
+  return _flat(res)
+
+
+def report(eval_fn, params, data_dir, config, manifest, mesh, outdir, *, split="test") -> str:
+  """Scores the model and every baseline on `split`; writes the files; returns the markdown."""
+  os.makedirs(outdir, exist_ok=True)
+  k, m = config.mp3.prefix_steps, config.mp3.season
+  q = _quantiles(config)
+  test = collect(data_dir, split, config, eval_fn=eval_fn, params=params, mesh=mesh)
+  if not test:
+    return f"(no {split} rows to evaluate)"
+  train = collect(data_dir, "train", config)
+  names = manifest["regions"]
+  fc = baselines.run_all(train, test, k, m, len(names))
+  target, tmask = test["series"][:, k:], test["mask"][:, k:]
+  naive = fc.get("seasonal_naive")
+  results = {"mp3": metrics_lib.forecast(test["pred"] if q else test["pred"][..., 0], target,
+                                         tmask, test["region_ids"], names, quantiles=q,
+                                         naive=naive, k=k)}
+  for name, pred in fc.items():
+    results[name] = metrics_lib.forecast(pred, target, tmask, test["region_ids"], names,
+                                         naive=naive, k=k)
+  period = manifest.get("period", "weekly")
+  title = (f"MP3 on the {split} split: forecast steps {k + 1}..{manifest['horizon']} from the "
+           f"first {k} ({period}; {'audio' if config.mp3.audio else 'no audio'}, "
+           f"{len(target)} series)")
+  md = report_lib.write_forecast_report(outdir, results, title=title, k=k, period=period,
+                                        quantiles=q)
+  point = test["pred"][..., _median(q)] if q else test["pred"][..., 0]
+  report_lib.fan_charts(os.path.join(outdir, "fan_charts.png"), test["series"], test["mask"], k,
+                        {"mp3": point, **{n: fc[n] for n in ("last_value", "train_drift") if n in fc}},
+                        quantiles=q, quantile_pred=test["pred"] if q else None,
+                        titles=[f"{names[r]} #{i}" for r, i in zip(test["region_ids"], test["record"])],
+                        seed=config.seed)
+  with open(os.path.join(outdir, "predictions.npz"), "wb") as f:
+    np.savez(f, pred=test["pred"], series=test["series"], mask=test["mask"],
+             region_ids=test["region_ids"], record=test["record"],
+             **{f"baseline_{n}": v for n, v in fc.items()})
+  with open(os.path.join(outdir, "summary.json"), "w") as f:
+    json.dump({n: r["overall"] for n, r in results.items()}, f, indent=2)
+  return md
+
+
+def _median(q) -> int:
+  return min(range(len(q)), key=lambda i: abs(q[i] - 0.5))

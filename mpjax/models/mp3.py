@@ -1,0 +1,240 @@
+"""MP3: encoder-decoder forecaster of a song's chart curve after its debut, per region.
+
+`model(fbank [B, T, F], regions [B, R], prefix [B, R, k], prefix_mask [B, R, k])
+   -> [B, R, H, Q]`: Q quantiles (or Q = 1, a point forecast) of log1p(streams) for the
+H = horizon - k steps k .. horizon-1 after the debut, given the first k observed steps
+(k = 0: audio only).
+
+Encoder: the MP2 AST (+ region CLS tokens / region embedding, `mpjax.models.mp2` semantics),
+with the same parameter paths as `MP2` (`encoder/...`, `regions/table`) so `init_from` an MP2
+checkpoint loads it. Its output tokens are the decoder's memory: for region mode `cls_token`
+the region's own CLS token followed by the audio tokens (cls, dist, patches); for `embedding`
+the tokens of the region-conditioned pass; for `none` the audio tokens.
+`audio=False` drops the encoder (chart-only data): the decoder then sees the prefix and the
+region only.
+
+Decoder: direct multi-horizon decoding, one learned query per forecast step (step embedding +
+region vector), plus one token per prefix step (its value and observed flag, projected, plus
+a prefix-position embedding). Pre-LN blocks: self-attention over prefix + query tokens
+(bidirectional), cross-attention from all of them to the memory, MLP. Each query token's
+output goes through LayerNorm + Linear(Q).
+Why direct rather than autoregressive: the targets are censored (off-chart steps have no value
+to feed back), all steps train in parallel with no exposure bias, and quantile outputs need no
+sampling to roll forward.
+
+Output level: every forecast is `anchor + offset`, anchor = the last observed prefix value
+(the curve's current level; for k = 0 or no observed prefix step, a learned per-region level
+initialised at the training mean). Quantiles are monotone by construction: the lowest is
+free, every next one adds softplus(.) >= 0.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from mpjax.models import ast as ast_lib
+from mpjax.models import regions as regions_lib
+
+_init = nnx.initializers.truncated_normal(stddev=0.02)
+
+
+class DecoderBlock(nnx.Module):
+  """Pre-LN: x += SelfAttn(LN x); x += CrossAttn(LN x, memory); x += MLP(LN x)."""
+
+  def __init__(self, hidden: int, heads: int, mlp_dim: int, *, cross: bool, rngs: nnx.Rngs):
+    mha = lambda: nnx.MultiHeadAttention(heads, hidden, qkv_features=hidden, decode=False,
+                                         kernel_init=_init, rngs=rngs)
+    self.norm1 = nnx.LayerNorm(hidden, rngs=rngs)
+    self.self_attn = mha()
+    self.norm2 = nnx.LayerNorm(hidden, rngs=rngs) if cross else None
+    self.cross_attn = mha() if cross else None
+    self.norm3 = nnx.LayerNorm(hidden, rngs=rngs)
+    self.fc1 = nnx.Linear(hidden, mlp_dim, kernel_init=_init, rngs=rngs)
+    self.fc2 = nnx.Linear(mlp_dim, hidden, kernel_init=_init, rngs=rngs)
+
+  def __call__(self, x, memory=None):
+    h = self.norm1(x)
+    x = x + self.self_attn(h, h, h)
+    if self.cross_attn is not None and memory is not None:
+      x = x + self.cross_attn(self.norm2(x), memory, memory)
+    return x + self.fc2(jax.nn.gelu(self.fc1(self.norm3(x)), approximate=False))
+
+
+class MP3(nnx.Module):
+
+  def __init__(self, cfg: ast_lib.ASTConfig, num_regions: int, region_mode: str = "cls_token",
+               *, horizon: int, prefix_steps: int = 0, quantiles: Sequence[float] | None = (0.1, 0.5, 0.9),
+               audio: bool = True, dec_depth: int = 2, dec_heads: int | None = None,
+               freeze_encoder: bool = False, level_init: float = 0.0, rngs: nnx.Rngs):
+    """cfg: the encoder's AST config (its `hidden` is the decoder width, audio or not).
+    horizon: series length T of the dataset; forecasts cover steps prefix_steps..T-1.
+    quantiles: increasing levels in (0, 1), or None for a point forecast (MSE).
+    freeze_encoder: no gradient flows into the encoder (its memory is a constant), so its
+      backward pass is not computed; the optimizer must leave it alone too (the train loop does).
+    level_init: initial per-region level for k = 0 (e.g. the training mean of the series)."""
+    regions_lib.check_mode(region_mode)
+    if num_regions < 1:
+      raise ValueError(f"num_regions={num_regions}: need at least one region")
+    if not 0 <= prefix_steps < horizon:
+      raise ValueError(f"prefix_steps={prefix_steps}: must be in [0, horizon={horizon})")
+    if quantiles is not None:
+      q = [float(v) for v in quantiles]
+      if not q or any(not 0 < v < 1 for v in q) or any(b <= a for a, b in zip(q, q[1:])):
+        raise ValueError(f"quantiles={list(quantiles)}: need strictly increasing levels in (0, 1)")
+    if dec_depth < 1:
+      raise ValueError(f"dec_depth={dec_depth}: need at least one decoder block")
+    d = cfg.hidden
+    heads = dec_heads or cfg.heads
+    if d % heads:
+      raise ValueError(f"dec_heads={heads} must divide hidden={d}")
+    self.cfg = cfg
+    self.region_mode = region_mode
+    self.num_regions = num_regions
+    self.horizon = horizon
+    self.prefix_steps = prefix_steps
+    self.quantiles = tuple(float(v) for v in quantiles) if quantiles is not None else None
+    self.audio = audio
+    self.freeze_encoder = freeze_encoder
+    self.encoder = ast_lib.AST(cfg, rngs=rngs) if audio else None
+    self.regions = (regions_lib.RegionTable(num_regions, d, rngs=rngs)
+                    if region_mode != "none" else None)
+    n_out = horizon - prefix_steps
+    self.step_embed = nnx.Param(_init(rngs.params(), (n_out, d)))
+    if prefix_steps:
+      self.prefix_proj = nnx.Linear(2, d, kernel_init=_init, rngs=rngs)
+      self.prefix_pos = nnx.Param(_init(rngs.params(), (prefix_steps, d)))
+    else:
+      self.prefix_proj = self.prefix_pos = None
+    self.level = nnx.Param(jnp.full((num_regions,), level_init, jnp.float32))
+    self.blocks = nnx.List([DecoderBlock(d, heads, 4 * d, cross=audio, rngs=rngs)
+                            for _ in range(dec_depth)])
+    self.out_norm = nnx.LayerNorm(d, rngs=rngs)
+    self.out = nnx.Linear(d, len(self.quantiles or (0.5,)),
+                          kernel_init=nnx.initializers.zeros_init(), rngs=rngs)
+
+  @property
+  def num_outputs(self) -> int:
+    return self.horizon - self.prefix_steps
+
+  # -- encoder ---------------------------------------------------------------------------------
+
+  def memory(self, fbank, regions):
+    """[B * R, M, D] encoder tokens per (example, region), or None without audio."""
+    if not self.audio:
+      return None
+    b, r = regions.shape
+    if self.region_mode == "cls_token":
+      tokens = self.encoder.encode(fbank, prefix_tokens=self.regions(regions))  # [B, R+2+N, D]
+      audio_tokens = tokens[:, r:]
+      region_tokens = tokens[:, :r].reshape(b * r, 1, -1)
+      audio_tokens = jnp.repeat(audio_tokens, r, axis=0) if r > 1 else audio_tokens
+      return jnp.concatenate([region_tokens, audio_tokens], axis=1)
+    if self.region_mode == "embedding":
+      emb = self.regions(regions).reshape(b * r, 1, -1)
+      x = jnp.repeat(fbank, r, axis=0) if r > 1 else fbank
+      return self.encoder.encode(x, token_bias=emb)
+    tokens = self.encoder.encode(fbank)
+    return jnp.repeat(tokens, r, axis=0) if r > 1 else tokens
+
+  # -- forward ---------------------------------------------------------------------------------
+
+  def __call__(self, fbank, regions, prefix=None, prefix_mask=None):
+    if regions.ndim == 1:
+      regions = regions[:, None]
+    b, r = regions.shape
+    if fbank is not None and fbank.shape[0] != b:
+      raise ValueError(f"regions must be [batch={fbank.shape[0]}, R] ids, got {tuple(regions.shape)}")
+    regions_lib.check_region_ids(regions, self.num_regions)
+    k = self.prefix_steps
+    if k:
+      if prefix is None or prefix_mask is None:
+        raise ValueError(f"this MP3 forecasts from the first {k} steps: pass prefix and "
+                         f"prefix_mask of shape [batch, R, {k}]")
+      if prefix.shape[-1] != k or prefix.shape[:2] != (b, r) or prefix_mask.shape != prefix.shape:
+        raise ValueError(f"prefix/prefix_mask must be [batch={b}, R={r}, k={k}], got "
+                         f"{tuple(prefix.shape)} / {tuple(prefix_mask.shape)}")
+    memory = self.memory(fbank, regions)
+    if memory is not None and self.freeze_encoder:
+      memory = jax.lax.stop_gradient(memory)
+    d = self.cfg.hidden
+    level = jnp.take(self.level[...], regions, axis=0)  # [B, R]
+    anchor = level
+    queries = jnp.broadcast_to(self.step_embed[...], (b, r, self.num_outputs, d))
+    if self.regions is not None:
+      queries = queries + self.regions(regions)[:, :, None, :]
+    tokens = queries
+    if k:
+      pm = prefix_mask.astype(jnp.float32)
+      # The curve's current level: the last observed prefix value (the learned level if none).
+      idx = jnp.where(pm > 0, jnp.arange(k), -1).max(-1)  # [B, R]
+      last = jnp.take_along_axis(prefix, jnp.maximum(idx, 0)[..., None], -1)[..., 0]
+      anchor = jnp.where(idx >= 0, last, level)
+      rel = jnp.where(pm > 0, prefix - anchor[..., None], 0.0)
+      feats = jnp.stack([rel, pm], axis=-1)  # [B, R, k, 2]
+      ptok = self.prefix_proj(feats) + self.prefix_pos[...]
+      tokens = jnp.concatenate([ptok, queries], axis=2)
+    x = tokens.reshape(b * r, tokens.shape[2], d)
+    for blk in self.blocks:
+      x = blk(x, memory)
+    raw = self.out(self.out_norm(x[:, k:]))  # [B*R, H, Q]
+    if raw.shape[-1] > 1:  # monotone quantiles: lowest free, then + softplus steps
+      raw = jnp.concatenate([raw[..., :1], raw[..., :1] + jnp.cumsum(
+          jax.nn.softplus(raw[..., 1:]), axis=-1)], axis=-1)
+    out = raw.reshape(b, r, self.num_outputs, -1)
+    return anchor[..., None, None].astype(jnp.float32) + out.astype(jnp.float32)
+
+  def _median_index(self) -> int:
+    q = self.quantiles or (0.5,)
+    return min(range(len(q)), key=lambda i: abs(q[i] - 0.5))
+
+  def point(self, out):
+    """Point forecast [B, R, H] from `__call__`'s output: the 0.5 quantile (or the nearest)."""
+    return out[..., self._median_index()]
+
+
+# ------------------------------------------------------------------------------------------------
+# Losses
+# ------------------------------------------------------------------------------------------------
+
+
+def pinball(pred, target, quantiles):
+  """Elementwise pinball loss [..., Q] for quantile predictions [..., Q] and targets [...]."""
+  q = jnp.asarray(quantiles, jnp.float32)
+  err = target[..., None] - pred
+  return jnp.maximum(q * err, (q - 1) * err)
+
+
+def forecast_loss(out, series, series_mask, *, prefix_steps: int, quantiles, censored_weight=0.0):
+  """Masked loss over the observed forecast steps, plus an optional censoring term.
+
+  out: [B, R, H, Q]; series, series_mask: [B, R, horizon]. Pinball (quantiles) or MSE (point),
+  averaged over observed (example, region, step) points only: unobserved steps contribute zero
+  loss and zero gradient. censored_weight > 0 adds, for off-chart steps, a hinge
+  `relu(median - floor)` with floor = the lowest observed value of that series: the track was
+  below the chart floor there, and the floor is at most its lowest charted value. Only gaps
+  BEFORE the series' last observed step count as off-chart (the data window may end earlier,
+  and an unobserved step after it may just be unknown).
+  """
+  k = prefix_steps
+  y = series[..., k:]
+  m = series_mask[..., k:].astype(jnp.float32)
+  n = jnp.maximum(m.sum(), 1.0)
+  if quantiles is not None:
+    per = pinball(out, y, quantiles).mean(-1)
+    mid = out[..., min(range(len(quantiles)), key=lambda i: abs(quantiles[i] - 0.5))]
+  else:
+    per = (out[..., 0] - y) ** 2
+    mid = out[..., 0]
+  loss = jnp.sum(jnp.where(m > 0, per, 0.0)) / n
+  if censored_weight:
+    full = series_mask.astype(jnp.float32)
+    t = jnp.arange(full.shape[-1])
+    last_obs = jnp.where(full > 0, t, -1).max(-1, keepdims=True)
+    floor = jnp.where(full > 0, series, jnp.inf).min(-1, keepdims=True)
+    off = (m == 0) & (t[k:] < last_obs) & jnp.isfinite(floor)
+    hinge = jnp.where(off, jax.nn.relu(mid - jnp.where(jnp.isfinite(floor), floor, 0.0)), 0.0)
+    loss = loss + censored_weight * hinge.sum() / jnp.maximum(off.sum(), 1.0)
+  return loss

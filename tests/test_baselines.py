@@ -1,0 +1,178 @@
+"""Forecast baselines against hand-computed values on tiny series."""
+import math
+
+import numpy as np
+import pytest
+
+from mpjax import baselines
+
+# One fully observed row: k = 3 prefix [10, 9, 8.5], forecast steps 3, 4, 5 (H = 3).
+ROW = np.array([[10.0, 9.0, 8.5, 7.0, 6.0, 5.0]])
+ONES = np.ones_like(ROW)
+
+
+def test_last_value():
+  np.testing.assert_array_equal(baselines.last_value(ROW, ONES, 3), [[8.5, 8.5, 8.5]])
+
+
+def test_seasonal_naive_repeats_last_season():
+  # m = 2: steps k-2, k-1 = 1, 2 -> [9, 8.5, 9].
+  np.testing.assert_array_equal(baselines.seasonal_naive(ROW, ONES, 3, 2), [[9.0, 8.5, 9.0]])
+  # m = 1 is the last value; m = 3 repeats the whole prefix.
+  np.testing.assert_array_equal(baselines.seasonal_naive(ROW, ONES, 3, 1), [[8.5, 8.5, 8.5]])
+  np.testing.assert_array_equal(baselines.seasonal_naive(ROW, ONES, 3, 3), [[10.0, 9.0, 8.5]])
+
+
+def test_seasonal_naive_fallbacks():
+  # k < m: last observed value.
+  np.testing.assert_array_equal(baselines.seasonal_naive(ROW, ONES, 3, 7), [[8.5, 8.5, 8.5]])
+  # Step 1 unobserved: h = 0, 2 (source step 1) fall back to the last observed value 8.5.
+  mask = np.array([[1, 0, 1, 1, 1, 1]])
+  np.testing.assert_array_equal(baselines.seasonal_naive(ROW, mask, 3, 2), [[8.5, 8.5, 8.5]])
+  # Step 2 unobserved: last observed is 9 (step 1); h = 1 (source step 2) uses it.
+  mask = np.array([[1, 1, 0, 1, 1, 1]])
+  np.testing.assert_array_equal(baselines.seasonal_naive(ROW, mask, 3, 2), [[9.0, 9.0, 9.0]])
+
+
+def test_exp_decay_hand_values():
+  # Least squares on t = 0, 1, 2: slope -0.75, mean y = 27.5 / 3 at mean t = 1.
+  pred = baselines.exp_decay(ROW, ONES, 3)
+  np.testing.assert_allclose(pred, [[23 / 3, 20.75 / 3, 18.5 / 3]], rtol=1e-12)
+
+
+def test_exp_decay_clips_growth_and_floors():
+  up = np.array([[1.0, 2.0, 3.0, 0.0, 0.0]])
+  # Growing prefix: slope clipped to 0 -> prefix mean 2.
+  np.testing.assert_allclose(baselines.exp_decay(up, np.ones_like(up), 3), [[2.0, 2.0]])
+  down = np.array([[2.0, 1.0, 0.0, 0.0, 0.0]])
+  m = np.ones_like(down)
+  np.testing.assert_allclose(baselines.exp_decay(down, m, 3), [[0.0, 0.0]])
+  np.testing.assert_allclose(baselines.exp_decay(down, m, 3, floor=None), [[-1.0, -2.0]])
+
+
+def test_power_decay_recovers_power_law():
+  t = np.arange(6.0)
+  row = (5.0 - 2.0 * np.log(t + 1))[None]
+  pred = baselines.power_decay(row, np.ones_like(row), 3)
+  # 5 - 2 ln 4, 5 - 2 ln 5, 5 - 2 ln 6
+  np.testing.assert_allclose(pred, [[2.2274112778, 1.7811241751, 1.4164810615]], rtol=1e-9)
+  up = np.array([[1.0, 2.0, 3.0, 0.0]])
+  np.testing.assert_allclose(baselines.power_decay(up, np.ones_like(up), 3), [[2.0]])
+
+
+def test_trend_fallbacks_to_last_value():
+  series = np.array([[10.0, 9.0, 8.0, 1.0, 1.0],   # one observed prefix point (step 0)
+                     [4.0, 3.0, 2.0, 1.0, 1.0],    # unobserved prefix at 1 -> fit on steps 0, 2
+                     [7.0, 7.0, 7.0, 1.0, 1.0]])   # no observed prefix -> 0
+  mask = np.array([[1, 0, 0, 1, 1], [1, 0, 1, 1, 1], [0, 0, 0, 1, 1]])
+  for fn in (baselines.exp_decay, baselines.power_decay):
+    pred = fn(series, mask, 3)
+    assert pred.shape == (3, 2) and np.all(np.isfinite(pred))
+    np.testing.assert_array_equal(pred[0], [10.0, 10.0])
+    np.testing.assert_array_equal(pred[2], [0.0, 0.0])
+  # Line through (0, 4), (2, 2): slope -1 -> 1, 0.
+  np.testing.assert_allclose(baselines.exp_decay(series, mask, 3)[1], [1.0, 0.0], atol=1e-12)
+  np.testing.assert_array_equal(baselines.last_value(series, mask, 3)[:, 0], [10.0, 2.0, 0.0])
+
+
+# Training set for train_drift: k = 2, T = 4 (H = 2).
+TR_SERIES = np.array([[5.0, 4.0, 3.0, 2.0],    # region 0, last 4, drift [-1, -2]
+                      [6.0, 6.0, 5.0, 0.0],    # region 0, last 6, drift [-1, (masked)]
+                      [3.0, 0.0, 4.0, 4.0]])   # region 1, last 3 (step 0), drift [1, 1]
+TR_MASK = np.array([[1, 1, 1, 1], [1, 1, 1, 0], [1, 0, 1, 1]])
+TR_REG = np.array([0, 0, 1])
+
+
+def test_train_drift_hand_values():
+  f = baselines.train_drift(TR_SERIES, TR_MASK, TR_REG, 2, 3)
+  test = np.array([[0.0, 7.0, 0.0, 0.0],   # region 0, last 7 -> 7 + [-1, -2]
+                   [0.0, 2.0, 0.0, 0.0],   # region 1, last 2 -> 2 + [1, 1]
+                   [0.0, 1.0, 0.0, 0.0],   # region 2 (no training data): all-region [-1/3, -1/2]
+                   [9.0, 9.0, 0.0, 0.0]])  # region 0, no observed prefix: level [4, 2]
+  mask = np.array([[0, 1, 0, 0], [1, 1, 0, 0], [0, 1, 1, 1], [0, 0, 1, 1]])
+  pred = f(test, mask, np.array([0, 1, 2, 0]))
+  np.testing.assert_allclose(pred, [[6.0, 5.0], [3.0, 3.0], [2 / 3, 0.5], [4.0, 2.0]],
+                             rtol=1e-12)
+
+
+def test_train_drift_step_without_data_is_zero_drift():
+  mask = TR_MASK.copy()
+  mask[:, 3] = 0
+  f = baselines.train_drift(TR_SERIES, mask, TR_REG, 2, 2)
+  pred = f(np.array([[0.0, 7.0, 0.0, 0.0]]), np.ones((1, 4)), np.array([0]))
+  np.testing.assert_allclose(pred, [[6.0, 7.0]])
+
+
+def test_train_drift_k0_is_mean_level():
+  f = baselines.train_drift(TR_SERIES, TR_MASK, TR_REG, 0, 2)
+  pred = f(np.zeros((2, 4)), np.zeros((2, 4)), np.array([0, 1]))
+  # Region 1 step 1 has no data: all-region mean of step 1 = (4 + 6) / 2.
+  np.testing.assert_allclose(pred, [[5.5, 5.0, 4.0, 2.0], [3.0, 5.0, 4.0, 4.0]])
+
+
+def test_extrinsic_ridge_recovers_linear_relation():
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(60, 2)) * [3.0, 0.5] + [1.0, -2.0]
+  reg = rng.integers(0, 2, size=60)
+  h = np.arange(4)
+  y = 1.0 + 2.0 * x[:, :1] - x[:, 1:] + 0.5 * h + 3.0 * reg[:, None]
+  series = np.concatenate([np.zeros((60, 1)), y], axis=1)  # k = 1, T = 5
+  f = baselines.extrinsic_regressor(x, series, np.ones_like(series), reg, 1, 2, alpha=1e-8)
+  xt = np.array([[0.0, 0.0], [2.0, 1.0], [-1.0, -3.0]])
+  rt = np.array([0, 1, 0])
+  want = 1.0 + 2.0 * xt[:, :1] - xt[:, 1:] + 0.5 * h + 3.0 * rt[:, None]
+  np.testing.assert_allclose(f(xt, rt), want, atol=1e-5)
+
+
+def test_extrinsic_ridge_no_features_and_sparse_steps():
+  series = np.array([[0.0, 1.0, 5.0, 0.0], [0.0, 3.0, 0.0, 0.0], [0.0, 10.0, 0.0, 0.0]])
+  mask = np.array([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 0, 0]])
+  f = baselines.extrinsic_regressor(np.zeros((3, 0)), series, mask, np.array([0, 0, 1]), 1, 2,
+                                    alpha=1e-9)
+  pred = f(np.zeros((2, 0)), np.array([0, 1]))
+  # Step 1: region means 2 and 10. Step 2: one row -> its value 5. Step 3: none -> mean of all
+  # observed forecast-window values (1 + 3 + 10 + 5) / 4.
+  np.testing.assert_allclose(pred, [[2.0, 5.0, 4.75], [10.0, 5.0, 4.75]], atol=1e-6)
+
+
+def test_run_all_keys_and_shapes():
+  rng = np.random.default_rng(1)
+  def split(n):
+    return {"series": rng.normal(5, 1, size=(n, 8)), "mask": rng.random((n, 8)) > 0.2,
+            "region_ids": rng.integers(0, 3, size=n), "extrinsic": rng.normal(size=(n, 4))}
+  train, test = split(20), split(7)
+  out = baselines.run_all(train, test, 3, 2, 3)
+  assert sorted(out) == sorted(["seasonal_naive", "last_value", "exp_decay", "power_decay",
+                                "train_drift", "extrinsic_ridge"])
+  for v in out.values():
+    assert v.shape == (7, 5) and v.dtype == np.float64 and np.all(np.isfinite(v))
+  del test["extrinsic"], train["extrinsic"]
+  out0 = baselines.run_all(train, test, 0, 2, 3)
+  assert sorted(out0) == ["extrinsic_ridge", "train_drift"]
+  assert all(v.shape == (7, 8) for v in out0.values())
+
+
+def test_errors_name_the_argument():
+  with pytest.raises(ValueError, match="mask"):
+    baselines.last_value(ROW, np.ones((1, 5)), 3)
+  with pytest.raises(ValueError, match="series"):
+    baselines.last_value(ROW[0], ONES[0], 3)
+  with pytest.raises(ValueError, match="k"):
+    baselines.last_value(ROW, ONES, 6)
+  with pytest.raises(ValueError, match="k"):
+    baselines.seasonal_naive(ROW, ONES, 0, 1)
+  with pytest.raises(ValueError, match="m "):
+    baselines.seasonal_naive(ROW, ONES, 3, 0)
+  with pytest.raises(ValueError, match="train_region_ids"):
+    baselines.train_drift(TR_SERIES, TR_MASK, np.array([0, 0, 2]), 2, 2)
+  f = baselines.train_drift(TR_SERIES, TR_MASK, TR_REG, 2, 2)
+  with pytest.raises(ValueError, match="region_ids"):
+    f(TR_SERIES, TR_MASK, np.array([0, 1]))
+  with pytest.raises(ValueError, match="training T"):
+    f(TR_SERIES[:, :3], TR_MASK[:, :3], TR_REG)
+  g = baselines.extrinsic_regressor(np.zeros((3, 2)), TR_SERIES, TR_MASK, TR_REG, 2, 2)
+  with pytest.raises(ValueError, match="extrinsic.*F = 2"):
+    g(np.zeros((3, 1)), TR_REG)
+  with pytest.raises(ValueError, match="train_extrinsic"):
+    baselines.extrinsic_regressor(np.zeros((2, 2)), TR_SERIES, TR_MASK, TR_REG, 2, 2)
+  assert math.isfinite(g(np.full((3, 2), np.nan), TR_REG).sum())

@@ -1,0 +1,240 @@
+"""MP3: shapes, monotone quantiles, masking (zero loss and gradient off the observed steps),
+encoder loaded from an MP2 checkpoint, audio-free mode, and the demo config end to end."""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import mp2 as mp2_config
+from configs import mp3 as mp3_config
+from data_prep import build, synthetic
+from mpjax import checkpoint, train
+from mpjax.models import ast, mp3
+
+CFG = ast.config_for("tiny", depth=1, input_tdim=32, input_fdim=32, fstride=16, tstride=16)
+Q = (0.1, 0.5, 0.9)
+
+
+def make(prefix_steps=2, horizon=6, mode="cls_token", quantiles=Q, audio=True, seed=0):
+  return mp3.MP3(CFG, 3, mode, horizon=horizon, prefix_steps=prefix_steps, quantiles=quantiles,
+                 audio=audio, dec_depth=1, rngs=nnx.Rngs(seed), level_init=5.0)
+
+
+def inputs(b=2, r=2, k=2, seed=0):
+  rs = np.random.RandomState(seed)
+  fb = jnp.asarray(rs.randn(b, 32, 32), jnp.float32)
+  ids = jnp.asarray(rs.randint(0, 3, (b, r)), jnp.int32)
+  prefix = jnp.asarray(10 + rs.randn(b, r, k), jnp.float32)
+  pmask = jnp.ones((b, r, k), jnp.float32)
+  return fb, ids, prefix, pmask
+
+
+def randomize(model, seed=1):
+  """Non-zero output layer (it starts at zero), so outputs depend on the inputs."""
+  rs = np.random.RandomState(seed)
+  model.out.kernel[...] = jnp.asarray(rs.randn(*model.out.kernel.shape) * 0.5, jnp.float32)
+  return model
+
+
+@pytest.mark.parametrize("mode", ["cls_token", "embedding", "none"])
+def test_shapes_and_monotone_quantiles(mode):
+  model = randomize(make(mode=mode))
+  out = model(*inputs())
+  assert out.shape == (2, 2, 4, 3)
+  assert np.all(np.diff(np.asarray(out), axis=-1) >= 0)
+  assert np.all(np.isfinite(np.asarray(out)))
+  assert model.point(out).shape == (2, 2, 4)
+
+
+def test_fresh_model_forecasts_the_last_observed_level():
+  model = make()  # zero output layer: every quantile = anchor + lowest-level offset 0 ...
+  fb, ids, prefix, pmask = inputs()
+  pmask = pmask.at[0, 0, 1].set(0.0)  # last prefix step unobserved: anchor = step 0
+  out = np.asarray(model(fb, ids, prefix, pmask))
+  np.testing.assert_allclose(out[0, 0, :, 0], np.full(4, prefix[0, 0, 0]), rtol=1e-6)
+  np.testing.assert_allclose(out[1, 1, :, 0], np.full(4, prefix[1, 1, 1]), rtol=1e-6)
+  # ... and with no observed prefix step, the learned per-region level (level_init = 5).
+  out = np.asarray(model(fb, ids, prefix, jnp.zeros_like(pmask)))
+  np.testing.assert_allclose(out[..., 0], 5.0, rtol=1e-6)
+
+
+def test_region_outputs_independent_of_companions():
+  model = randomize(make())
+  fb, ids, prefix, pmask = inputs(r=3)
+  both = np.asarray(model(fb, ids, prefix, pmask))
+  alone = np.asarray(model(fb, ids[:, 1:2], prefix[:, 1:2], pmask[:, 1:2]))
+  np.testing.assert_allclose(both[:, 1:2], alone, rtol=1e-5, atol=1e-5)
+
+
+def test_audio_changes_the_forecast_and_audio_free_ignores_it():
+  fb, ids, prefix, pmask = inputs()
+  model = randomize(make())
+  a = np.asarray(model(fb, ids, prefix, pmask))
+  b = np.asarray(model(fb * 0 + 1.0, ids, prefix, pmask))
+  assert np.abs(a - b).max() > 1e-4
+  free = randomize(make(audio=False))
+  assert free.encoder is None
+  a = np.asarray(free(fb, ids, prefix, pmask))
+  b = np.asarray(free(None, ids, prefix, pmask))
+  np.testing.assert_array_equal(a, b)
+
+
+def test_bad_inputs_named():
+  model = make()
+  fb, ids, prefix, pmask = inputs()
+  with pytest.raises(ValueError, match="prefix/prefix_mask must be"):
+    model(fb, ids, prefix[..., :1], pmask[..., :1])
+  with pytest.raises(ValueError, match="pass prefix"):
+    model(fb, ids)
+  with pytest.raises(ValueError, match="unknown region id"):
+    model(fb, ids + 5, prefix, pmask)
+  with pytest.raises(ValueError, match="quantiles"):
+    make(quantiles=(0.5, 0.1))
+  with pytest.raises(ValueError, match="prefix_steps"):
+    make(prefix_steps=6, horizon=6)
+
+
+@pytest.mark.parametrize("quantiles", [Q, None])
+def test_unobserved_steps_give_zero_loss_and_gradient(quantiles):
+  rs = np.random.RandomState(0)
+  b, r, t, k = 3, 2, 7, 2
+  nq = len(quantiles) if quantiles else 1
+  out = jnp.asarray(rs.randn(b, r, t - k, nq).cumsum(-1) + 10, jnp.float32)
+  series = jnp.asarray(10 + rs.randn(b, r, t), jnp.float32)
+  mask = jnp.asarray(rs.rand(b, r, t) > 0.4, jnp.float32)
+  loss = lambda o, s: mp3.forecast_loss(o, s, mask, prefix_steps=k, quantiles=quantiles)
+  # Targets where the mask is 0 do not matter ...
+  garbage = jnp.where(mask > 0, series, 1e6)
+  np.testing.assert_allclose(float(loss(out, series)), float(loss(out, garbage)), rtol=1e-6)
+  # ... and the outputs there get exactly zero gradient, the others not.
+  g = np.asarray(jax.grad(loss)(out, series))
+  unobs = np.asarray(mask[..., k:]) == 0
+  assert np.all(g[unobs] == 0)
+  assert np.all(np.abs(g[~unobs]).sum(-1) > 0)
+  # Pinball by hand for the point/quantile case on one element.
+  if quantiles:
+    e = float(series[0, 0, k] - out[0, 0, 0, 0])
+    assert float(mp3.pinball(out[0, 0, 0], series[0, 0, k], quantiles)[0]) == pytest.approx(
+        max(0.1 * e, -0.9 * e), rel=1e-6)
+
+
+def test_censored_term_penalises_only_gaps_before_the_last_observation():
+  k = 1
+  series = jnp.asarray([[[10.0, 9.0, 0.0, 8.0, 0.0, 0.0]]])
+  mask = jnp.asarray([[[1.0, 1.0, 0.0, 1.0, 0.0, 0.0]]])
+  high = jnp.full((1, 1, 5, 1), 12.0)  # above the floor (8) everywhere
+  base = mp3.forecast_loss(high, series, mask, prefix_steps=k, quantiles=None)
+  cens = mp3.forecast_loss(high, series, mask, prefix_steps=k, quantiles=None, censored_weight=1.0)
+  # Only step 2 (a gap before the last observation at step 3) is off-chart: hinge 12 - 8 = 4.
+  assert float(cens - base) == pytest.approx(4.0)
+
+
+# ------------------------------------------------------------------------------------------------
+# With the train loop: MP2 checkpoint -> MP3 encoder; demo config end to end
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+  raw = str(tmp_path_factory.mktemp("raw"))
+  out = str(tmp_path_factory.mktemp("ds"))
+  synthetic.generate(raw, seed=3, n_songs=40, n_artists=10, regions=("global", "us", "kr"),
+                     clip_seconds=5.5, weeks=36, horizon=12)
+  build.build(build.BuildConfig(raw=raw, out=out, progress=False, records_per_shard=8, horizon=12))
+  return out
+
+
+def shrink(c, data):
+  c.data_dir = data
+  c.model.depth = 1
+  c.model.input_tdim = 64
+  c.input.batch_size = 8
+  c.input.eval_batch_size = 8
+  c.total_steps = 3
+  c.optim.warmup_steps = 1
+  c.log_every = 1
+  c.eval_every = 1000
+  c.checkpoint.every = 3
+  c.checkpoint.use_async = False
+  c.tensorboard = False
+  c.augment.specaug.freq_width = 8
+  c.augment.specaug.time_width = 8
+  return c
+
+
+@pytest.fixture(scope="module")
+def mp2_ckpt(data, tmp_path_factory):
+  work = str(tmp_path_factory.mktemp("mp2"))
+  train.train_and_evaluate(shrink(mp2_config.get_config("demo"), data), work)
+  return os.path.join(work, "checkpoints")
+
+
+def test_demo_config_trains_from_the_mp2_encoder(data, mp2_ckpt, tmp_path, capsys):
+  c = shrink(mp3_config.get_config("demo"), data)
+  c.init_from = mp2_ckpt
+  c.seed = 7  # a fresh init far from the checkpoint's (MP2 used seed 0)
+  work = str(tmp_path / "mp3")
+  result = train.train_and_evaluate(c, work)
+  assert np.isfinite(result["test/mae"])
+  printed = capsys.readouterr().out
+  assert "parameters loaded" in printed
+  # The encoder really came from the MP2 checkpoint (then trained 3 small steps): close to
+  # it, far from the fresh init of the same seed.
+  src = checkpoint.read_checkpoint_params(mp2_ckpt)
+  fresh = {k: np.asarray(v) for k, v in checkpoint._flat_params(
+      nnx.state(train_model(c, data), nnx.Param)).items()}
+  got = checkpoint.read_checkpoint_params(os.path.join(work, "checkpoints"))
+  enc = [k for k in src if k.startswith("encoder/")]
+  assert enc and all(k in got for k in enc)
+  for key in ("encoder/pos_embed", "encoder/blocks/0/mlp/fc1/kernel", "regions/table"):
+    assert not np.allclose(src[key], fresh[key])           # the checkpoint is not a fresh init
+    assert np.abs(got[key] - src[key]).max() < 0.1 * np.abs(src[key] - fresh[key]).max()
+  # The forecast report: model and every baseline, on the same test rows.
+  fdir = os.path.join(work, "forecast")
+  summary = json.load(open(os.path.join(fdir, "summary.json")))
+  assert {"mp3", "seasonal_naive", "last_value", "exp_decay", "power_decay", "train_drift",
+          "extrinsic_ridge"} <= set(summary)
+  assert len({s["n"] for s in summary.values()}) == 1
+  assert os.path.getsize(os.path.join(fdir, "fan_charts.png")) > 1000
+  assert "| mp3 " in open(os.path.join(fdir, "forecast_table.md")).read()
+
+
+def train_model(c, data):
+  """A fresh MP3 with the train loop's construction (same seed), for comparison."""
+  manifest = json.load(open(os.path.join(data, "manifest.json")))
+  return mp3.MP3(train.model_config(c), len(manifest["regions"]), c.region_mode,
+                 horizon=manifest["horizon"], prefix_steps=c.mp3.prefix_steps,
+                 quantiles=tuple(c.mp3.quantiles), dec_depth=c.mp3.dec_depth, rngs=nnx.Rngs(c.seed))
+
+
+def test_frozen_encoder_stays_equal_to_the_checkpoint(data, mp2_ckpt, tmp_path):
+  c = shrink(mp3_config.get_config("demo"), data)
+  c.init_from = mp2_ckpt
+  c.mp3.freeze_encoder = True
+  work = str(tmp_path / "frozen")
+  train.train_and_evaluate(c, work)
+  src = checkpoint.read_checkpoint_params(mp2_ckpt)
+  got = checkpoint.read_checkpoint_params(os.path.join(work, "checkpoints"))
+  for key in (k for k in src if k.startswith("encoder/")):
+    np.testing.assert_array_equal(got[key], src[key])
+  assert not np.array_equal(got["step_embed"], train_model(c, data).step_embed[...])
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("mp3.quantiles", (0.9, 0.1), r"config\.mp3\.quantiles"),
+    ("mp3.prefix_steps", -1, r"config\.mp3\.prefix_steps"),
+    ("task", "mp4", r"config\.task"),
+])
+def test_bad_mp3_config_fails_at_start(data, tmp_path, field, value, match):
+  c = shrink(mp3_config.get_config("demo"), data)
+  target = c
+  *parents, leaf = field.split(".")
+  for p in parents:
+    target = target[p]
+  target[leaf] = value
+  with pytest.raises(ValueError, match=match):
+    train.train_and_evaluate(c, str(tmp_path))
