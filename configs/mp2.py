@@ -26,6 +26,7 @@ def get_config(arg: str | None = None):
   c.seed = 0
   c.data_dir = ml_collections.FieldReference(None, field_type=str)  # None + demo: build synthetic
   c.demo_data = demo  # build the synthetic dataset into WORKDIR/data if data_dir is missing
+  c.demo_songs = 240  # songs in that synthetic dataset
 
   # Model -----------------------------------------------------------------------------------
   c.model = ml_collections.ConfigDict(dict(

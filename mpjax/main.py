@@ -29,7 +29,8 @@ def ensure_data(config, workdir: str) -> None:
   data_dir = config.data_dir or os.path.join(workdir, "data")
   logging.info("building the synthetic demo dataset into %s", data_dir)
   print(f"[demo] building the synthetic dataset into {data_dir} ...", flush=True)
-  synthetic.make_demo(os.path.join(workdir, "raw"), data_dir, progress=True)
+  synthetic.make_demo(os.path.join(workdir, "raw"), data_dir, progress=True,
+                      **({"n_songs": config.demo_songs} if config.get("demo_songs") else {}))
   with config.unlocked():
     config.data_dir = data_dir
 
