@@ -1,4 +1,4 @@
-"""Test doubles shared by the HTTP-client tests."""
+"""Test doubles and small configs shared by several test files."""
 
 
 class FakeTime:
@@ -14,3 +14,22 @@ class FakeTime:
 
   def clock(self):
     return self.now
+
+
+def tiny_train(c, data):
+  """A demo config (configs/mp2.py or mp3.py) shrunk to seconds on CPU over dataset `data`."""
+  c.data_dir = data
+  c.model.depth = 1
+  c.model.input_tdim = 64
+  c.input.batch_size = 8
+  c.input.eval_batch_size = 8
+  c.total_steps = 6
+  c.optim.warmup_steps = 2
+  c.log_every = 1
+  c.eval_every = 1000
+  c.checkpoint.every = 3
+  c.checkpoint.use_async = False
+  c.tensorboard = False
+  c.augment.specaug.freq_width = 8
+  c.augment.specaug.time_width = 8
+  return c

@@ -15,6 +15,8 @@ from data_prep import build, synthetic
 from mpjax import checkpoint, train
 from mpjax.models import ast, mp3
 
+from fakes import tiny_train
+
 CFG = ast.config_for("tiny", depth=1, input_tdim=32, input_fdim=32, fstride=16, tstride=16)
 Q = (0.1, 0.5, 0.9)
 
@@ -149,20 +151,9 @@ def data(tmp_path_factory):
 
 
 def shrink(c, data):
-  c.data_dir = data
-  c.model.depth = 1
-  c.model.input_tdim = 64
-  c.input.batch_size = 8
-  c.input.eval_batch_size = 8
+  c = tiny_train(c, data)
   c.total_steps = 3
   c.optim.warmup_steps = 1
-  c.log_every = 1
-  c.eval_every = 1000
-  c.checkpoint.every = 3
-  c.checkpoint.use_async = False
-  c.tensorboard = False
-  c.augment.specaug.freq_width = 8
-  c.augment.specaug.time_width = 8
   return c
 
 

@@ -13,6 +13,8 @@ from data_prep import build, synthetic
 from mpjax import checkpoint, train
 from mpjax.input import pipeline
 
+from fakes import tiny_train
+
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
@@ -25,21 +27,7 @@ def data(tmp_path_factory):
 
 
 def tiny_config(data, **over):
-  c = mp2_config.get_config("demo")
-  c.data_dir = data
-  c.model.depth = 1
-  c.model.input_tdim = 64
-  c.input.batch_size = 8
-  c.input.eval_batch_size = 8
-  c.total_steps = 6
-  c.optim.warmup_steps = 2
-  c.log_every = 1
-  c.eval_every = 1000
-  c.checkpoint.every = 3
-  c.checkpoint.use_async = False
-  c.tensorboard = False
-  c.augment.specaug.freq_width = 8
-  c.augment.specaug.time_width = 8
+  c = tiny_train(mp2_config.get_config("demo"), data)
   for k, v in over.items():
     target = c
     *parents, leaf = k.split(".")
@@ -113,7 +101,7 @@ def test_overfits_a_tiny_batch(data):
   model = mp2.MP2(cfg, len(manifest["regions"]), "cls_token", rngs=nnx.Rngs(0), head_bias=15.0)
   graphdef, params = nnx.split(model, nnx.Param)
   tx = train.make_optimizer(c, params, cfg.depth)
-  step, _ = train.make_steps(graphdef, tx, None)
+  step, _ = train.make_steps(graphdef, tx, None, c)
   step = jax.jit(step)
   batch = next(iter(pipeline.make_dataset(data, "train", cfg=c.input, seed=0, train=False)))
   batch = {k: jnp.asarray(v) for k, v in batch.items()}
