@@ -22,8 +22,11 @@ CPU settings this benchmark makes itself (the train loop should make the same on
     (`jax.jit(..., compiler_options=...)`, CPU backend only; `--xla-ynn on` keeps XLA's
     default). This jaxlib routes dots and reductions through YNNPACK fusions; on this AVX2 CPU
     they ran the step's matmuls at 60-110 GFLOP/s against Eigen's 105-160 (torch: 115-155).
-  * glibc malloc: `mallopt(M_ARENA_MAX=1, M_MMAP_MAX=0, M_TRIM_THRESHOLD=2**31-1)`, for both
-    implementations (process-wide; `--malloc default` leaves glibc alone). XLA:CPU allocates
+  * glibc malloc: `mallopt(M_ARENA_MAX=1, M_MMAP_MAX=0, M_TRIM_THRESHOLD=-1)` (`tune_malloc(
+    no_trim=True)`), for both implementations (process-wide; `--malloc tuned`: trim threshold
+    2**31-1 as `tune_malloc()`, `--malloc default` leaves glibc alone). With 2**31-1 the heap
+    top still exceeded 2 GiB free after each flax step and glibc gave ~2.2 GB back: 110-220k
+    page faults and ~0.6 s of kernel time per step again; -1 never trims (0 faults). XLA:CPU allocates
     the step's temporaries (1.1 GB for tiny, batch 8) afresh at every call; glibc serves that
     with fresh mmap()s, so every step page-faulted ~440k pages (1.4 s of kernel time per step
     on 2 cores). torch's many smaller tensors fault less (~0.1-0.35 s). With the settings the
@@ -252,7 +255,8 @@ def main(argv=None):
   ap.add_argument("--no-interleave", dest="interleave", action="store_false")
   ap.add_argument("--xla-ynn", choices=("off", "on"), default="off",
                   help="XLA:CPU YNNPACK fusions (default off: Eigen dots)")
-  ap.add_argument("--malloc", choices=("tuned", "default"), default="tuned")
+  ap.add_argument("--malloc", choices=("no-trim", "tuned", "default"), default="no-trim",
+                  help="no-trim: tune_malloc(no_trim=True); tuned: tune_malloc(); default: glibc's")
   ap.add_argument("--torch-fused", action="store_true", help="torch.optim.AdamW(fused=True)")
   ap.add_argument("--times", action="store_true", help="include every step time in the JSON")
   a = ap.parse_args(argv)
@@ -260,7 +264,7 @@ def main(argv=None):
     ap.error("--steps must be >= 10")
   if a.warmup < 1:
     ap.error("--warmup must be >= 1")
-  malloc = tune_malloc() if a.malloc == "tuned" else None
+  malloc = None if a.malloc == "default" else tune_malloc(no_trim=a.malloc == "no-trim")
   c = CONFIGS[a.config]
   cpu_options = XLA_CPU_OPTIONS if a.xla_ynn == "off" else None
 
