@@ -25,7 +25,8 @@ from mpjax.analysis import report as report_lib
 from mpjax.input import pipeline
 
 
-def _quantiles(config):
+def quantiles_of(config):
+  """config.mp3.quantiles as a tuple of floats, or None (point forecast)."""
   q = config.mp3.quantiles
   return tuple(float(v) for v in q) if q else None
 
@@ -67,7 +68,7 @@ def model_metrics(eval_fn, params, data_dir, split, config, manifest, mesh) -> d
   if not rows:
     return {}
   k = config.mp3.prefix_steps
-  q = _quantiles(config)
+  q = quantiles_of(config)
   pred = rows["pred"] if q else rows["pred"][..., 0]
   naive = (baselines.seasonal_naive(rows["series"], rows["mask"], k, config.mp3.season)
            if k >= 1 else None)
@@ -80,7 +81,7 @@ def report(eval_fn, params, data_dir, config, manifest, mesh, outdir, *, split="
   """Scores the model and every baseline on `split`; writes the files; returns the markdown."""
   os.makedirs(outdir, exist_ok=True)
   k, m = config.mp3.prefix_steps, config.mp3.season
-  q = _quantiles(config)
+  q = quantiles_of(config)
   test = collect(data_dir, split, config, eval_fn=eval_fn, params=params, mesh=mesh)
   if not test:
     return f"(no {split} rows to evaluate)"
@@ -101,7 +102,7 @@ def report(eval_fn, params, data_dir, config, manifest, mesh, outdir, *, split="
            f"{len(target)} series)")
   md = report_lib.write_forecast_report(outdir, results, title=title, k=k, period=period,
                                         quantiles=q)
-  point = test["pred"][..., _median(q)] if q else test["pred"][..., 0]
+  point = metrics_lib.point_from_quantiles(test["pred"], q) if q else test["pred"][..., 0]
   report_lib.fan_charts(os.path.join(outdir, "fan_charts.png"), test["series"], test["mask"], k,
                         {"mp3": point, **{n: fc[n] for n in ("last_value", "train_drift") if n in fc}},
                         quantiles=q, quantile_pred=test["pred"] if q else None,
@@ -114,7 +115,3 @@ def report(eval_fn, params, data_dir, config, manifest, mesh, outdir, *, split="
   with open(os.path.join(outdir, "summary.json"), "w") as f:
     json.dump({n: r["overall"] for n, r in results.items()}, f, indent=2)
   return md
-
-
-def _median(q) -> int:
-  return min(range(len(q)), key=lambda i: abs(q[i] - 0.5))

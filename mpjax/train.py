@@ -88,6 +88,8 @@ def check_config(config):
     q = list(f.quantiles) if f.quantiles else None
     if q is not None and (any(not 0 < v < 1 for v in q) or any(b <= a for a, b in zip(q, q[1:]))):
       bad("mp3.quantiles", f"{q}: need strictly increasing levels in (0, 1), or None (point)")
+    if q is not None and 0.5 not in q:
+      bad("mp3.quantiles", f"{q}: must include 0.5 (the point forecast)")
     if f.dec_depth < 1:
       bad("mp3.dec_depth", f"{f.dec_depth} must be >= 1")
     if f.censored_weight < 0:
@@ -189,13 +191,8 @@ def task_loss(out, batch, config):
     return mp2_loss(out, batch)
   f = config.mp3
   return mp3_lib.forecast_loss(out, batch["series"], batch["series_mask"],
-                               prefix_steps=f.prefix_steps, quantiles=_quantiles(config),
+                               prefix_steps=f.prefix_steps, quantiles=forecast_lib.quantiles_of(config),
                                censored_weight=f.censored_weight)
-
-
-def _quantiles(config):
-  q = config.mp3.quantiles
-  return tuple(float(v) for v in q) if q else None
 
 
 def make_steps(graphdef, tx, mesh, config):
@@ -288,7 +285,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
                          head_bias=head_bias)
     f = config.mp3
     return mp3_lib.MP3(cfg, num_regions, config.region_mode, horizon=int(manifest["horizon"]),
-                       prefix_steps=f.prefix_steps, quantiles=_quantiles(config), audio=f.audio,
+                       prefix_steps=f.prefix_steps, quantiles=forecast_lib.quantiles_of(config), audio=f.audio,
                        dec_depth=f.dec_depth, dec_heads=f.dec_heads or None,
                        freeze_encoder=f.freeze_encoder, level_init=head_bias,
                        rngs=nnx.Rngs(seed))

@@ -96,6 +96,8 @@ def test_bad_inputs_named():
     model(fb, ids + 5, prefix, pmask)
   with pytest.raises(ValueError, match="quantiles"):
     make(quantiles=(0.5, 0.1))
+  with pytest.raises(ValueError, match="must include 0.5"):
+    make(quantiles=(0.1, 0.9))
   with pytest.raises(ValueError, match="prefix_steps"):
     make(prefix_steps=6, horizon=6)
 

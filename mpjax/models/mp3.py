@@ -84,6 +84,8 @@ class MP3(nnx.Module):
       q = [float(v) for v in quantiles]
       if not q or any(not 0 < v < 1 for v in q) or any(b <= a for a, b in zip(q, q[1:])):
         raise ValueError(f"quantiles={list(quantiles)}: need strictly increasing levels in (0, 1)")
+      if 0.5 not in q:
+        raise ValueError(f"quantiles={list(quantiles)}: must include 0.5 (the point forecast)")
     if dec_depth < 1:
       raise ValueError(f"dec_depth={dec_depth}: need at least one decoder block")
     d = cfg.hidden
@@ -186,18 +188,19 @@ class MP3(nnx.Module):
     out = raw.reshape(b, r, self.num_outputs, -1)
     return anchor[..., None, None].astype(jnp.float32) + out.astype(jnp.float32)
 
-  def _median_index(self) -> int:
-    q = self.quantiles or (0.5,)
-    return min(range(len(q)), key=lambda i: abs(q[i] - 0.5))
-
   def point(self, out):
-    """Point forecast [B, R, H] from `__call__`'s output: the 0.5 quantile (or the nearest)."""
-    return out[..., self._median_index()]
+    """Point forecast [B, R, H] from `__call__`'s output: the 0.5 quantile."""
+    return out[..., median_index(self.quantiles)]
 
 
 # ------------------------------------------------------------------------------------------------
 # Losses
 # ------------------------------------------------------------------------------------------------
+
+
+def median_index(quantiles) -> int:
+  """Index of the 0.5 level (the point forecast); 0 for a point model (quantiles None)."""
+  return list(quantiles).index(0.5) if quantiles else 0
 
 
 def pinball(pred, target, quantiles):
@@ -224,7 +227,7 @@ def forecast_loss(out, series, series_mask, *, prefix_steps: int, quantiles, cen
   n = jnp.maximum(m.sum(), 1.0)
   if quantiles is not None:
     per = pinball(out, y, quantiles).mean(-1)
-    mid = out[..., min(range(len(quantiles)), key=lambda i: abs(quantiles[i] - 0.5))]
+    mid = out[..., median_index(quantiles)]
   else:
     per = (out[..., 0] - y) ** 2
     mid = out[..., 0]
