@@ -81,6 +81,9 @@ def check_config(config):
   for k in ("log_every", "eval_every"):
     if config[k] < 1:
       bad(k, f"{config[k]} must be >= 1")
+  if config.init_from and not os.path.exists(config.init_from):
+    bad("init_from", f"{config.init_from!r} does not exist (a checkpoint directory or a weights "
+        "file; `--config.init_from=` with nothing after '=' unsets it)")
   if config.task == "mp3":
     f = config.mp3
     if f.prefix_steps < 0:

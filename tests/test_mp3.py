@@ -221,6 +221,7 @@ def test_frozen_encoder_stays_equal_to_the_checkpoint(data, mp2_ckpt, tmp_path):
     ("mp3.quantiles", (0.9, 0.1), r"config\.mp3\.quantiles"),
     ("mp3.prefix_steps", -1, r"config\.mp3\.prefix_steps"),
     ("task", "mp4", r"config\.task"),
+    ("init_from", "None", r"config\.init_from: 'None' does not exist"),
 ])
 def test_bad_mp3_config_fails_at_start(data, tmp_path, field, value, match):
   c = shrink(mp3_config.get_config("demo"), data)
