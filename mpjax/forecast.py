@@ -31,6 +31,17 @@ def quantiles_of(config):
   return tuple(float(v) for v in q) if q else None
 
 
+def horizon_bands(k: int, horizon: int, manifest: dict) -> dict[str, tuple[int, int]]:
+  """Early vs late forecast steps. Weekly: split after the MP2 window (`mp2_weeks`: in the
+  synthetic truth the level there is extrinsic, the decay after it audio-driven); daily: after
+  day 14. Absolute 0-based [lo, hi) step ranges; labels are 1-based."""
+  split = int(manifest.get("mp2_weeks", 6)) if manifest.get("period", "weekly") == "weekly" else 14
+  split = min(max(split, k + 1), horizon - 1)
+  if split <= k:
+    return {}
+  return {f"{k + 1}..{split}": (k, split), f"{split + 1}..{horizon}": (split, horizon)}
+
+
 def collect(data_dir, split, config, *, eval_fn=None, params=None, mesh=None) -> dict:
   """Rows of `split` (every record x every region it charted in, eval mode: centre crop)."""
   ds = pipeline.make_dataset(data_dir, split, cfg=config.input, augment=None, seed=config.seed,
@@ -88,14 +99,15 @@ def report(eval_fn, params, data_dir, config, manifest, mesh, outdir, *, split="
   train = collect(data_dir, "train", config)
   names = manifest["regions"]
   fc = baselines.run_all(train, test, k, m, len(names))
+  bands = horizon_bands(k, int(manifest["horizon"]), manifest)
   target, tmask = test["series"][:, k:], test["mask"][:, k:]
   naive = fc.get("seasonal_naive")
   results = {"mp3": metrics_lib.forecast(test["pred"] if q else test["pred"][..., 0], target,
                                          tmask, test["region_ids"], names, quantiles=q,
-                                         naive=naive, k=k)}
+                                         naive=naive, k=k, bands=bands)}
   for name, pred in fc.items():
     results[name] = metrics_lib.forecast(pred, target, tmask, test["region_ids"], names,
-                                         naive=naive, k=k)
+                                         naive=naive, k=k, bands=bands)
   period = manifest.get("period", "weekly")
   title = (f"MP3 on the {split} split: forecast steps {k + 1}..{manifest['horizon']} from the "
            f"first {k} ({period}; {'audio' if config.mp3.audio else 'no audio'}, "

@@ -143,12 +143,14 @@ def _forecast_quantile_metrics(pq, t, q):
 
 
 def forecast(pred, target, mask, region_ids, region_names: Sequence[str], *, quantiles=None,
-             naive=None, k: int = 0) -> dict:
+             naive=None, k: int = 0, bands: dict | None = None) -> dict:
   """Forecast metrics overall, per region and per horizon step (definitions above).
 
   pred [N, H] point or [N, H, Q] quantiles (then `quantiles` = the Q ascending levels);
   target, mask [N, H]; region_ids [N] indexing region_names; naive [N, H] optional
   seasonal-naive forecast for MASE; k = the prefix length (only labels the steps).
+  bands: optional {name: (lo, hi)} ranges of absolute steps (k <= lo < hi <= k + H), each scored
+  pooled over its steps into result["per_band"][name] (e.g. early vs late horizons).
 
   Returns {"overall": {...}, "per_region": {name: {...}} (regions with no scored point omitted),
   "per_horizon": [{"step": k + h, ...} for h in range(H)] (n = 0 and NaN metrics where a step has
@@ -213,4 +215,12 @@ def forecast(pred, target, mask, region_ids, region_names: Sequence[str], *, qua
     sel = np.zeros_like(m)
     sel[:, h] = m[:, h]
     result["per_horizon"].append({"step": int(k) + h} | score(sel))
+  if bands:
+    result["per_band"] = {}
+    for name, (lo, hi) in bands.items():
+      if not k <= lo < hi <= k + h_len:
+        raise ValueError(f"bands[{name!r}] = ({lo}, {hi}): need k={k} <= lo < hi <= {k + h_len}")
+      sel = np.zeros_like(m)
+      sel[:, lo - k:hi - k] = m[:, lo - k:hi - k]
+      result["per_band"][name] = {"steps": [int(lo), int(hi)]} | score(sel)
   return result

@@ -133,3 +133,19 @@ def test_point_from_quantiles():
   p = np.array([[0.0, 1.0, 5.0]])
   np.testing.assert_array_equal(metrics.point_from_quantiles(p, (0.1, 0.5, 0.9)), [1.0])
   np.testing.assert_array_equal(metrics.point_from_quantiles(p, (0.1, 0.3, 0.9)), [2.0])
+
+
+def test_bands_pool_their_steps_only():
+  rng = np.random.default_rng(0)
+  pred, target = rng.normal(size=(5, 6)), rng.normal(size=(5, 6))
+  mask = rng.random((5, 6)) > 0.3
+  k = 2
+  out = metrics.forecast(pred, target, mask, np.zeros(5, int), NAMES, k=k,
+                         bands={"early": (2, 4), "late": (4, 8)})
+  for name, (lo, hi) in (("early", (0, 2)), ("late", (2, 6))):
+    sel = np.zeros_like(mask)
+    sel[:, lo:hi] = mask[:, lo:hi]
+    assert out["per_band"][name]["mae"] == pytest.approx(np.abs(pred - target)[sel].mean(), rel=1e-12)
+    assert out["per_band"][name]["n"] == sel.sum()
+  with pytest.raises(ValueError, match=r"bands\['bad'\]"):
+    metrics.forecast(pred, target, mask, np.zeros(5, int), NAMES, k=k, bands={"bad": (0, 3)})

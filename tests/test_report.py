@@ -78,3 +78,16 @@ def test_fan_charts_png(tmp_path):
   path2 = report.fan_charts(str(tmp_path / "b.png"), series, mask, k, fc, n=20)
   with open(path2, "rb") as f:
     assert f.read(8) == PNG_SIGNATURE
+
+
+def test_report_band_table(tmp_path):
+  series, mask, k, q, qp, fc, _ = make(h_len=6)
+  args = (series[:, k:], mask[:, k:], np.arange(len(series)) % 2, NAMES)
+  bands = {"4..5": (3, 5), "6..9": (5, 9)}
+  results = {"mp3": metrics.forecast(qp, *args, quantiles=q, k=k, bands=bands),
+             "last_value": metrics.forecast(fc["last_value"], *args, k=k, bands=bands)}
+  md = report.write_forecast_report(str(tmp_path), results, title="t", k=k, period="week",
+                                    quantiles=q)
+  assert "## MAE by horizon band" in md
+  row = next(l for l in md.splitlines() if l.startswith("| 6..9 "))
+  assert f"{results['mp3']['per_band']['6..9']['mae']:.4f}" in row

@@ -103,6 +103,19 @@ def write_forecast_report(outdir: str, results: dict[str, dict], *, title: str, 
                 + [str(o.get("n", "–"))])
   lines += ["## Overall", ""] + _table(header, rows) + [""]
 
+  band_names = list(next((results[n]["per_band"] for n in names if results[n].get("per_band")), {}))
+  if band_names:
+    lines += [f"## MAE by horizon band (steps 1-based; {period})", ""]
+    rows = []
+    for band in band_names:
+      vals = [results[n].get("per_band", {}).get(band, {}).get("mae") for n in names]
+      npts = next((results[n]["per_band"][band]["n"] for n in names
+                   if band in results[n].get("per_band", {})), "–")
+      b = _best_row(vals)
+      rows.append([band] + [f"**{_fmt(v)}**" if j == b else _fmt(v) for j, v in enumerate(vals)]
+                  + [str(npts)])
+    lines += _table(["band"] + names + ["n"], rows) + [""]
+
   h_len = max(len(results[n].get("per_horizon", [])) for n in names)
   if h_len:
     lines += [f"## MAE per horizon (step, 1-based; {period})", ""]
