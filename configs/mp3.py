@@ -48,11 +48,15 @@ def get_config(arg: str | None = None):
       freeze_encoder=False))
 
   if demo:
-    c.total_steps = 300
+    c.total_steps = 600
     c.optim.lr = 5e-4
     c.optim.warmup_steps = 20
-    c.eval_every = 100
-    c.checkpoint.every = 100
+    c.eval_every = 200
+    c.checkpoint.every = 200
+    # Every region of the demo's four in each example: with region CLS tokens one encoder pass
+    # then supervises four curves of the same audio (measured: late-step MAE 0.445 vs 0.477).
+    c.input.regions_per_example = 4
+    c.augment.gain_db = 0.0  # loudness is one of the planted audio attributes: keep it
     c.augment.mixup_alpha = 0.0  # series targets are not mixed
   if kworb:
     c.demo_data = False
