@@ -194,7 +194,8 @@ def task_loss(out, batch, config):
     return mp2_loss(out, batch)
   f = config.mp3
   return mp3_lib.forecast_loss(out, batch["series"], batch["series_mask"],
-                               prefix_steps=f.prefix_steps, quantiles=forecast_lib.quantiles_of(config),
+                               prefix_steps=f.prefix_steps,
+                               quantiles=forecast_lib.quantiles_of(config),
                                censored_weight=f.censored_weight)
 
 
