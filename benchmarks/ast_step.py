@@ -253,7 +253,7 @@ def main(argv=None):
   ap.add_argument("--warmup", type=int, default=3, help="untimed steps, compilation included")
   ap.add_argument("--impl", choices=("both", "flax", "torch"), default="both")
   ap.add_argument("--no-interleave", dest="interleave", action="store_false")
-  ap.add_argument("--xla-ynn", choices=("off", "on"), default="off",
+  ap.add_argument("--xla-ynn", default="off",
                   help="XLA:CPU YNNPACK fusions (default off: Eigen dots)")
   ap.add_argument("--malloc", choices=("no-trim", "tuned", "default"), default="no-trim",
                   help="no-trim: tune_malloc(no_trim=True); tuned: tune_malloc(); default: glibc's")
@@ -266,7 +266,10 @@ def main(argv=None):
     ap.error("--warmup must be >= 1")
   malloc = None if a.malloc == "default" else tune_malloc(no_trim=a.malloc == "no-trim")
   c = CONFIGS[a.config]
-  cpu_options = XLA_CPU_OPTIONS if a.xla_ynn == "off" else None
+  cpu_options = (XLA_CPU_OPTIONS if a.xla_ynn == "off" else None if a.xla_ynn == "on"
+                 else {"xla_cpu_experimental_ynn_fusion_type": a.xla_ynn})
+  if os.environ.get("EXTRA_OPTS"):
+    cpu_options = dict(cpu_options or {}, **json.loads(os.environ["EXTRA_OPTS"]))
 
   torch_model = None
   if a.impl in ("both", "torch"):

@@ -48,6 +48,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from mpjax.kernels import cpu_attention
+
 # ----------------------------------------------------------------------------------------------
 # Configuration
 # ----------------------------------------------------------------------------------------------
@@ -128,7 +130,7 @@ _init = nnx.initializers.truncated_normal(stddev=0.02)
 
 
 def _dense(din, dout, cfg, rngs, use_bias=True):
-  return nnx.Linear(din, dout, use_bias=use_bias, dtype=jnp.dtype(cfg.dtype),
+  return _Linear(din, dout, use_bias=use_bias, dtype=jnp.dtype(cfg.dtype),
                     param_dtype=jnp.float32, kernel_init=_init, rngs=rngs)
 
 
@@ -142,6 +144,39 @@ def _norm(cfg, rngs):
 # Hand-written primitives (speed). Same math as the library versions, with backward passes that
 # touch each large tensor as few times as possible; see the module docstring.
 # ----------------------------------------------------------------------------------------------
+
+
+def _column_sum(g):
+  """Sum of a [rows, features] matrix over its rows, as a matrix-vector product."""
+  return jnp.ones((g.shape[0],), g.dtype) @ g
+
+
+@jax.custom_vjp
+def _add_bias(y, b):
+  return y + b
+
+
+def _add_bias_fwd(y, b):
+  return y + b, None
+
+
+def _add_bias_bwd(_, g):
+  return g, _column_sum(g.reshape(-1, g.shape[-1])).astype(jnp.float32)
+
+
+_add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
+
+
+class _Linear(nnx.Linear):
+  """`nnx.Linear` (same parameters) with the bias gradient as a matrix-vector product."""
+
+  def __call__(self, x, *args, **kwargs):
+    if args or kwargs or self.bias is None or os.environ.get("MPJAX_PLAIN_BIAS"):
+      return super().__call__(x, *args, **kwargs)
+    dtype = self.dtype or jnp.float32
+    y = jax.lax.dot_general(x.astype(dtype), self.kernel[...].astype(dtype),
+                            (((x.ndim - 1,), (0,)), ((), ())), precision=self.precision)
+    return _add_bias(y, self.bias[...].astype(dtype))
 
 
 def _flat_dense(layer, x):
@@ -201,8 +236,11 @@ def _layer_norm_bwd(eps, res, dy):
   g = dy * scale
   dx = rstd * (g - jnp.mean(g, axis=-1, keepdims=True)
                - xhat * jnp.mean(g * xhat, axis=-1, keepdims=True))
-  rows = tuple(range(dy.ndim - 1))
-  return dx, jnp.sum(dy * xhat, axis=rows), jnp.sum(dy, axis=rows)
+  if os.environ.get("MPJAX_PLAIN_BIAS"):
+    rows = tuple(range(dy.ndim - 1))
+    return dx, jnp.sum(dy * xhat, axis=rows), jnp.sum(dy, axis=rows)
+  d = dy.shape[-1]
+  return dx, _column_sum((dy * xhat).reshape(-1, d)), _column_sum(dy.reshape(-1, d))
 
 
 _layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
@@ -322,12 +360,18 @@ class Attention(nnx.Module):
     self.qkv = _dense(cfg.hidden, 3 * cfg.hidden, cfg, rngs, use_bias=cfg.qkv_bias)
     self.proj = _dense(cfg.hidden, cfg.hidden, cfg, rngs)
 
-  def __call__(self, x, mask=None):
+  def __call__(self, x, mask=None, prefix=0):
+    """mask: optional boolean [.., N, N] (True = attend). prefix > 0 says that `mask` is the
+    region-token mask `AST.encode` builds for `prefix` leading tokens (the CPU kernel
+    computes that mask itself)."""
     b, n, d = x.shape
     h = self.cfg.heads
     qkv = _flat_dense(self.qkv, x)  # [B, N, 3D]; timm/official order: q, k, v; heads-major
     if jax.default_backend() == "cpu":
-      out = softmax_attention(qkv, h, mask)
+      if (mask is None or prefix > 0) and cpu_attention.supports(qkv, h):
+        out = cpu_attention.attention(qkv, h, prefix)  # fused C++ kernel (float32)
+      else:
+        out = softmax_attention(qkv, h, mask)
     else:
       # The fused backends (cuDNN flash attention on GPU) are picked here where available.
       qkv = qkv.reshape(b, n, 3, h, d // h)
@@ -357,8 +401,8 @@ class Block(nnx.Module):
     self.norm2 = _norm(cfg, rngs)
     self.mlp = Mlp(cfg, rngs=rngs)
 
-  def __call__(self, x, mask=None):
-    x = x + self.attn(self.norm1(x), mask).astype(jnp.float32)
+  def __call__(self, x, mask=None, prefix=0):
+    x = x + self.attn(self.norm1(x), mask, prefix).astype(jnp.float32)
     x = x + self.mlp(self.norm2(x)).astype(jnp.float32)
     return x
 
@@ -406,7 +450,7 @@ class AST(nnx.Module):
     x = self.embed(fbank)
     if token_bias is not None:
       x = x + token_bias
-    mask = None
+    mask, p = None, 0
     if prefix_tokens is not None:
       p = prefix_tokens.shape[1]
       n = x.shape[1] + p
@@ -414,7 +458,7 @@ class AST(nnx.Module):
       q = np.arange(n)[:, None]
       k = np.arange(n)[None, :]
       mask = jnp.asarray((k >= p) | (q == k))[None, None]  # [1, 1, n, n]
-    block_fn = lambda blk, y: blk(y, mask)
+    block_fn = lambda blk, y: blk(y, mask, p)
     if self.cfg.remat:
       block_fn = nnx.remat(block_fn)
     for blk in self.blocks:

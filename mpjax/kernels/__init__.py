@@ -1,0 +1,1 @@
+"""Hand-written kernels (see cpu_attention.py)."""
