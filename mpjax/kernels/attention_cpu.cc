@@ -264,29 +264,33 @@ float* scratch(size_t floats) {
   return buf.get();
 }
 
-// Gathers head h of batch b from qkv into padded, contiguous matrices (zeros past n):
-// qs = q * scale [np, dh], kt = k^T [dh, np], and optionally k [np, dh], v [np, dh], vt [dh, np].
+// dst[c * ldd + i] = src[i * cols + c] for i < rows, c < cols, in 16 x 16 blocks (cache lines
+// are read and written whole).
+void transpose(const float* src, int rows, int cols, float* dst, int64_t ldd) {
+  for (int i0 = 0; i0 < rows; i0 += 16)
+    for (int c0 = 0; c0 < cols; c0 += 16)
+      for (int c = c0; c < std::min(c0 + 16, cols); ++c)
+        for (int i = i0; i < std::min(i0 + 16, rows); ++i) dst[c * ldd + i] = src[i * cols + c];
+}
+
+// Gathers head h of batch b from qkv into contiguous matrices padded with zero rows to np:
+// qs = q * scale, k, v [np, dh] (row-major), kt = k^T [dh, np], and vt = v^T if asked for.
 void gather(const Dims& d, const float* qkv, int64_t b, int64_t h, float scale, float* qs,
-            float* kt, float* k, float* v, float* vt) {
+            float* k, float* kt, float* v, float* vt) {
   const int dh = static_cast<int>(d.dh), np = d.np, n = static_cast<int>(d.n);
-  std::memset(qs, 0, sizeof(float) * np * dh);
-  std::memset(kt, 0, sizeof(float) * np * dh);
-  if (k) std::memset(k, 0, sizeof(float) * np * dh);
-  if (v) std::memset(v, 0, sizeof(float) * np * dh);
-  if (vt) std::memset(vt, 0, sizeof(float) * np * dh);
+  const v16 sc = bc(scale);
   for (int i = 0; i < n; ++i) {
     const float* row = qkv + (b * d.n + i) * d.d3 + h * dh;
-    const float* kr = row + d.d;
-    const float* vr = row + 2 * d.d;
-    for (int c = 0; c < dh; ++c) {
-      qs[i * dh + c] = row[c] * scale;
-      kt[c * np + i] = kr[c];
-    }
-    if (k) std::memcpy(k + i * dh, kr, sizeof(float) * dh);
-    if (v) std::memcpy(v + i * dh, vr, sizeof(float) * dh);
-    if (vt)
-      for (int c = 0; c < dh; ++c) vt[c * np + i] = vr[c];
+    for (int c = 0; c < dh; c += 16) st(qs + i * dh + c, ld(row + c) * sc);
+    std::memcpy(k + i * dh, row + d.d, sizeof(float) * dh);
+    std::memcpy(v + i * dh, row + 2 * d.d, sizeof(float) * dh);
   }
+  const size_t tail = sizeof(float) * (np - n) * dh;
+  std::memset(qs + n * dh, 0, tail);
+  std::memset(k + n * dh, 0, tail);
+  std::memset(v + n * dh, 0, tail);
+  transpose(k, np, dh, kt, np);
+  if (vt) transpose(v, np, dh, vt, np);
 }
 
 ffi::Error AttentionFwd(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> qkv, ffi::ResultBuffer<ffi::F32> out,
@@ -302,13 +306,14 @@ ffi::Error AttentionFwd(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> qkv, ffi::Re
   parallel_for(pool, static_cast<int>(d.b * d.h), [&](int item) {
     const int64_t b = item / d.h, h = item % d.h;
     float* qs = scratch(size_t(4) * np * dh + size_t(kBlock) * np + kBlock * dh + 2 * kBlock + 5 * kPad);
-    float* kt = qs + np * dh + kPad;
+    float* k = qs + np * dh + kPad;
+    float* kt = k + np * dh + kPad;
     float* v = kt + np * dh + kPad;
     float* s = v + np * dh + kPad;
     float* ob = s + kBlock * np + kPad;
     float* m = ob + kBlock * dh;
     float* l = m + kBlock;
-    gather(d, x, b, h, scale, qs, kt, nullptr, v, nullptr);
+    gather(d, x, b, h, scale, qs, k, kt, v, nullptr);
     for (int i0 = 0; i0 < n; i0 += kBlock) {
       const int rows = std::min(kBlock, n - i0);
       gemm<false>(rows, np, dh, qs + i0 * dh, dh, 1, kt, np, s, np);
@@ -346,10 +351,11 @@ ffi::Error AttentionBwd(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> qkv, ffi::Bu
 
   parallel_for(pool, static_cast<int>(d.b * d.h), [&](int item) {
     const int64_t b = item / d.h, h = item % d.h;
-    float* qs = scratch(size_t(8) * np * dh + size_t(2) * kBlock * np + kBlock * dh + np + 13 * kPad);
+    float* qs = scratch(size_t(9) * np * dh + size_t(2) * kBlock * np + kBlock * dh + np + 14 * kPad);
     float* kt = qs + np * dh + kPad;
     float* k = kt + np * dh + kPad;
-    float* vt = k + np * dh + kPad;
+    float* v = k + np * dh + kPad;
+    float* vt = v + np * dh + kPad;
     float* gdo = vt + np * dh + kPad;
     float* dk = gdo + np * dh + kPad;
     float* dv = dk + np * dh + kPad;
@@ -357,17 +363,19 @@ ffi::Error AttentionBwd(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> qkv, ffi::Bu
     float* p = dqb + kBlock * dh + kPad;
     float* ds = p + kBlock * np + kPad;
     float* dsum = ds + kBlock * np + kPad;
-    gather(d, x, b, h, scale, qs, kt, k, nullptr, vt);
-    std::memset(gdo, 0, sizeof(float) * np * dh);
+    gather(d, x, b, h, scale, qs, k, kt, v, vt);
+    std::memset(gdo + n * dh, 0, sizeof(float) * (np - n) * dh);
     std::memset(dk, 0, sizeof(float) * np * dh);
     std::memset(dv, 0, sizeof(float) * np * dh);
     for (int i = 0; i < n; ++i) {
       const float* gr = go + (b * d.n + i) * d.d + h * dh;
       const float* orow = o + (b * d.n + i) * d.d + h * dh;
       std::memcpy(gdo + i * dh, gr, sizeof(float) * dh);
-      float acc = 0;
-      for (int c = 0; c < dh; ++c) acc += gr[c] * orow[c];
-      dsum[i] = acc;
+      v16 acc{};
+      for (int c = 0; c < dh; c += 16) acc += ld(gr + c) * ld(orow + c);
+      float sum = 0;
+      for (int j = 0; j < 16; ++j) sum += acc[j];
+      dsum[i] = sum;
     }
     for (int i0 = 0; i0 < n; i0 += kBlock) {
       const int rows = std::min(kBlock, n - i0);
