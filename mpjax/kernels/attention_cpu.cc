@@ -412,6 +412,58 @@ ffi::Error AttentionBwd(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> qkv, ffi::Bu
   return ffi::Error::Success();
 }
 
+
+// Weight and bias gradients of a dense layer y = x w + b: dw = x^T g [din, dout] and
+// db = column sums of g [dout], for x [rows, din] and g [rows, dout] (leading axes flattened).
+// Why here: XLA:CPU's Eigen dot ran this transposed-operand product with a long contraction
+// (rows = batch * tokens) at 150-200 GFLOP/s where its other dots reach 270-320. The rows are
+// split into one chunk per thread, each summed in blocks of 256 rows into its own partial dw.
+ffi::Error DenseGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> g,
+                     ffi::ResultBuffer<ffi::F32> dw, ffi::ResultBuffer<ffi::F32> db) {
+  auto xs = x.dimensions();
+  auto gs = g.dimensions();
+  if (xs.size() != 2 || gs.size() != 2 || xs[0] != gs[0])
+    return ffi::Error::InvalidArgument("mpjax dense grad: x and g must be [rows, din], [rows, dout]");
+  const int64_t rows = xs[0];
+  const int din = static_cast<int>(xs[1]), dout = static_cast<int>(gs[1]);
+  if (dout % 16 != 0)
+    return ffi::Error::InvalidArgument("mpjax dense grad: dout " + std::to_string(dout) +
+                                       " is not a multiple of 16");
+  constexpr int64_t kRows = 256;
+  const int chunks = static_cast<int>(
+      std::max<int64_t>(1, std::min<int64_t>(std::max<int64_t>(pool.num_threads(), 1),
+                                             rows / kRows)));
+  const size_t part = size_t(din) * dout + dout;
+  std::vector<float> parts(part * chunks);
+  const float* xp = x.typed_data();
+  const float* gp = g.typed_data();
+  parallel_for(pool, chunks, [&](int c) {
+    const int64_t r0 = rows * c / chunks, r1 = rows * (c + 1) / chunks;
+    float* acc = parts.data() + part * c;
+    float* bacc = acc + size_t(din) * dout;
+    std::memset(acc, 0, sizeof(float) * part);
+    for (int64_t k0 = r0; k0 < r1; k0 += kRows) {
+      const int kk = static_cast<int>(std::min(kRows, r1 - k0));
+      gemm<true>(din, dout, kk, xp + k0 * din, 1, din, gp + k0 * dout, dout, acc, dout);
+      for (int k = 0; k < kk; ++k) {
+        const float* grow = gp + (k0 + k) * dout;
+        for (int j = 0; j < dout; j += 16) st(bacc + j, ld(bacc + j) + ld(grow + j));
+      }
+    }
+  });
+  float* w = dw->typed_data();
+  float* bias = db->typed_data();
+  std::memcpy(w, parts.data(), sizeof(float) * din * dout);
+  std::memcpy(bias, parts.data() + size_t(din) * dout, sizeof(float) * dout);
+  for (int c = 1; c < chunks; ++c) {
+    const float* src = parts.data() + part * c;
+    for (size_t i = 0; i < size_t(din) * dout; i += 16) st(w + i, ld(w + i) + ld(src + i));
+    for (int j = 0; j < dout; j += 16)
+      st(bias + j, ld(bias + j) + ld(src + size_t(din) * dout + j));
+  }
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(MpjaxAttentionFwd, AttentionFwd,
@@ -435,3 +487,11 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(MpjaxAttentionBwd, AttentionBwd,
                                   .Attr<int64_t>("heads")
                                   .Attr<float>("scale")
                                   .Attr<int64_t>("prefix"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MpjaxDenseGrad, DenseGrad,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());

@@ -34,7 +34,7 @@ import numpy as np
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "attention_cpu.cc")
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno")
-_FWD, _BWD = "mpjax_attention_fwd", "mpjax_attention_bwd"
+_FWD, _BWD, _DENSE = "mpjax_attention_fwd", "mpjax_attention_bwd", "mpjax_dense_grad"
 _log = logging.getLogger(__name__)
 
 
@@ -106,6 +106,8 @@ def _register() -> str | None:
     for name, sym in ((_FWD, lib.MpjaxAttentionFwd), (_BWD, lib.MpjaxAttentionBwd)):
       jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(sym), platform="cpu")
       jax.ffi.register_ffi_target_as_batch_partitionable(name)
+    # Not batch-partitionable: its outputs sum over the rows (XLA replicates it under a mesh).
+    jax.ffi.register_ffi_target(_DENSE, jax.ffi.pycapsule(lib.MpjaxDenseGrad), platform="cpu")
   except Exception as e:  # noqa: BLE001 - any failure means: use the XLA path, say why once
     _log.warning("mpjax CPU attention kernel unavailable, using the XLA implementation: %s", e)
     return f"{type(e).__name__}: {e}"
@@ -159,3 +161,20 @@ def attention(qkv, heads: int, prefix: int = 0):
 
   attend.defvjp(fwd, bwd)
   return attend(qkv)
+
+
+def dense_grad(x, g):
+  """(x^T g, column sums of g) for x [rows, din], g [rows, dout] float32, on the CPU kernel:
+  the weight and bias gradients of `x @ w + b`. dout must be a multiple of 16."""
+  why = _register()
+  if why is not None:
+    raise RuntimeError(f"mpjax CPU kernels unavailable: {why}")
+  call = jax.ffi.ffi_call(_DENSE, (jax.ShapeDtypeStruct((x.shape[1], g.shape[1]), jnp.float32),
+                                   jax.ShapeDtypeStruct((g.shape[1],), jnp.float32)))
+  return call(x.astype(jnp.float32), g.astype(jnp.float32))
+
+
+def dense_supported(x, w) -> bool:
+  """Whether `mpjax.models.ast` may compute this dense layer's weight gradient on the kernel."""
+  return (x.ndim == 2 and x.dtype == jnp.float32 and w.dtype == jnp.float32
+          and w.shape[1] % 16 == 0 and available())

@@ -167,16 +167,41 @@ def _add_bias_bwd(_, g):
 _add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
 
 
+@jax.custom_vjp
+def _linear_cpu(x, w, b):
+  """`x @ w + b` (x [rows, din], float32) whose weight and bias gradients come from the CPU
+  kernel `cpu_attention.dense_grad` (XLA:CPU ran that product 1.6-2x slower than torch)."""
+  return x @ w + b
+
+
+def _linear_cpu_fwd(x, w, b):
+  return x @ w + b, (x, w)
+
+
+def _linear_cpu_bwd(res, g):
+  x, w = res
+  dw, db = cpu_attention.dense_grad(x, g)
+  return g @ w.T, dw, db
+
+
+_linear_cpu.defvjp(_linear_cpu_fwd, _linear_cpu_bwd)
+
+
 class _Linear(nnx.Linear):
-  """`nnx.Linear` (same parameters) with the bias gradient as a matrix-vector product."""
+  """`nnx.Linear` (same parameters). On the CPU backend in float32 the weight and bias
+  gradients come from the CPU kernel; otherwise the bias gradient is a matrix-vector product."""
 
   def __call__(self, x, *args, **kwargs):
-    if args or kwargs or self.bias is None or os.environ.get("MPJAX_PLAIN_BIAS"):
+    if args or kwargs or self.bias is None:
       return super().__call__(x, *args, **kwargs)
     dtype = self.dtype or jnp.float32
-    y = jax.lax.dot_general(x.astype(dtype), self.kernel[...].astype(dtype),
+    w, b = self.kernel[...], self.bias[...]
+    if (jax.default_backend() == "cpu" and dtype == jnp.float32
+        and cpu_attention.dense_supported(x, w)):
+      return _linear_cpu(x, w, b)
+    y = jax.lax.dot_general(x.astype(dtype), w.astype(dtype),
                             (((x.ndim - 1,), (0,)), ((), ())), precision=self.precision)
-    return _add_bias(y, self.bias[...].astype(dtype))
+    return _add_bias(y, b.astype(dtype))
 
 
 def _flat_dense(layer, x):
@@ -236,9 +261,6 @@ def _layer_norm_bwd(eps, res, dy):
   g = dy * scale
   dx = rstd * (g - jnp.mean(g, axis=-1, keepdims=True)
                - xhat * jnp.mean(g * xhat, axis=-1, keepdims=True))
-  if os.environ.get("MPJAX_PLAIN_BIAS"):
-    rows = tuple(range(dy.ndim - 1))
-    return dx, jnp.sum(dy * xhat, axis=rows), jnp.sum(dy, axis=rows)
   d = dy.shape[-1]
   return dx, _column_sum((dy * xhat).reshape(-1, d)), _column_sum(dy.reshape(-1, d))
 
