@@ -17,7 +17,10 @@ import ctypes
 import ctypes.util
 import platform
 
-CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+CPU_COMPILER_OPTIONS = {
+    "xla_cpu_experimental_ynn_fusion_type": "",
+    "xla_disable_hlo_passes": "tree_reduction_rewriter",
+}
 
 
 def jit_options(backend: str | None = None) -> dict | None:

@@ -416,8 +416,12 @@ ffi::Error AttentionBwd(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> qkv, ffi::Bu
 // Weight and bias gradients of a dense layer y = x w + b: dw = x^T g [din, dout] and
 // db = column sums of g [dout], for x [rows, din] and g [rows, dout] (leading axes flattened).
 // Why here: XLA:CPU's Eigen dot ran this transposed-operand product with a long contraction
-// (rows = batch * tokens) at 150-200 GFLOP/s where its other dots reach 270-320. The rows are
-// split into one chunk per thread, each summed in blocks of 256 rows into its own partial dw.
+// (rows = batch * tokens) at 150-200 GFLOP/s where its other dots reach 270-320.
+// Each thread sums blocks of 256 rows, taken from a shared counter, into its own partial dw
+// (a block's x and g stay in cache for the whole of dw); the partials are added at the end.
+// A thread that starts late (XLA may be running another op on it) just takes fewer blocks.
+constexpr int64_t kGradRows = 256;
+
 ffi::Error DenseGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> g,
                      ffi::ResultBuffer<ffi::F32> dw, ffi::ResultBuffer<ffi::F32> db) {
   auto xs = x.dimensions();
@@ -429,34 +433,58 @@ ffi::Error DenseGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<
   if (dout % 16 != 0)
     return ffi::Error::InvalidArgument("mpjax dense grad: dout " + std::to_string(dout) +
                                        " is not a multiple of 16");
-  constexpr int64_t kRows = 256;
-  const int chunks = static_cast<int>(
-      std::max<int64_t>(1, std::min<int64_t>(std::max<int64_t>(pool.num_threads(), 1),
-                                             rows / kRows)));
-  const size_t part = size_t(din) * dout + dout;
-  std::vector<float> parts(part * chunks);
+  const int blocks = static_cast<int>((rows + kGradRows - 1) / kGradRows);
+  const int workers = static_cast<int>(
+      std::max<int64_t>(1, std::min<int64_t>(std::max<int64_t>(pool.num_threads(), 1), blocks)));
+  const size_t part = size_t(din) * dout + dout;  // partial dw, then partial db
+  struct State {
+    std::atomic<int> next{0}, done{0}, started{0};
+    std::vector<float> parts;
+    std::vector<char> used;
+  };
+  auto state = std::make_shared<State>();
+  state->parts.resize(part * workers);
+  state->used.assign(workers, 0);
   const float* xp = x.typed_data();
   const float* gp = g.typed_data();
-  parallel_for(pool, chunks, [&](int c) {
-    const int64_t r0 = rows * c / chunks, r1 = rows * (c + 1) / chunks;
-    float* acc = parts.data() + part * c;
+  // Captures by value: a task that starts after the call returned finds no block and touches
+  // nothing but the shared state.
+  auto work = [state, workers, blocks, rows, din, dout, part, xp, gp]() {
+    const int wid = state->started.fetch_add(1);
+    if (wid >= workers) return;
+    float* acc = state->parts.data() + part * wid;
     float* bacc = acc + size_t(din) * dout;
-    std::memset(acc, 0, sizeof(float) * part);
-    for (int64_t k0 = r0; k0 < r1; k0 += kRows) {
-      const int kk = static_cast<int>(std::min(kRows, r1 - k0));
+    int blk;
+    while ((blk = state->next.fetch_add(1)) < blocks) {
+      if (!state->used[wid]) {
+        std::memset(acc, 0, sizeof(float) * part);
+        state->used[wid] = 1;
+      }
+      const int64_t k0 = blk * kGradRows;
+      const int kk = static_cast<int>(std::min(kGradRows, rows - k0));
       gemm<true>(din, dout, kk, xp + k0 * din, 1, din, gp + k0 * dout, dout, acc, dout);
       for (int k = 0; k < kk; ++k) {
         const float* grow = gp + (k0 + k) * dout;
         for (int j = 0; j < dout; j += 16) st(bacc + j, ld(bacc + j) + ld(grow + j));
       }
+      state->done.fetch_add(1, std::memory_order_release);
     }
-  });
+  };
+  for (int t = 1; t < workers; ++t) pool.Schedule(decltype(work)(work));
+  work();
+  while (state->done.load(std::memory_order_acquire) < blocks) std::this_thread::yield();
   float* w = dw->typed_data();
   float* bias = db->typed_data();
-  std::memcpy(w, parts.data(), sizeof(float) * din * dout);
-  std::memcpy(bias, parts.data() + size_t(din) * dout, sizeof(float) * dout);
-  for (int c = 1; c < chunks; ++c) {
-    const float* src = parts.data() + part * c;
+  bool first = true;
+  for (int wid = 0; wid < workers; ++wid) {
+    if (!state->used[wid]) continue;
+    const float* src = state->parts.data() + part * wid;
+    if (first) {
+      std::memcpy(w, src, sizeof(float) * din * dout);
+      std::memcpy(bias, src + size_t(din) * dout, sizeof(float) * dout);
+      first = false;
+      continue;
+    }
     for (size_t i = 0; i < size_t(din) * dout; i += 16) st(w + i, ld(w + i) + ld(src + i));
     for (int j = 0; j < dout; j += 16)
       st(bias + j, ld(bias + j) + ld(src + size_t(din) * dout + j));
