@@ -1,1 +1,1 @@
-"""Hand-written kernels (see cpu_attention.py)."""
+"""Hand-written kernels (see cpu_kernels.py)."""

@@ -48,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mpjax.kernels import cpu_attention
+from mpjax.kernels import cpu_kernels
 
 # ----------------------------------------------------------------------------------------------
 # Configuration
@@ -170,7 +170,7 @@ _add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
 @jax.custom_vjp
 def _linear_cpu(x, w, b):
   """`x @ w + b` (x [rows, din], float32) whose weight and bias gradients come from the CPU
-  kernel `cpu_attention.dense_grad` (XLA:CPU ran that product 1.6-2x slower than torch)."""
+  kernel `cpu_kernels.dense_grad` (XLA:CPU ran that product 1.6-2x slower than torch)."""
   return x @ w + b
 
 
@@ -180,7 +180,7 @@ def _linear_cpu_fwd(x, w, b):
 
 def _linear_cpu_bwd(res, g):
   x, w = res
-  dw, db = cpu_attention.dense_grad(x, g)
+  dw, db = cpu_kernels.dense_grad(x, g)
   return g @ w.T, dw, db
 
 
@@ -197,7 +197,7 @@ class _Linear(nnx.Linear):
     dtype = self.dtype or jnp.float32
     w, b = self.kernel[...], self.bias[...]
     if (jax.default_backend() == "cpu" and dtype == jnp.float32
-        and cpu_attention.dense_supported(x, w)):
+        and cpu_kernels.dense_supported(x, w)):
       return _linear_cpu(x, w, b)
     y = jax.lax.dot_general(x.astype(dtype), w.astype(dtype),
                             (((x.ndim - 1,), (0,)), ((), ())), precision=self.precision)
@@ -390,8 +390,8 @@ class Attention(nnx.Module):
     h = self.cfg.heads
     qkv = _flat_dense(self.qkv, x)  # [B, N, 3D]; timm/official order: q, k, v; heads-major
     if jax.default_backend() == "cpu":
-      if (mask is None or prefix > 0) and cpu_attention.supports(qkv, h):
-        out = cpu_attention.attention(qkv, h, prefix)  # fused C++ kernel (float32)
+      if (mask is None or prefix > 0) and cpu_kernels.supports(qkv, h):
+        out = cpu_kernels.attention(qkv, h, prefix)  # fused C++ kernel (float32)
       else:
         out = softmax_attention(qkv, h, mask)
     else:

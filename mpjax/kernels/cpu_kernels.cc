@@ -1,6 +1,7 @@
-// Fused multi-head softmax attention for XLA:CPU (forward and backward), float32.
+// XLA:CPU kernels, float32: fused multi-head softmax attention (forward and backward) and the
+// weight/bias gradients of a dense layer (DenseGrad, at the end).
 //
-// Called through the XLA FFI from mpjax/kernels/cpu_attention.py, which compiles this file on
+// Called through the XLA FFI from mpjax/kernels/cpu_kernels.py, which compiles this file on
 // first use. Layouts are the AST's: the fused projection qkv [B, N, 3 * H * Dh] (q, k, v blocks,
 // heads-major inside each) and the output [B, N, H * Dh], so no transposes are needed around the
 // call. Work is split over (batch, head) pairs on XLA's intra-op thread pool.
@@ -15,8 +16,10 @@
 // AST.encode): a prefix token attends to itself and to the tokens after the prefix; the tokens
 // after the prefix never attend to prefix tokens.
 //
-// The matrix products use one register-tiled kernel (6 rows x up to 64 columns per tile)
+// The matrix products use one register-tiled kernel (up to 8 rows x 64 columns per tile)
 // written with GCC vector extensions, so it compiles to AVX-512 or AVX2 (-march=native).
+// Measured single-core on this project's 2-core Xeon (AVX-512, FMA peak 236 GFLOP/s):
+// 160-180 GFLOP/s on the attention block products.
 
 #include <algorithm>
 #include <atomic>

@@ -1,21 +1,28 @@
-"""Fused softmax attention for XLA:CPU: a C++ kernel (attention_cpu.cc) called through the XLA FFI.
+"""Hand-written XLA:CPU kernels (cpu_kernels.cc, C++) called through the XLA FFI, float32:
 
-Why: on XLA:CPU the unfused attention (batched [N, N] dots, then softmax passes over [N, N]
-tensors) was the whole speed gap of the AST train step to PyTorch's fused CPU attention
-(benchmarks/ast_step.py; numbers in README). The kernel computes forward and backward a block of
-64 query rows at a time, flash-attention style: the probabilities are recomputed in the backward
-pass from the saved log-sum-exp, never stored (so the step also keeps ~25 MB less per layer for
-AST-tiny at batch 8), and q, k, v are read straight from the fused projection's layout.
+  attention(qkv, heads, prefix)  fused multi-head softmax attention, forward and backward
+  dense_grad(x, g)               x^T g and column sums of g: a dense layer's weight/bias grads
 
-The kernel is compiled on first use with the system C++ compiler (`$CXX`, else `c++`/`g++`)
-against the installed jaxlib's FFI headers (`jax.ffi.include_dir()`), `-O3 -march=native`, and
-cached under `$MPJAX_CACHE_DIR` (default `~/.cache/mpjax`) keyed by source, jax version, flags
-and CPU. If there is no compiler or the build fails, `available()` is False, the reason is
-logged once, and callers use the XLA implementation (`mpjax.models.ast.softmax_attention`): same
-math, slower. `MPJAX_CPU_ATTENTION=0` turns the kernel off (e.g. to compare the two).
+Why: they were the speed gap of the AST train step to PyTorch on CPU (benchmarks/ast_step.py;
+numbers in README). XLA:CPU runs attention unfused (batched [N, N] dots at 110-190 GFLOP/s, then
+softmax passes over [N, N] tensors) and ran the transposed, long-contraction weight-gradient
+dot at 150-200 GFLOP/s where torch reached ~300. The attention kernel works on blocks of 64
+query rows, flash-attention style: the probabilities are recomputed in the backward pass from
+the saved log-sum-exp, never stored (AST-tiny at batch 8 keeps ~25 MB less per layer), and q,
+k, v are read straight from the fused projection's layout.
 
-Contract: float32 only, head_dim a multiple of 16, the CPU backend. Under a mesh the call is
-partitioned along the batch axis (`register_ffi_target_as_batch_partitionable`).
+The library is compiled on first use with the system C++ compiler (`$CXX`, else c++ / g++ /
+clang++) against the installed jaxlib's FFI headers (`jax.ffi.include_dir()`) with
+`-O3 -march=native` (a few seconds), and cached under `$MPJAX_CACHE_DIR` (default
+`~/.cache/mpjax/kernels`), keyed by source, jax version, flags, compiler and CPU flags. If there
+is no compiler or the build fails, `available()` is False, the reason is logged once, and
+`mpjax.models.ast` uses its XLA implementations: same math, slower. `MPJAX_CPU_KERNELS=0` turns
+the kernels off (to compare, or to rule them out).
+
+Under a mesh of several CPU devices XLA all-gathers the kernels' operands and runs each call
+whole on every device: correct (tests/test_cpu_kernels.py checks sharded == one device), not
+sharded. (`register_ffi_target_as_batch_partitionable` did not stop the all-gather with this
+jax.) CPU training is one device; GPUs/TPUs never take these kernels.
 """
 from __future__ import annotations
 
@@ -32,14 +39,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "attention_cpu.cc")
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_kernels.cc")
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno")
 _FWD, _BWD, _DENSE = "mpjax_attention_fwd", "mpjax_attention_bwd", "mpjax_dense_grad"
 _log = logging.getLogger(__name__)
 
 
 def enabled_by_env() -> bool:
-  return os.environ.get("MPJAX_CPU_ATTENTION", "1").strip().lower() not in ("0", "false", "no", "off")
+  return os.environ.get("MPJAX_CPU_KERNELS", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 def cache_dir() -> str:
@@ -75,19 +82,20 @@ def build(verbose: bool = False) -> str:
   key = hashlib.sha256(b"\0".join([src, jax.__version__.encode(), " ".join(FLAGS).encode(),
                                    cxx.encode(), _cpu_id().encode()])).hexdigest()[:16]
   out_dir = os.path.join(cache_dir(), "kernels")
-  lib = os.path.join(out_dir, f"attention_cpu_{key}.so")
+  lib = os.path.join(out_dir, f"cpu_kernels_{key}.so")
   if os.path.exists(lib):
     return lib
   os.makedirs(out_dir, exist_ok=True)
   fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
   os.close(fd)
   cmd = [cxx, *FLAGS, "-I", jax.ffi.include_dir(), SOURCE, "-o", tmp]
-  if verbose:
-    print(" ".join(cmd))
+  (print if verbose else _log.info)("compiling the mpjax CPU kernels (once; cached): " + " ".join(cmd))
   try:
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if r.returncode != 0:
-      raise RuntimeError(f"compiling {SOURCE} failed ({' '.join(cmd)}):\n{r.stderr[-4000:]}")
+      errors = [l for l in r.stderr.splitlines() if "error" in l.lower()] or r.stderr.splitlines()
+      raise RuntimeError(f"compiling {SOURCE} failed (exit {r.returncode}; {' '.join(cmd)}):\n"
+                         + "\n".join(errors[:20]))
     os.replace(tmp, lib)  # atomic: concurrent builders never load a half-written library
   finally:
     if os.path.exists(tmp):
@@ -98,24 +106,20 @@ def build(verbose: bool = False) -> str:
 @functools.cache
 def _register() -> str | None:
   """Builds and registers the FFI targets once. Returns None, or why it could not."""
-  if jax.default_backend() != "cpu" and not any(d.platform == "cpu" for d in jax.devices("cpu")):
-    return "no CPU backend"
   try:
     import ctypes
     lib = ctypes.cdll.LoadLibrary(build())
-    for name, sym in ((_FWD, lib.MpjaxAttentionFwd), (_BWD, lib.MpjaxAttentionBwd)):
+    for name, sym in ((_FWD, lib.MpjaxAttentionFwd), (_BWD, lib.MpjaxAttentionBwd),
+                      (_DENSE, lib.MpjaxDenseGrad)):
       jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(sym), platform="cpu")
-      jax.ffi.register_ffi_target_as_batch_partitionable(name)
-    # Not batch-partitionable: its outputs sum over the rows (XLA replicates it under a mesh).
-    jax.ffi.register_ffi_target(_DENSE, jax.ffi.pycapsule(lib.MpjaxDenseGrad), platform="cpu")
   except Exception as e:  # noqa: BLE001 - any failure means: use the XLA path, say why once
-    _log.warning("mpjax CPU attention kernel unavailable, using the XLA implementation: %s", e)
+    _log.warning("mpjax CPU kernels unavailable, using the XLA implementations: %s", e)
     return f"{type(e).__name__}: {e}"
   return None
 
 
 def available() -> bool:
-  """True when the kernel is enabled (MPJAX_CPU_ATTENTION) and built and registered."""
+  """True when the kernels are enabled (MPJAX_CPU_KERNELS) and built and registered."""
   return enabled_by_env() and _register() is None
 
 
@@ -141,7 +145,7 @@ def attention(qkv, heads: int, prefix: int = 0):
     raise ValueError(f"prefix={prefix} must be in [0, tokens={n})")
   why = _register()
   if why is not None:
-    raise RuntimeError(f"mpjax CPU attention kernel unavailable: {why}")
+    raise RuntimeError(f"mpjax CPU kernels unavailable: {why}")
   attrs = dict(heads=np.int64(heads), scale=np.float32(dh ** -0.5), prefix=np.int64(prefix))
   fwd_call = jax.ffi.ffi_call(_FWD, (jax.ShapeDtypeStruct((b, n, d), jnp.float32),
                                      jax.ShapeDtypeStruct((b, heads, n), jnp.float32)))

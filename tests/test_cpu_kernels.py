@@ -1,0 +1,228 @@
+"""The XLA:CPU C++ kernels (mpjax/kernels/cpu_kernels.*): numerics against float64 references,
+the region-token mask, the fallback to the XLA implementations, sharding, build errors."""
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from mpjax import sharding
+from mpjax.kernels import cpu_kernels
+from mpjax.models import ast
+
+if not cpu_kernels.available():  # pragma: no cover - only without a C++ compiler
+  pytest.skip(f"CPU kernels not built here: {cpu_kernels._register()}", allow_module_level=True)
+
+
+def rel_err(a, b):
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
+
+
+def reference_attention(qkv, heads, prefix=0):
+  """float64 numpy: softmax(q k^T / sqrt(dh)) v per head, with AST.encode's prefix mask."""
+  qkv = np.asarray(qkv, np.float64)
+  b, n, d3 = qkv.shape
+  dh = d3 // (3 * heads)
+  t = qkv.reshape(b, n, 3, heads, dh)
+  q, k, v = t[:, :, 0], t[:, :, 1], t[:, :, 2]
+  s = np.einsum("bnhd,bmhd->bhnm", q, k) / np.sqrt(dh)
+  i, j = np.arange(n)[:, None], np.arange(n)[None, :]
+  s = np.where((j >= prefix) | (i == j), s, -np.inf)
+  p = np.exp(s - s.max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  return np.einsum("bhnm,bmhd->bnhd", p, v).reshape(b, n, heads * dh)
+
+
+def reference_vjp(qkv, heads, prefix, g):
+  """float64 numpy gradient of sum(attention * g) w.r.t. qkv (textbook softmax backward)."""
+  qkv = np.asarray(qkv, np.float64)
+  g = np.asarray(g, np.float64)
+  b, n, d3 = qkv.shape
+  dh = d3 // (3 * heads)
+  t = qkv.reshape(b, n, 3, heads, dh)
+  q, k, v = t[:, :, 0], t[:, :, 1], t[:, :, 2]
+  s = np.einsum("bnhd,bmhd->bhnm", q, k) / np.sqrt(dh)
+  i, j = np.arange(n)[:, None], np.arange(n)[None, :]
+  s = np.where((j >= prefix) | (i == j), s, -np.inf)
+  p = np.exp(s - s.max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  go = g.reshape(b, n, heads, dh)
+  dv = np.einsum("bhnm,bnhd->bmhd", p, go)
+  dp = np.einsum("bnhd,bmhd->bhnm", go, v)
+  ds = p * (dp - np.sum(dp * p, -1, keepdims=True)) / np.sqrt(dh)
+  dq = np.einsum("bhnm,bmhd->bnhd", ds, k)
+  dk = np.einsum("bhnm,bnhd->bmhd", ds, q)
+  return np.stack([dq, dk, dv], axis=2).reshape(b, n, d3)
+
+
+@pytest.mark.parametrize("b,n,heads,dh,prefix,scale", [
+    (2, 514, 3, 64, 0, 0.5),   # AST-tiny tokens: n not a multiple of 16, last query block of 2
+    (1, 37, 2, 16, 0, 1.0),    # shorter than one query block
+    (2, 100, 3, 64, 3, 0.5),   # region-token prefix mask
+    (1, 5, 1, 32, 1, 3.0),     # tiny, large scores
+    (3, 16, 2, 48, 0, 1.0),    # n exactly 16, dh 48
+    (1, 130, 4, 64, 4, 4.0),   # large logits: softmax far from uniform
+])
+def test_attention_matches_float64_reference(b, n, heads, dh, prefix, scale):
+  rs = np.random.RandomState(n + dh)
+  qkv = (rs.randn(b, n, 3 * heads * dh) * scale).astype(np.float32)
+  g = rs.randn(b, n, heads * dh).astype(np.float32)
+  assert cpu_kernels.supports(jnp.asarray(qkv), heads)
+  out = jax.jit(lambda x: cpu_kernels.attention(x, heads, prefix))(qkv)
+  assert rel_err(out, reference_attention(qkv, heads, prefix)) <= 1e-5
+  grad = jax.jit(jax.grad(lambda x: jnp.sum(cpu_kernels.attention(x, heads, prefix) * g)))(qkv)
+  assert rel_err(grad, reference_vjp(qkv, heads, prefix, g)) <= 1e-5
+  # and the XLA implementation it replaces agrees with the same reference
+  if prefix:
+    i, j = np.arange(n)[:, None], np.arange(n)[None, :]
+    mask = jnp.asarray((j >= prefix) | (i == j))[None, None]
+  else:
+    mask = None
+  xla = jax.jit(lambda x: ast.softmax_attention(x, heads, mask))(qkv)
+  assert rel_err(out, xla) <= 1e-5
+
+
+def test_attention_is_sensitive_to_every_input():
+  """Perturbing one key of one head in one batch row changes exactly that row/head's output."""
+  rs = np.random.RandomState(0)
+  b, n, heads, dh = 2, 40, 2, 16
+  qkv = rs.randn(b, n, 3 * heads * dh).astype(np.float32)
+  f = jax.jit(lambda x: cpu_kernels.attention(x, heads))
+  base = np.asarray(f(qkv))
+  bumped = qkv.copy()
+  bumped[1, 7, heads * dh + dh + 3] += 1.0  # k of head 1, token 7, batch row 1
+  diff = np.abs(np.asarray(f(bumped)) - base)
+  assert diff[0].max() == 0.0 and diff[1, :, :dh].max() == 0.0
+  assert diff[1, :, dh:].max() > 1e-3
+
+
+def test_attention_prefix_tokens_are_independent():
+  """With the region mask, a prefix token's output does not depend on the other prefix tokens,
+  and no audio token's output depends on any prefix token."""
+  rs = np.random.RandomState(1)
+  b, n, heads, dh, p = 1, 50, 2, 16, 3
+  qkv = rs.randn(b, n, 3 * heads * dh).astype(np.float32)
+  f = jax.jit(lambda x: cpu_kernels.attention(x, heads, p))
+  base = np.asarray(f(qkv))
+  other = qkv.copy()
+  other[0, 1] = rs.randn(3 * heads * dh)  # replace prefix token 1 entirely
+  out = np.asarray(f(other))
+  np.testing.assert_array_equal(out[0, [0, 2]], base[0, [0, 2]])
+  np.testing.assert_array_equal(out[0, p:], base[0, p:])
+  assert np.abs(out[0, 1] - base[0, 1]).max() > 1e-3
+
+
+@pytest.mark.parametrize("rows,din,dout", [(4112, 192, 576), (300, 7, 16), (256, 33, 48),
+                                           (1, 5, 32), (513, 768, 192)])
+def test_dense_grad_matches_float64(rows, din, dout):
+  rs = np.random.RandomState(rows)
+  x = rs.randn(rows, din).astype(np.float32)
+  g = rs.randn(rows, dout).astype(np.float32)
+  dw, db = jax.jit(cpu_kernels.dense_grad)(x, g)
+  assert dw.shape == (din, dout) and db.shape == (dout,)
+  assert rel_err(dw, x.astype(np.float64).T @ g.astype(np.float64)) <= 1e-5
+  assert rel_err(db, g.astype(np.float64).sum(0)) <= 1e-5
+
+
+def test_ast_uses_kernels_and_fallback_agrees(monkeypatch):
+  """The AST's jaxpr calls the kernels on CPU float32; with MPJAX_CPU_KERNELS=0 it does not,
+  and loss and every parameter gradient agree."""
+  cfg = ast.config_for("tiny", depth=2, input_fdim=32, input_tdim=64, fstride=8, tstride=8)
+  model = ast.init(cfg, seed=3)
+  x = np.random.RandomState(2).randn(2, 64, 32).astype(np.float32)
+  prefix = np.random.RandomState(3).randn(2, 2, cfg.hidden).astype(np.float32)
+  w = np.random.RandomState(4).randn(2, 2, cfg.hidden).astype(np.float32)
+
+  def loss(m):
+    tokens = m.encode(x, prefix_tokens=prefix)
+    return jnp.sum(tokens[:, :2] * w) + jnp.mean(m(x) ** 2)
+
+  def run():
+    jaxpr = str(jax.make_jaxpr(lambda m: nnx.value_and_grad(loss)(m))(model))
+    value, grads = nnx.value_and_grad(loss)(model)
+    return jaxpr, float(value), jax.tree.leaves(nnx.state(grads))
+
+  jaxpr_k, v_k, g_k = run()
+  monkeypatch.setenv("MPJAX_CPU_KERNELS", "0")
+  jaxpr_x, v_x, g_x = run()
+  for name in ("mpjax_attention_fwd", "mpjax_attention_bwd", "mpjax_dense_grad"):
+    assert name in jaxpr_k and name not in jaxpr_x
+  assert abs(v_k - v_x) <= 1e-5 * abs(v_x)
+  assert len(g_k) == len(g_x)
+  for a, b in zip(g_k, g_x):
+    assert rel_err(a, b) <= 1e-4
+
+
+def test_sharded_batch_matches_one_device():
+  """On a mesh of 8 CPU devices with the batch sharded, the step's gradients (attention
+  operands all-gathered by XLA, every kernel call run whole) equal the single-device ones."""
+  if len(jax.devices()) < 8:
+    pytest.skip("needs XLA_FLAGS=--xla_force_host_platform_device_count=8 (tests/conftest.py)")
+  cfg = ast.config_for("tiny", depth=1, input_fdim=32, input_tdim=48, fstride=8, tstride=8)
+  graphdef, params = nnx.split(ast.init(cfg, seed=5))
+  x = np.random.RandomState(6).randn(8, 48, 32).astype(np.float32)
+
+  def loss(params, x):
+    return jnp.mean(nnx.merge(graphdef, params)(x) ** 2)
+
+  grad = jax.jit(jax.grad(loss))
+  one = grad(params, x)
+  mesh = sharding.make_mesh([("data", 8)])
+  xs = jax.device_put(x, jax.NamedSharding(mesh, jax.P("data")))
+  ps = jax.device_put(params, jax.NamedSharding(mesh, jax.P()))
+  hlo = grad.lower(ps, xs).compile().as_text()
+  assert "mpjax_attention_fwd" in hlo and "mpjax_dense_grad" in hlo
+  sharded = grad(ps, xs)
+  for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(sharded)):
+    assert rel_err(b, a) <= 1e-5
+
+
+def test_attention_rejects_bad_prefix():
+  qkv = jnp.zeros((1, 4, 3 * 16), jnp.float32)
+  with pytest.raises(ValueError, match="prefix=4"):
+    cpu_kernels.attention(qkv, 1, prefix=4)
+
+
+def test_unsupported_inputs_are_reported():
+  assert not cpu_kernels.supports(jnp.zeros((1, 4, 3 * 8), jnp.float32), 1)     # head_dim 8
+  assert not cpu_kernels.supports(jnp.zeros((1, 4, 3 * 16), jnp.bfloat16), 1)  # not float32
+  assert not cpu_kernels.dense_supported(jnp.zeros((4, 8)), jnp.zeros((8, 10)))  # dout 10
+
+
+def test_build_failure_names_the_compiler_and_error(tmp_path, monkeypatch):
+  """A compiler that fails: `build` raises naming the command and the error, and writes no
+  library into the cache (a later good build is not shadowed by a broken file)."""
+  bad = tmp_path / "badcxx"
+  bad.write_text("#!/bin/sh\necho 'fatal error: simulated' >&2\nexit 3\n")
+  bad.chmod(0o755)
+  monkeypatch.setenv("CXX", str(bad))
+  monkeypatch.setenv("MPJAX_CACHE_DIR", str(tmp_path / "cache"))
+  with pytest.raises(RuntimeError, match="simulated") as e:
+    cpu_kernels.build()
+  assert "exit 3" in str(e.value) and str(bad) in str(e.value)
+  assert not list((tmp_path / "cache" / "kernels").glob("*.so"))
+
+
+def test_no_compiler_falls_back_in_a_fresh_process(tmp_path):
+  """Without any C++ compiler the AST still runs (XLA implementations) and says why once."""
+  env = dict(os.environ, CXX=str(tmp_path / "missing"), PATH=str(tmp_path),
+             MPJAX_CACHE_DIR=str(tmp_path / "cache"))
+  code = ("import numpy as np, jax, jax.numpy as jnp\n"
+          "from mpjax.kernels import cpu_kernels\n"
+          "from mpjax.models import ast\n"
+          "assert not cpu_kernels.available()\n"
+          "cfg = ast.config_for('tiny', depth=1, input_fdim=32, input_tdim=48, fstride=8, tstride=8)\n"
+          "m = ast.init(cfg)\n"
+          "out = m(np.zeros((1, 48, 32), np.float32))\n"
+          "assert out.shape == (1, cfg.hidden) and bool(jnp.all(jnp.isfinite(out)))\n"
+          "print('fallback ok')\n")
+  r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                     timeout=300)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "fallback ok" in r.stdout
+  assert "no C++ compiler found" in r.stderr
