@@ -16,12 +16,15 @@ Both use lr=1e-4, betas (0.9, 0.999), eps=1e-8, weight_decay=0.01 on every param
 LayerNorm eps 1e-12 (HF's default). With `--impl both` the Flax model gets the torch model's
 initial weights (converted with `ast.from_hf_state_dict`), so `loss_first` agrees.
 
-CPU settings this benchmark makes itself (the train loop should make the same ones):
+CPU settings this benchmark makes itself (the train loop makes the same ones):
 
-  * XLA:CPU compiler option `xla_cpu_experimental_ynn_fusion_type=""` on the jitted step
-    (`jax.jit(..., compiler_options=...)`, CPU backend only; `--xla-ynn on` keeps XLA's
-    default). This jaxlib routes dots and reductions through YNNPACK fusions; on this AVX2 CPU
-    they ran the step's matmuls at 60-110 GFLOP/s against Eigen's 105-160 (torch: 115-155).
+  * mpjax's C++ CPU kernels (`mpjax.kernels.cpu_kernels`: fused attention forward/backward and
+    the dense layers' weight/bias gradients), compiled on first use; `--kernels off` runs the
+    XLA implementations instead (the JSON says which ran: `cpu_kernels`).
+  * XLA:CPU compiler options `mpjax.cpu.CPU_COMPILER_OPTIONS` on the jitted step
+    (`jax.jit(..., compiler_options=...)`, CPU backend only): no YNNPACK fusions
+    (`--xla-ynn on` keeps XLA's default, or name one LIBRARY_FUSION_TYPE_*) and no
+    tree_reduction_rewriter; `--xla-option KEY=VALUE` adds or (empty VALUE) removes one.
   * glibc malloc: `mallopt(M_ARENA_MAX=1, M_MMAP_MAX=0, M_TRIM_THRESHOLD=-1)` (`tune_malloc(
     no_trim=True)`), for both implementations (process-wide; `--malloc tuned`: trim threshold
     2**31-1 as `tune_malloc()`, `--malloc default` leaves glibc alone). With 2**31-1 the heap
@@ -47,6 +50,7 @@ Output: one JSON line per implementation, then one line with ratio = torch / fla
 time (> 1: Flax faster).
 
   python benchmarks/ast_step.py --config tiny              # batch 8
+  python benchmarks/ast_step.py --config tiny --kernels off --impl flax   # before the kernels
   python benchmarks/ast_step.py --config base --steps 10   # batch 2 on CPU, 8 on GPU
 """
 from __future__ import annotations
@@ -72,6 +76,11 @@ CONFIGS = {
 PATCH = 16
 LN_EPS = 1e-12  # HF's default; both implementations use it
 LR, B1, B2, EPS, WD = 1e-4, 0.9, 0.999, 1e-8, 0.01
+
+
+def cpu_kernels_available():
+  from mpjax.kernels import cpu_kernels
+  return cpu_kernels.available()
 
 
 def step_options(cpu_options):
@@ -196,7 +205,8 @@ def setup_flax(c, batch, torch_model=None, cpu_options=None):
   dev = jax.devices()[0]
   info = dict(impl="flax", device=f"{dev.platform}:{getattr(dev, 'device_kind', '')}",
               params=n_params, compile_s=round(compile_s, 2), loss_first=loss_first,
-              jax=jax.__version__, xla_compiler_options=step_options(cpu_options))
+              jax=jax.__version__, xla_compiler_options=step_options(cpu_options),
+              cpu_kernels=(jax.default_backend() == "cpu" and cpu_kernels_available()))
   return run, info
 
 
@@ -254,7 +264,14 @@ def main(argv=None):
   ap.add_argument("--impl", choices=("both", "flax", "torch"), default="both")
   ap.add_argument("--no-interleave", dest="interleave", action="store_false")
   ap.add_argument("--xla-ynn", default="off",
-                  help="XLA:CPU YNNPACK fusions (default off: Eigen dots)")
+                  help="XLA:CPU YNNPACK fusions: off (default: Eigen dots), on (XLA's default), "
+                       "or one LIBRARY_FUSION_TYPE_* value")
+  ap.add_argument("--xla-option", action="append", default=[], metavar="KEY=VALUE",
+                  help="extra XLA:CPU compiler option for the flax step (repeatable); "
+                       "KEY= (empty value) removes one of mpjax.cpu's")
+  ap.add_argument("--kernels", choices=("on", "off"), default="on",
+                  help="mpjax's C++ CPU kernels (attention, dense-layer grads); off: the XLA "
+                       "implementations (MPJAX_CPU_KERNELS=0)")
   ap.add_argument("--malloc", choices=("no-trim", "tuned", "default"), default="no-trim",
                   help="no-trim: tune_malloc(no_trim=True); tuned: tune_malloc(); default: glibc's")
   ap.add_argument("--torch-fused", action="store_true", help="torch.optim.AdamW(fused=True)")
@@ -266,10 +283,20 @@ def main(argv=None):
     ap.error("--warmup must be >= 1")
   malloc = None if a.malloc == "default" else tune_malloc(no_trim=a.malloc == "no-trim")
   c = CONFIGS[a.config]
-  cpu_options = (XLA_CPU_OPTIONS if a.xla_ynn == "off" else None if a.xla_ynn == "on"
-                 else {"xla_cpu_experimental_ynn_fusion_type": a.xla_ynn})
-  if os.environ.get("EXTRA_OPTS"):
-    cpu_options = dict(cpu_options or {}, **json.loads(os.environ["EXTRA_OPTS"]))
+  cpu_options = dict(XLA_CPU_OPTIONS)  # mpjax.cpu's, as the train loop uses them
+  if a.xla_ynn == "on":
+    cpu_options.pop("xla_cpu_experimental_ynn_fusion_type")
+  elif a.xla_ynn != "off":
+    cpu_options["xla_cpu_experimental_ynn_fusion_type"] = a.xla_ynn
+  for kv in a.xla_option:
+    key, sep, value = kv.partition("=")
+    if not sep or not key:
+      ap.error(f"--xla-option {kv!r}: expected KEY=VALUE")
+    if value:
+      cpu_options[key] = value
+    else:
+      cpu_options.pop(key, None)
+  os.environ["MPJAX_CPU_KERNELS"] = "1" if a.kernels == "on" else "0"
 
   torch_model = None
   if a.impl in ("both", "torch"):

@@ -1,11 +1,17 @@
 """XLA:CPU settings that decide the train step's speed on a CPU (measured: benchmarks/ast_step.py).
 
-Both are no-ops off the CPU backend / off glibc, so the train loop applies them unconditionally:
+Both are no-ops off the CPU backend / off glibc, so the train loop applies them unconditionally
+(the C++ kernels the AST uses on CPU are in `mpjax.kernels.cpu_kernels`):
 
-  * `jit_options()`: `compiler_options` for `jax.jit` of the hot step. This jaxlib routes dots
-    and reductions through YNNPACK fusions; on an AVX2 CPU they ran the AST step's matmuls at
-    60-110 GFLOP/s against Eigen's 105-160 (torch: 115-155). `xla_cpu_experimental_ynn_fusion_type=""`
-    turns them off. None on other backends (the option does not exist there).
+  * `jit_options()`: `compiler_options` for `jax.jit` of the hot step.
+    - `xla_cpu_experimental_ynn_fusion_type=""`: this jaxlib routes dots and reductions through
+      YNNPACK fusions; for the AST step they ran the dense matmuls slower than Eigen's
+      (60-110 against 105-160 GFLOP/s when first measured) and gave no step gain since.
+    - `xla_disable_hlo_passes=tree_reduction_rewriter`: XLA:CPU otherwise splits every long
+      reduction (LayerNorm statistics, the loss) into a reduce-window plus a reduce, and its
+      reduce-window loops are slow (a row max over 514 scores: 6.5 ms split, ~1.4 ms not).
+      With the column reductions already matrix-vector products or kernels, turning the pass
+      off made the AST-tiny step 2-4% faster (0.97 -> 0.95 s, interleaved A/B).
   * `tune_malloc()`: glibc `mallopt(M_ARENA_MAX=1, M_MMAP_MAX=0, M_TRIM_THRESHOLD=2**31-1)`,
     process-wide. XLA:CPU allocates a step's temporaries (1.1 GB for AST-tiny, batch 8) afresh
     at every call and glibc serves them with fresh mmap()s: every step page-faulted ~440k pages

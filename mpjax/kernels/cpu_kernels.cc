@@ -420,10 +420,12 @@ ffi::Error AttentionBwd(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> qkv, ffi::Bu
 // db = column sums of g [dout], for x [rows, din] and g [rows, dout] (leading axes flattened).
 // Why here: XLA:CPU's Eigen dot ran this transposed-operand product with a long contraction
 // (rows = batch * tokens) at 150-200 GFLOP/s where its other dots reach 270-320.
-// Each thread sums blocks of 256 rows, taken from a shared counter, into its own partial dw
-// (a block's x and g stay in cache for the whole of dw); the partials are added at the end.
-// A thread that starts late (XLA may be running another op on it) just takes fewer blocks.
+// The rows are cut into kSlots contiguous slots (blocks of 256 rows each); a slot's blocks are
+// summed in order into the slot's own partial dw (a block's x and g stay in cache for the whole
+// of dw), slots are taken by whichever thread is free, and the partials are added in slot
+// order: the result does not depend on the thread count or timing (bit-identical reruns).
 constexpr int64_t kGradRows = 256;
+constexpr int kSlots = 4;
 
 ffi::Error DenseGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> g,
                      ffi::ResultBuffer<ffi::F32> dw, ffi::ResultBuffer<ffi::F32> db) {
@@ -436,58 +438,34 @@ ffi::Error DenseGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<
   if (dout % 16 != 0)
     return ffi::Error::InvalidArgument("mpjax dense grad: dout " + std::to_string(dout) +
                                        " is not a multiple of 16");
-  const int blocks = static_cast<int>((rows + kGradRows - 1) / kGradRows);
-  const int workers = static_cast<int>(
-      std::max<int64_t>(1, std::min<int64_t>(std::max<int64_t>(pool.num_threads(), 1), blocks)));
+  const int64_t blocks = std::max<int64_t>(1, (rows + kGradRows - 1) / kGradRows);
+  const int slots = static_cast<int>(std::min<int64_t>(kSlots, blocks));
   const size_t part = size_t(din) * dout + dout;  // partial dw, then partial db
-  struct State {
-    std::atomic<int> next{0}, done{0}, started{0};
-    std::vector<float> parts;
-    std::vector<char> used;
-  };
-  auto state = std::make_shared<State>();
-  state->parts.resize(part * workers);
-  state->used.assign(workers, 0);
+  std::vector<float> parts(part * slots);
   const float* xp = x.typed_data();
   const float* gp = g.typed_data();
-  // Captures by value: a task that starts after the call returned finds no block and touches
-  // nothing but the shared state.
-  auto work = [state, workers, blocks, rows, din, dout, part, xp, gp]() {
-    const int wid = state->started.fetch_add(1);
-    if (wid >= workers) return;
-    float* acc = state->parts.data() + part * wid;
+  parallel_for(pool, slots, [&](int slot) {
+    float* acc = parts.data() + part * slot;
     float* bacc = acc + size_t(din) * dout;
-    int blk;
-    while ((blk = state->next.fetch_add(1)) < blocks) {
-      if (!state->used[wid]) {
-        std::memset(acc, 0, sizeof(float) * part);
-        state->used[wid] = 1;
-      }
+    std::memset(acc, 0, sizeof(float) * part);
+    const int64_t b0 = blocks * slot / slots, b1 = blocks * (slot + 1) / slots;
+    for (int64_t blk = b0; blk < b1; ++blk) {
       const int64_t k0 = blk * kGradRows;
       const int kk = static_cast<int>(std::min(kGradRows, rows - k0));
+      if (kk <= 0) break;
       gemm<true>(din, dout, kk, xp + k0 * din, 1, din, gp + k0 * dout, dout, acc, dout);
       for (int k = 0; k < kk; ++k) {
         const float* grow = gp + (k0 + k) * dout;
         for (int j = 0; j < dout; j += 16) st(bacc + j, ld(bacc + j) + ld(grow + j));
       }
-      state->done.fetch_add(1, std::memory_order_release);
     }
-  };
-  for (int t = 1; t < workers; ++t) pool.Schedule(decltype(work)(work));
-  work();
-  while (state->done.load(std::memory_order_acquire) < blocks) std::this_thread::yield();
+  });
   float* w = dw->typed_data();
   float* bias = db->typed_data();
-  bool first = true;
-  for (int wid = 0; wid < workers; ++wid) {
-    if (!state->used[wid]) continue;
-    const float* src = state->parts.data() + part * wid;
-    if (first) {
-      std::memcpy(w, src, sizeof(float) * din * dout);
-      std::memcpy(bias, src + size_t(din) * dout, sizeof(float) * dout);
-      first = false;
-      continue;
-    }
+  std::memcpy(w, parts.data(), sizeof(float) * din * dout);
+  std::memcpy(bias, parts.data() + size_t(din) * dout, sizeof(float) * dout);
+  for (int slot = 1; slot < slots; ++slot) {
+    const float* src = parts.data() + part * slot;
     for (size_t i = 0; i < size_t(din) * dout; i += 16) st(w + i, ld(w + i) + ld(src + i));
     for (int j = 0; j < dout; j += 16)
       st(bias + j, ld(bias + j) + ld(src + size_t(din) * dout + j));

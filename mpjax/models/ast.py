@@ -20,19 +20,25 @@ input spectrogram never needs a gradient, so the extraction is a plain gather (o
 when the strides equal the patch size) and the kernel gradient is a single matmul; XLA's CPU
 convolution with 16x16 kernels and large strides was the slow part of a naive port.
 The rest is tuned for XLA:CPU (benchmarks/ast_step.py has the measurements), same math as the
-straightforward version (float32 parity with HF stays ~1e-7 relative, forward and gradients):
+straightforward version (float32 parity with HF stays ~1e-7 to 1e-6 relative, forward and
+gradients):
+  - on the CPU backend in float32, attention and the dense layers' weight/bias gradients run
+    in C++ kernels (`mpjax.kernels.cpu_kernels`, compiled on first use; `MPJAX_CPU_KERNELS=0`
+    or no C++ compiler: the XLA versions below). Attention takes the fused qkv projection and
+    does forward and backward flash-attention style (blocks of 64 queries, probabilities
+    recomputed from the saved log-sum-exp); the region-token mask is built in (`prefix`);
+  - otherwise on CPU attention is a hand-written custom_vjp from the fused qkv projection
+    (`softmax_attention`): no [N, N] probability tensor in the backward pass, the softmax-row
+    term from rowsum(do * o), row sums from the value matmul, d(qkv) in one tensor. Other
+    backends keep `jax.nn.dot_product_attention` (cuDNN where available);
   - dense layers see 2-D [rows, features] views, so each weight gradient is one matmul
-    (on [B, N, D] XLA:CPU added a transposed copy of an activation per dense layer);
-  - on the CPU backend attention is a hand-written custom_vjp from the fused qkv projection
-    (`softmax_attention`): flash-attention-style backward (no [N, N] probability tensor, the
-    softmax-row term from rowsum(do * o)), row sums from the value matmul, d(qkv) in one tensor.
-    Other backends keep `jax.nn.dot_product_attention` (cuDNN where available);
+    (on [B, N, D] XLA:CPU added a transposed copy of an activation per dense layer); bias and
+    LayerNorm-parameter gradients are matrix-vector products (XLA's column reductions were slow);
   - exact GELU and LayerNorm with hand-written derivatives (fewer passes than autodiff's).
-Two settings outside this module matter as much on CPU; the train step should make them:
-`jax.jit(..., compiler_options={"xla_cpu_experimental_ynn_fusion_type": ""})` (this jaxlib's
-YNNPACK dots ran at 60-110 GFLOP/s on an AVX2 CPU where Eigen's run at 105-160), and glibc
-malloc tuned to reuse memory (XLA:CPU allocates the step's ~1 GB of temporaries per call and
-glibc mmap()s them afresh: ~440k page faults per tiny step); see `tune_malloc` there.
+Settings outside this module matter as much on CPU; the train step makes them
+(`mpjax.cpu`): XLA:CPU compiler options (no YNNPACK fusions, no tree-reduction rewrite) and
+glibc malloc tuned to reuse memory (XLA:CPU allocates the step's ~1 GB of temporaries per call
+and glibc mmap()s them afresh: ~440k page faults per tiny step).
 """
 from __future__ import annotations
 
