@@ -420,12 +420,13 @@ ffi::Error AttentionBwd(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> qkv, ffi::Bu
 // db = column sums of g [dout], for x [rows, din] and g [rows, dout] (leading axes flattened).
 // Why here: XLA:CPU's Eigen dot ran this transposed-operand product with a long contraction
 // (rows = batch * tokens) at 150-200 GFLOP/s where its other dots reach 270-320.
-// The rows are cut into kSlots contiguous slots (blocks of 256 rows each); a slot's blocks are
-// summed in order into the slot's own partial dw (a block's x and g stay in cache for the whole
-// of dw), slots are taken by whichever thread is free, and the partials are added in slot
-// order: the result does not depend on the thread count or timing (bit-identical reruns).
+// The rows are cut into one contiguous slot per pool thread (at least 2, at most 16; blocks of
+// 256 rows each); a slot's blocks are summed in order into the slot's own partial dw (a block's
+// x and g stay in cache for the whole of dw), slots are taken by whichever thread is free, and
+// the partials are added in slot order: the result depends on the thread count but not on
+// timing (reruns on one machine are bit-identical). More slots than threads measured slower:
+// each partial dw is another ~0.5 MB to clear and add.
 constexpr int64_t kGradRows = 256;
-constexpr int kSlots = 4;
 
 ffi::Error DenseGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> g,
                      ffi::ResultBuffer<ffi::F32> dw, ffi::ResultBuffer<ffi::F32> db) {
@@ -439,7 +440,8 @@ ffi::Error DenseGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<
     return ffi::Error::InvalidArgument("mpjax dense grad: dout " + std::to_string(dout) +
                                        " is not a multiple of 16");
   const int64_t blocks = std::max<int64_t>(1, (rows + kGradRows - 1) / kGradRows);
-  const int slots = static_cast<int>(std::min<int64_t>(kSlots, blocks));
+  const int64_t threads = std::clamp<int64_t>(pool.num_threads(), 2, 16);
+  const int slots = static_cast<int>(std::min<int64_t>(threads, blocks));
   const size_t part = size_t(din) * dout + dout;  // partial dw, then partial db
   std::vector<float> parts(part * slots);
   const float* xp = x.typed_data();
