@@ -192,6 +192,8 @@ def test_unsupported_inputs_are_reported():
   assert not cpu_kernels.supports(jnp.zeros((1, 4, 3 * 8), jnp.float32), 1)     # head_dim 8
   assert not cpu_kernels.supports(jnp.zeros((1, 4, 3 * 16), jnp.bfloat16), 1)  # not float32
   assert not cpu_kernels.dense_supported(jnp.zeros((4, 8)), jnp.zeros((8, 10)))  # dout 10
+  assert cpu_kernels.dense_supported(jnp.zeros((4, 192)), jnp.zeros((192, 768)))  # AST-tiny fc1
+  assert not cpu_kernels.dense_supported(jnp.zeros((4, 768)), jnp.zeros((768, 3072)))  # base
 
 
 def test_build_failure_names_the_compiler_and_error(tmp_path, monkeypatch):

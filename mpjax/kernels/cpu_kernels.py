@@ -178,7 +178,15 @@ def dense_grad(x, g):
   return call(x.astype(jnp.float32), g.astype(jnp.float32))
 
 
+# The kernel keeps one partial dw per thread and adds each block of 256 rows into it; past ~1 MB
+# (AST-small and -base layers are 2.4-7 MB) that partial no longer stays in a core's L2 and the
+# kernel loses to XLA's blocked dot. AST-tiny's largest is 192 x 768 (0.6 MB).
+DENSE_GRAD_MAX_WEIGHTS = 2**18
+
+
 def dense_supported(x, w) -> bool:
-  """Whether `mpjax.models.ast` may compute this dense layer's weight gradient on the kernel."""
+  """Whether `mpjax.models.ast` computes this dense layer's weight gradient on the kernel:
+  float32 2-D x, dout a multiple of 16, din * dout <= DENSE_GRAD_MAX_WEIGHTS."""
   return (x.ndim == 2 and x.dtype == jnp.float32 and w.dtype == jnp.float32
-          and w.shape[1] % 16 == 0 and available())
+          and w.shape[1] % 16 == 0 and w.shape[0] * w.shape[1] <= DENSE_GRAD_MAX_WEIGHTS
+          and available())
