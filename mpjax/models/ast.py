@@ -153,8 +153,8 @@ def _norm(cfg, rngs):
 
 
 def _column_sum(g):
-  """Sum of a [rows, features] matrix over its rows, as a matrix-vector product."""
-  return jnp.ones((g.shape[0],), g.dtype) @ g
+  """float32 sum of a [rows, features] matrix over its rows, as a matrix-vector product."""
+  return jnp.dot(jnp.ones((g.shape[0],), g.dtype), g, preferred_element_type=jnp.float32)
 
 
 @jax.custom_vjp
@@ -167,7 +167,7 @@ def _add_bias_fwd(y, b):
 
 
 def _add_bias_bwd(_, g):
-  return g, _column_sum(g.reshape(-1, g.shape[-1])).astype(jnp.float32)
+  return g, _column_sum(g.reshape(-1, g.shape[-1]))
 
 
 _add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
