@@ -34,6 +34,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -103,12 +104,16 @@ def build(verbose: bool = False) -> str:
   return lib
 
 
+_REGISTER_LOCK = threading.Lock()
+_LOADED: list = []
+
+
 @functools.cache
-def _register() -> str | None:
-  """Builds and registers the FFI targets once. Returns None, or why it could not."""
+def _register_once() -> str | None:
   try:
     import ctypes
     lib = ctypes.cdll.LoadLibrary(build())
+    _LOADED.append(lib)  # keep the library referenced while XLA holds its handlers
     for name, sym in ((_FWD, lib.MpjaxAttentionFwd), (_BWD, lib.MpjaxAttentionBwd),
                       (_DENSE, lib.MpjaxDenseGrad)):
       jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(sym), platform="cpu")
@@ -116,6 +121,13 @@ def _register() -> str | None:
     _log.warning("mpjax CPU kernels unavailable, using the XLA implementations: %s", e)
     return f"{type(e).__name__}: {e}"
   return None
+
+
+def _register() -> str | None:
+  """Builds and registers the FFI targets once per process (thread-safe). Returns None, or why
+  they could not be."""
+  with _REGISTER_LOCK:
+    return _register_once()
 
 
 def available() -> bool:
