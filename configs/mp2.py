@@ -29,10 +29,16 @@ def get_config(arg: str | None = None):
   c.demo_songs = 240  # songs in that synthetic dataset
 
   # Model -----------------------------------------------------------------------------------
+  # Speed is configuration (README "Model speed settings"; mpjax/models/ast.py):
+  #   attention: auto | xla | cudnn | splash | cpu (auto: per platform, chosen at lowering)
+  #   scan: blocks as one lax.scan; remat_policy: none | full | dots_saveable |
+  #   dots_with_no_batch_dims_saveable; dtype: compute dtype (params and loss float32);
+  #   patchout_time / patchout_freq: PaSST patchout fractions while training (PaSST: 0.4 / 0.2).
   c.model = ml_collections.ConfigDict(dict(
       variant="tiny" if demo else "base", fstride=16 if demo else 10, tstride=16 if demo else 10,
       input_tdim=512 if demo else 1024, input_fdim=128, ln_eps=1e-6,
-      dtype="float32" if demo else "bfloat16", remat=False,
+      dtype="float32" if demo else "bfloat16", attention="auto", scan=not demo,
+      remat_policy="none", patchout_time=0.0, patchout_freq=0.0,
       depth=4 if demo else 12))
   c.region_mode = "cls_token"  # 'cls_token' | 'embedding' | 'none'
   c.init_from = ml_collections.FieldReference(None, field_type=str)  # checkpoint dir or weights file

@@ -107,6 +107,8 @@ def init_from(model: nnx.Module, source: str, *, encoder_attr: str = "encoder",
 
   source: an mpjax checkpoint directory (params matched by full path), or a weights file
     (.pth/.safetensors/.npz) converted by `ast.load(**load_kw)` into `model.<encoder_attr>`.
+  The encoder's blocks are converted to the model's layout (per layer, or stacked for
+  `model.scan`) whichever layout the source has.
   """
   from mpjax.models import ast as ast_lib
 
@@ -117,6 +119,11 @@ def init_from(model: nnx.Module, source: str, *, encoder_attr: str = "encoder",
     enc = ast_lib.load(source, **load_kw)
     src = {k: np.asarray(v) for k, v in _flat_params(nnx.state(enc, nnx.Param)).items()}
     prefix = encoder_attr + "/"
+  encoder = getattr(model, encoder_attr, None)
+  if encoder is not None and hasattr(encoder, "cfg"):
+    root = "blocks/" if prefix else f"{encoder_attr}/blocks/"
+    convert = ast_lib.stack_blocks if encoder.cfg.scan else ast_lib.unstack_blocks
+    src = convert(src, root=root)
   state = nnx.state(model, nnx.Param)
   report = {"loaded": [], "reinit": [], "absent": []}
 

@@ -1,8 +1,11 @@
-"""XLA:CPU settings that decide the train step's speed on a CPU (measured: benchmarks/ast_step.py).
+"""CPU-only tuning, in one place (measured: benchmarks/ast_step.py, figures in README).
 
-Both are no-ops off the CPU backend / off glibc, so the train loop applies them unconditionally
-(the C++ kernels the AST uses on CPU are in `mpjax.kernels.cpu_kernels`):
-
+`setup()` applies it when the process's default backend is CPU and does nothing elsewhere (a
+GPU/TPU host never changes its allocator or builds the CPU kernel):
+  * registers the C++ attention kernel (`mpjax.ops.cpu_attention`), which
+    `model.attention='auto'` then uses on the CPU platform;
+  * `tune_malloc()`;
+  * returns `jit_options()` for the hot step's `jax.jit(..., compiler_options=...)`.
   * `jit_options()`: `compiler_options` for `jax.jit` of the hot step.
     - `xla_cpu_experimental_ynn_fusion_type=""`: this jaxlib routes dots and reductions through
       YNNPACK fusions; for the AST step they ran the dense matmuls slower than Eigen's
@@ -10,8 +13,7 @@ Both are no-ops off the CPU backend / off glibc, so the train loop applies them 
     - `xla_disable_hlo_passes=tree_reduction_rewriter`: XLA:CPU otherwise splits every long
       reduction (LayerNorm statistics, the loss) into a reduce-window plus a reduce, and its
       reduce-window loops are slow (a row max over 514 scores: 6.5 ms split, ~1.4 ms not).
-      With the column reductions already matrix-vector products or kernels, turning the pass
-      off made the AST-tiny step 2-4% faster (0.97 -> 0.95 s, interleaved A/B).
+      Turning the pass off made the AST-tiny step a few % faster (README).
   * `tune_malloc()`: glibc `mallopt(M_ARENA_MAX=1, M_MMAP_MAX=0, M_TRIM_THRESHOLD=2**31-1)`,
     process-wide. XLA:CPU allocates a step's temporaries (1.1 GB for AST-tiny, batch 8) afresh
     at every call and glibc serves them with fresh mmap()s: every step page-faulted ~440k pages
@@ -27,6 +29,18 @@ CPU_COMPILER_OPTIONS = {
     "xla_cpu_experimental_ynn_fusion_type": "",
     "xla_disable_hlo_passes": "tree_reduction_rewriter",
 }
+
+
+def setup() -> dict | None:
+  """CPU backend: registers the C++ attention kernel, tunes malloc, returns the XLA:CPU jit
+  options. Any other backend: nothing, None."""
+  import jax
+  if jax.default_backend() != "cpu":
+    return None
+  from mpjax.ops import cpu_attention
+  cpu_attention.register()  # on failure it logs why once; attention then stays on XLA
+  tune_malloc()
+  return jit_options("cpu")
 
 
 def jit_options(backend: str | None = None) -> dict | None:

@@ -107,7 +107,9 @@ def model_config(config) -> ast_lib.ASTConfig:
   m = config.model
   return ast_lib.config_for(m.variant, fstride=m.fstride, tstride=m.tstride,
                             input_tdim=m.input_tdim, input_fdim=m.input_fdim, ln_eps=m.ln_eps,
-                            dtype=m.dtype, remat=m.remat,
+                            dtype=m.dtype, attention=m.attention, scan=m.scan,
+                            remat_policy=m.remat_policy, patchout_time=m.patchout_time,
+                            patchout_freq=m.patchout_freq,
                             **({"depth": m.depth} if m.get("depth") else {}))
 
 
@@ -180,13 +182,15 @@ def mp2_loss(pred, batch):
   return sq.sum() / jnp.maximum(w.sum(), 1.0)
 
 
-def forward(model, batch, config, fbank=None):
-  """The model's output for a batch: MP2 [B, R]; MP3 [B, R, H, Q] (from the first k steps)."""
+def forward(model, batch, config, fbank=None, patchout_key=None):
+  """The model's output for a batch: MP2 [B, R]; MP3 [B, R, H, Q] (from the first k steps).
+  patchout_key: training steps only (None: every patch, as at eval)."""
   fbank = batch["fbank"] if fbank is None else fbank
   if config.task == "mp2":
-    return model(fbank, batch["region_ids"])
+    return model(fbank, batch["region_ids"], patchout_key=patchout_key)
   k = config.mp3.prefix_steps
-  return model(fbank, batch["region_ids"], batch["series"][..., :k], batch["series_mask"][..., :k])
+  return model(fbank, batch["region_ids"], batch["series"][..., :k], batch["series_mask"][..., :k],
+               patchout_key=patchout_key)
 
 
 def task_loss(out, batch, config):
@@ -200,11 +204,17 @@ def task_loss(out, batch, config):
 
 
 def make_steps(graphdef, tx, mesh, config):
+  m = config.model
+  patchout = bool(m.patchout_time or m.patchout_freq)
+
   def train_step(state, batch):
+    # One patchout draw per step, from (seed, step): a resumed run draws the same patches.
+    key = jax.random.fold_in(jax.random.key(config.seed), state["step"]) if patchout else None
+
     def loss_fn(params):
       model = nnx.merge(graphdef, params)
       fbank = sharding.constrain_batch(batch["fbank"], mesh)
-      return task_loss(forward(model, batch, config, fbank), batch, config)
+      return task_loss(forward(model, batch, config, fbank, key), batch, config)
 
     loss, grads = jax.value_and_grad(loss_fn)(state["params"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
@@ -254,7 +264,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   """Trains until config.total_steps (resuming from WORKDIR/checkpoints); returns final eval."""
   check_config(config)
   os.makedirs(workdir, exist_ok=True)
-  cpu_lib.tune_malloc()  # no-op off glibc; see mpjax/cpu.py
+  jit_options = cpu_lib.setup()  # CPU backend only (malloc, C++ attention); None elsewhere
   is_main = jax.process_index() == 0
   log = summary.MetricLogger(workdir, tensorboard=config.tensorboard, is_main=is_main)
 
@@ -316,7 +326,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   batch_sh = sharding.batch_sharding(mesh)
   train_step = jax.jit(train_step, in_shardings=(state_sh, batch_sh),
                        out_shardings=(state_sh, None), donate_argnums=0,
-                       compiler_options=cpu_lib.jit_options())
+                       compiler_options=jit_options)
   eval_fn = jax.jit(eval_step, in_shardings=(param_sh, batch_sh))
   finite_fn = jax.jit(all_finite)
 

@@ -6,7 +6,9 @@ How the region enters depends on `region_mode` (see `mpjax.models.regions`):
 - embedding: the region vector is added to every audio token; the head reads the pooled
   (cls + dist) / 2 output; R regions cost R encoder passes (the batch is tiled).
 - none: the head reads the pooled output, broadcast to every requested region.
-The head is the AST paper's: LayerNorm then Linear(hidden, 1).
+The head is the AST paper's: LayerNorm then Linear(hidden, 1), computed in `cfg.dtype`
+(parameters float32); predictions are float32.
+`patchout_key` (training only): PaSST patchout in the encoder, see `mpjax.models.ast`.
 """
 from __future__ import annotations
 
@@ -35,11 +37,13 @@ class MP2(nnx.Module):
     self.encoder = encoder if encoder is not None else ast_lib.AST(cfg, rngs=rngs)
     self.regions = (regions_lib.RegionTable(num_regions, cfg.hidden, rngs=rngs)
                     if region_mode != "none" else None)
-    self.head_norm = nnx.LayerNorm(cfg.hidden, epsilon=cfg.ln_eps, rngs=rngs)
+    dtype = jnp.dtype(cfg.dtype)
+    self.head_norm = nnx.LayerNorm(cfg.hidden, epsilon=cfg.ln_eps, dtype=dtype, rngs=rngs)
     self.head = nnx.Linear(cfg.hidden, 1, kernel_init=nnx.initializers.zeros_init(),
-                           bias_init=nnx.initializers.constant(head_bias), rngs=rngs)
+                           bias_init=nnx.initializers.constant(head_bias), dtype=dtype,
+                           rngs=rngs)
 
-  def features(self, fbank, regions):
+  def features(self, fbank, regions, patchout_key=None):
     """[B, R, hidden] features the head reads, one per (example, region)."""
     if regions.ndim == 1:
       regions = regions[:, None]
@@ -48,16 +52,18 @@ class MP2(nnx.Module):
                        f"shape {tuple(regions.shape)}")
     b, r = regions.shape
     if self.region_mode == "cls_token":
-      tokens = self.encoder.encode(fbank, prefix_tokens=self.regions(regions))
+      tokens = self.encoder.encode(fbank, prefix_tokens=self.regions(regions),
+                                   patchout_key=patchout_key)
       return tokens[:, :r]
     if self.region_mode == "embedding":
       emb = self.regions(regions).reshape(b * r, 1, -1)
       x = jnp.repeat(fbank, r, axis=0) if r > 1 else fbank
-      tokens = self.encoder.encode(x, token_bias=emb)
+      tokens = self.encoder.encode(x, token_bias=emb, patchout_key=patchout_key)
       return ((tokens[:, 0] + tokens[:, 1]) / 2).reshape(b, r, -1)
     regions_lib.check_region_ids(regions, self.num_regions)
-    pooled = self.encoder(fbank)
+    pooled = self.encoder(fbank, patchout_key)
     return jnp.broadcast_to(pooled[:, None], (b, r, pooled.shape[-1]))
 
-  def __call__(self, fbank, regions):
-    return self.head(self.head_norm(self.features(fbank, regions)))[..., 0]
+  def __call__(self, fbank, regions, patchout_key=None):
+    features = self.features(fbank, regions, patchout_key)
+    return self.head(self.head_norm(features))[..., 0].astype(jnp.float32)

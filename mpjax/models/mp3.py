@@ -22,6 +22,9 @@ Why direct rather than autoregressive: the targets are censored (off-chart steps
 to feed back), all steps train in parallel with no exposure bias, and quantile outputs need no
 sampling to roll forward.
 
+Dtype: the decoder computes in `cfg.dtype` like the encoder; its parameters, residual stream
+and outputs stay float32.
+
 Output level: every forecast is `anchor + offset`, anchor = the last observed prefix value
 (the curve's current level; for k = 0 or no observed prefix step, a learned per-region level
 initialised at the training mean). Quantiles are monotone by construction: the lowest is
@@ -44,23 +47,25 @@ _init = nnx.initializers.truncated_normal(stddev=0.02)
 class DecoderBlock(nnx.Module):
   """Pre-LN: x += SelfAttn(LN x); x += CrossAttn(LN x, memory); x += MLP(LN x)."""
 
-  def __init__(self, hidden: int, heads: int, mlp_dim: int, *, cross: bool, rngs: nnx.Rngs):
+  def __init__(self, hidden: int, heads: int, mlp_dim: int, *, cross: bool, dtype, rngs: nnx.Rngs):
     mha = lambda: nnx.MultiHeadAttention(heads, hidden, qkv_features=hidden, decode=False,
-                                         kernel_init=_init, rngs=rngs)
-    self.norm1 = nnx.LayerNorm(hidden, rngs=rngs)
+                                         kernel_init=_init, dtype=dtype, rngs=rngs)
+    norm = lambda: nnx.LayerNorm(hidden, dtype=dtype, rngs=rngs)
+    self.norm1 = norm()
     self.self_attn = mha()
-    self.norm2 = nnx.LayerNorm(hidden, rngs=rngs) if cross else None
+    self.norm2 = norm() if cross else None
     self.cross_attn = mha() if cross else None
-    self.norm3 = nnx.LayerNorm(hidden, rngs=rngs)
-    self.fc1 = nnx.Linear(hidden, mlp_dim, kernel_init=_init, rngs=rngs)
-    self.fc2 = nnx.Linear(mlp_dim, hidden, kernel_init=_init, rngs=rngs)
+    self.norm3 = norm()
+    self.fc1 = nnx.Linear(hidden, mlp_dim, kernel_init=_init, dtype=dtype, rngs=rngs)
+    self.fc2 = nnx.Linear(mlp_dim, hidden, kernel_init=_init, dtype=dtype, rngs=rngs)
 
   def __call__(self, x, memory=None):
+    """x: float32 residual stream; the sublayers compute in the block's dtype."""
     h = self.norm1(x)
-    x = x + self.self_attn(h, h, h)
+    x = x + self.self_attn(h, h, h).astype(jnp.float32)
     if self.cross_attn is not None and memory is not None:
-      x = x + self.cross_attn(self.norm2(x), memory, memory)
-    return x + self.fc2(jax.nn.gelu(self.fc1(self.norm3(x)), approximate=False))
+      x = x + self.cross_attn(self.norm2(x), memory, memory).astype(jnp.float32)
+    return x + self.fc2(jax.nn.gelu(self.fc1(self.norm3(x)), approximate=False)).astype(jnp.float32)
 
 
 class MP3(nnx.Module):
@@ -111,11 +116,12 @@ class MP3(nnx.Module):
     else:
       self.prefix_proj = self.prefix_pos = None
     self.level = nnx.Param(jnp.full((num_regions,), level_init, jnp.float32))
-    self.blocks = nnx.List([DecoderBlock(d, heads, 4 * d, cross=audio, rngs=rngs)
+    dtype = jnp.dtype(cfg.dtype)
+    self.blocks = nnx.List([DecoderBlock(d, heads, 4 * d, cross=audio, dtype=dtype, rngs=rngs)
                             for _ in range(dec_depth)])
-    self.out_norm = nnx.LayerNorm(d, rngs=rngs)
+    self.out_norm = nnx.LayerNorm(d, dtype=dtype, rngs=rngs)
     self.out = nnx.Linear(d, len(self.quantiles or (0.5,)),
-                          kernel_init=nnx.initializers.zeros_init(), rngs=rngs)
+                          kernel_init=nnx.initializers.zeros_init(), dtype=dtype, rngs=rngs)
 
   @property
   def num_outputs(self) -> int:
@@ -123,13 +129,14 @@ class MP3(nnx.Module):
 
   # -- encoder ---------------------------------------------------------------------------------
 
-  def memory(self, fbank, regions):
+  def memory(self, fbank, regions, patchout_key=None):
     """[B * R, M, D] encoder tokens per (example, region), or None without audio."""
     if not self.audio:
       return None
     b, r = regions.shape
+    enc = lambda x, **kw: self.encoder.encode(x, patchout_key=patchout_key, **kw)
     if self.region_mode == "cls_token":
-      tokens = self.encoder.encode(fbank, prefix_tokens=self.regions(regions))  # [B, R+2+N, D]
+      tokens = enc(fbank, prefix_tokens=self.regions(regions))  # [B, R+2+N, D]
       audio_tokens = tokens[:, r:]
       region_tokens = tokens[:, :r].reshape(b * r, 1, -1)
       audio_tokens = jnp.repeat(audio_tokens, r, axis=0) if r > 1 else audio_tokens
@@ -137,13 +144,13 @@ class MP3(nnx.Module):
     if self.region_mode == "embedding":
       emb = self.regions(regions).reshape(b * r, 1, -1)
       x = jnp.repeat(fbank, r, axis=0) if r > 1 else fbank
-      return self.encoder.encode(x, token_bias=emb)
-    tokens = self.encoder.encode(fbank)
+      return enc(x, token_bias=emb)
+    tokens = enc(fbank)
     return jnp.repeat(tokens, r, axis=0) if r > 1 else tokens
 
   # -- forward ---------------------------------------------------------------------------------
 
-  def __call__(self, fbank, regions, prefix=None, prefix_mask=None):
+  def __call__(self, fbank, regions, prefix=None, prefix_mask=None, patchout_key=None):
     if regions.ndim == 1:
       regions = regions[:, None]
     b, r = regions.shape
@@ -158,7 +165,7 @@ class MP3(nnx.Module):
       if prefix.shape[-1] != k or prefix.shape[:2] != (b, r) or prefix_mask.shape != prefix.shape:
         raise ValueError(f"prefix/prefix_mask must be [batch={b}, R={r}, k={k}], got "
                          f"{tuple(prefix.shape)} / {tuple(prefix_mask.shape)}")
-    memory = self.memory(fbank, regions)
+    memory = self.memory(fbank, regions, patchout_key)
     if memory is not None and self.freeze_encoder:
       memory = jax.lax.stop_gradient(memory)
     d = self.cfg.hidden
@@ -181,7 +188,7 @@ class MP3(nnx.Module):
     x = tokens.reshape(b * r, tokens.shape[2], d)
     for blk in self.blocks:
       x = blk(x, memory)
-    raw = self.out(self.out_norm(x[:, k:]))  # [B*R, H, Q]
+    raw = self.out(self.out_norm(x[:, k:])).astype(jnp.float32)  # [B*R, H, Q]
     if raw.shape[-1] > 1:  # monotone quantiles: lowest free, then + softplus steps
       raw = jnp.concatenate([raw[..., :1], raw[..., :1] + jnp.cumsum(
           jax.nn.softplus(raw[..., 1:]), axis=-1)], axis=-1)

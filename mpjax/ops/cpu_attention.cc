@@ -1,7 +1,6 @@
-// XLA:CPU kernels, float32: fused multi-head softmax attention (forward and backward) and the
-// weight/bias gradients of a dense layer (DenseGrad, at the end).
+// XLA:CPU kernel, float32: fused multi-head softmax attention (forward and backward).
 //
-// Called through the XLA FFI from mpjax/kernels/cpu_kernels.py, which compiles this file on
+// Called through the XLA FFI from mpjax/ops/cpu_attention.py, which compiles this file on
 // first use. Layouts are the AST's: the fused projection qkv [B, N, 3 * H * Dh] (q, k, v blocks,
 // heads-major inside each) and the output [B, N, H * Dh], so no transposes are needed around the
 // call. Work is split over (batch, head) pairs on XLA's intra-op thread pool.
@@ -12,9 +11,9 @@
 // accumulates dv += P^T do, dS = P * (do v^T - rowsum(do * o)), dq = dS k * scale,
 // dk += dS^T (q * scale).
 //
-// prefix (attribute, >= 0): the first `prefix` tokens are region tokens (mpjax.models.ast
-// AST.encode): a prefix token attends to itself and to the tokens after the prefix; the tokens
-// after the prefix never attend to prefix tokens.
+// prefix (attribute, >= 0): the first `prefix` tokens are region tokens (mpjax.ops.attention):
+// a prefix token attends to itself and to the tokens after the prefix; the tokens after the
+// prefix never attend to prefix tokens.
 //
 // The matrix products use one register-tiled kernel (up to 8 rows x 64 columns per tile)
 // written with GCC vector extensions, so it compiles to AVX-512 or AVX2 (-march=native).
@@ -416,65 +415,6 @@ ffi::Error AttentionBwd(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> qkv, ffi::Bu
 }
 
 
-// Weight and bias gradients of a dense layer y = x w + b: dw = x^T g [din, dout] and
-// db = column sums of g [dout], for x [rows, din] and g [rows, dout] (leading axes flattened).
-// Why here: XLA:CPU's Eigen dot ran this transposed-operand product with a long contraction
-// (rows = batch * tokens) at 150-200 GFLOP/s where its other dots reach 270-320.
-// The rows are cut into one contiguous slot per pool thread (at least 2, at most 16; blocks of
-// 256 rows each); a slot's blocks are summed in order into the slot's own partial dw (a block's
-// x and g stay in cache for the whole of dw), slots are taken by whichever thread is free, and
-// the partials are added in slot order: the result depends on the thread count but not on
-// timing (reruns on one machine are bit-identical). More slots than threads measured slower:
-// each partial dw is another ~0.5 MB to clear and add.
-constexpr int64_t kGradRows = 256;
-
-ffi::Error DenseGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> g,
-                     ffi::ResultBuffer<ffi::F32> dw, ffi::ResultBuffer<ffi::F32> db) {
-  auto xs = x.dimensions();
-  auto gs = g.dimensions();
-  if (xs.size() != 2 || gs.size() != 2 || xs[0] != gs[0])
-    return ffi::Error::InvalidArgument("mpjax dense grad: x and g must be [rows, din], [rows, dout]");
-  const int64_t rows = xs[0];
-  const int din = static_cast<int>(xs[1]), dout = static_cast<int>(gs[1]);
-  if (dout % 16 != 0)
-    return ffi::Error::InvalidArgument("mpjax dense grad: dout " + std::to_string(dout) +
-                                       " is not a multiple of 16");
-  const int64_t blocks = std::max<int64_t>(1, (rows + kGradRows - 1) / kGradRows);
-  const int64_t threads = std::clamp<int64_t>(pool.num_threads(), 2, 16);
-  const int slots = static_cast<int>(std::min<int64_t>(threads, blocks));
-  const size_t part = size_t(din) * dout + dout;  // partial dw, then partial db
-  std::vector<float> parts(part * slots);
-  const float* xp = x.typed_data();
-  const float* gp = g.typed_data();
-  parallel_for(pool, slots, [&](int slot) {
-    float* acc = parts.data() + part * slot;
-    float* bacc = acc + size_t(din) * dout;
-    std::memset(acc, 0, sizeof(float) * part);
-    const int64_t b0 = blocks * slot / slots, b1 = blocks * (slot + 1) / slots;
-    for (int64_t blk = b0; blk < b1; ++blk) {
-      const int64_t k0 = blk * kGradRows;
-      const int kk = static_cast<int>(std::min(kGradRows, rows - k0));
-      if (kk <= 0) break;
-      gemm<true>(din, dout, kk, xp + k0 * din, 1, din, gp + k0 * dout, dout, acc, dout);
-      for (int k = 0; k < kk; ++k) {
-        const float* grow = gp + (k0 + k) * dout;
-        for (int j = 0; j < dout; j += 16) st(bacc + j, ld(bacc + j) + ld(grow + j));
-      }
-    }
-  });
-  float* w = dw->typed_data();
-  float* bias = db->typed_data();
-  std::memcpy(w, parts.data(), sizeof(float) * din * dout);
-  std::memcpy(bias, parts.data() + size_t(din) * dout, sizeof(float) * dout);
-  for (int slot = 1; slot < slots; ++slot) {
-    const float* src = parts.data() + part * slot;
-    for (size_t i = 0; i < size_t(din) * dout; i += 16) st(w + i, ld(w + i) + ld(src + i));
-    for (int j = 0; j < dout; j += 16)
-      st(bias + j, ld(bias + j) + ld(src + size_t(din) * dout + j));
-  }
-  return ffi::Error::Success();
-}
-
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(MpjaxAttentionFwd, AttentionFwd,
@@ -498,11 +438,3 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(MpjaxAttentionBwd, AttentionBwd,
                                   .Attr<int64_t>("heads")
                                   .Attr<float>("scale")
                                   .Attr<int64_t>("prefix"));
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(MpjaxDenseGrad, DenseGrad,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());

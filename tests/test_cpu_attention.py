@@ -1,5 +1,5 @@
-"""The XLA:CPU C++ kernels (mpjax/kernels/cpu_kernels.*): numerics against float64 references,
-the region-token mask, the fallback to the XLA implementations, sharding, build errors."""
+"""The C++ CPU attention kernel (mpjax/ops/cpu_attention.*): numerics against float64
+references, the region-token mask, the fallback to XLA, build errors."""
 import os
 import subprocess
 import sys
@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mpjax import sharding
-from mpjax.kernels import cpu_kernels
 from mpjax.models import ast
+from mpjax.ops import attention as attention_ops
+from mpjax.ops import cpu_attention
 
-if cpu_kernels._compiler() is None:  # pragma: no cover - machines without any C++ compiler
-  pytest.skip("no C++ compiler ($CXX, c++, g++, clang++): the CPU kernels cannot be built here",
+if cpu_attention._compiler() is None:  # pragma: no cover - machines without any C++ compiler
+  pytest.skip("no C++ compiler ($CXX, c++, g++, clang++): the CPU kernel cannot be built here",
               allow_module_level=True)
 
 
@@ -24,7 +24,7 @@ def kernels_enabled(monkeypatch):
   """These tests test the kernels: a compiler is present, so the build must succeed, and an
   outer MPJAX_CPU_KERNELS=0 must not turn them into tests of the fallback."""
   monkeypatch.setenv("MPJAX_CPU_KERNELS", "1")
-  why = cpu_kernels._register()
+  why = cpu_attention.register()
   assert why is None, f"CPU kernels failed to build although a compiler exists: {why}"
 
 
@@ -80,18 +80,13 @@ def test_attention_matches_float64_reference(b, n, heads, dh, prefix, scale):
   rs = np.random.RandomState(n + dh)
   qkv = (rs.randn(b, n, 3 * heads * dh) * scale).astype(np.float32)
   g = rs.randn(b, n, heads * dh).astype(np.float32)
-  assert cpu_kernels.supports(jnp.asarray(qkv), heads)
-  out = jax.jit(lambda x: cpu_kernels.attention(x, heads, prefix))(qkv)
+  assert cpu_attention.supports(jnp.asarray(qkv), heads)
+  out = jax.jit(lambda x: cpu_attention.attention(x, heads, prefix))(qkv)
   assert rel_err(out, reference_attention(qkv, heads, prefix)) <= 1e-5
-  grad = jax.jit(jax.grad(lambda x: jnp.sum(cpu_kernels.attention(x, heads, prefix) * g)))(qkv)
+  grad = jax.jit(jax.grad(lambda x: jnp.sum(cpu_attention.attention(x, heads, prefix) * g)))(qkv)
   assert rel_err(grad, reference_vjp(qkv, heads, prefix, g)) <= 1e-5
-  # and the XLA implementation it replaces agrees with the same reference
-  if prefix:
-    i, j = np.arange(n)[:, None], np.arange(n)[None, :]
-    mask = jnp.asarray((j >= prefix) | (i == j))[None, None]
-  else:
-    mask = None
-  xla = jax.jit(lambda x: ast.softmax_attention(x, heads, mask))(qkv)
+  # and the XLA implementation agrees with the same reference
+  xla = jax.jit(lambda x: attention_ops.attention(x, heads, prefix=prefix, implementation="xla"))(qkv)
   assert rel_err(out, xla) <= 1e-5
 
 
@@ -100,7 +95,7 @@ def test_attention_is_sensitive_to_every_input():
   rs = np.random.RandomState(0)
   b, n, heads, dh = 2, 40, 2, 16
   qkv = rs.randn(b, n, 3 * heads * dh).astype(np.float32)
-  f = jax.jit(lambda x: cpu_kernels.attention(x, heads))
+  f = jax.jit(lambda x: cpu_attention.attention(x, heads))
   base = np.asarray(f(qkv))
   bumped = qkv.copy()
   bumped[1, 7, heads * dh + dh + 3] += 1.0  # k of head 1, token 7, batch row 1
@@ -115,7 +110,7 @@ def test_attention_prefix_tokens_are_independent():
   rs = np.random.RandomState(1)
   b, n, heads, dh, p = 1, 50, 2, 16, 3
   qkv = rs.randn(b, n, 3 * heads * dh).astype(np.float32)
-  f = jax.jit(lambda x: cpu_kernels.attention(x, heads, p))
+  f = jax.jit(lambda x: cpu_attention.attention(x, heads, p))
   base = np.asarray(f(qkv))
   other = qkv.copy()
   other[0, 1] = rs.randn(3 * heads * dh)  # replace prefix token 1 entirely
@@ -125,21 +120,9 @@ def test_attention_prefix_tokens_are_independent():
   assert np.abs(out[0, 1] - base[0, 1]).max() > 1e-3
 
 
-@pytest.mark.parametrize("rows,din,dout", [(4112, 192, 576), (300, 7, 16), (256, 33, 48),
-                                           (1, 5, 32), (513, 768, 192)])
-def test_dense_grad_matches_float64(rows, din, dout):
-  rs = np.random.RandomState(rows)
-  x = rs.randn(rows, din).astype(np.float32)
-  g = rs.randn(rows, dout).astype(np.float32)
-  dw, db = jax.jit(cpu_kernels.dense_grad)(x, g)
-  assert dw.shape == (din, dout) and db.shape == (dout,)
-  assert rel_err(dw, x.astype(np.float64).T @ g.astype(np.float64)) <= 1e-5
-  assert rel_err(db, g.astype(np.float64).sum(0)) <= 1e-5
-
-
-def test_ast_uses_kernels_and_fallback_agrees(monkeypatch):
-  """The AST's jaxpr calls the kernels on CPU float32; with MPJAX_CPU_KERNELS=0 it does not,
-  and loss and every parameter gradient agree."""
+def test_ast_uses_the_kernel_and_fallback_agrees(monkeypatch):
+  """With the kernel registered the AST's jaxpr calls it ('auto' on CPU); with
+  MPJAX_CPU_KERNELS=0 it does not, and loss and every parameter gradient agree."""
   cfg = ast.config_for("tiny", depth=2, input_fdim=32, input_tdim=64, fstride=8, tstride=8)
   model = ast.init(cfg, seed=3)
   x = np.random.RandomState(2).randn(2, 64, 32).astype(np.float32)
@@ -158,7 +141,7 @@ def test_ast_uses_kernels_and_fallback_agrees(monkeypatch):
   jaxpr_k, v_k, g_k = run()
   monkeypatch.setenv("MPJAX_CPU_KERNELS", "0")
   jaxpr_x, v_x, g_x = run()
-  for name in ("mpjax_attention_fwd", "mpjax_attention_bwd", "mpjax_dense_grad"):
+  for name in ("mpjax_attention_fwd", "mpjax_attention_bwd"):
     assert name in jaxpr_k and name not in jaxpr_x
   assert abs(v_k - v_x) <= 1e-5 * abs(v_x)
   assert len(g_k) == len(g_x)
@@ -166,41 +149,16 @@ def test_ast_uses_kernels_and_fallback_agrees(monkeypatch):
     assert rel_err(a, b) <= 1e-4
 
 
-def test_sharded_batch_matches_one_device():
-  """On a mesh of 8 CPU devices with the batch sharded, the step's gradients (attention
-  operands all-gathered by XLA, every kernel call run whole) equal the single-device ones."""
-  assert len(jax.devices()) == 8  # tests/conftest.py sets 8 fake CPU devices
-  cfg = ast.config_for("tiny", depth=1, input_fdim=32, input_tdim=48, fstride=8, tstride=8)
-  graphdef, params = nnx.split(ast.init(cfg, seed=5))
-  x = np.random.RandomState(6).randn(8, 48, 32).astype(np.float32)
-
-  def loss(params, x):
-    return jnp.mean(nnx.merge(graphdef, params)(x) ** 2)
-
-  grad = jax.jit(jax.grad(loss))
-  one = grad(params, x)
-  mesh = sharding.make_mesh([("data", 8)])
-  xs = jax.device_put(x, jax.NamedSharding(mesh, jax.P("data")))
-  ps = jax.device_put(params, jax.NamedSharding(mesh, jax.P()))
-  hlo = grad.lower(ps, xs).compile().as_text()
-  assert "mpjax_attention_fwd" in hlo and "mpjax_dense_grad" in hlo
-  sharded = grad(ps, xs)
-  for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(sharded)):
-    assert rel_err(b, a) <= 1e-5
-
-
 def test_attention_rejects_bad_prefix():
   qkv = jnp.zeros((1, 4, 3 * 16), jnp.float32)
   with pytest.raises(ValueError, match="prefix=4"):
-    cpu_kernels.attention(qkv, 1, prefix=4)
+    cpu_attention.attention(qkv, 1, prefix=4)
 
 
 def test_unsupported_inputs_are_reported():
-  assert not cpu_kernels.supports(jnp.zeros((1, 4, 3 * 8), jnp.float32), 1)     # head_dim 8
-  assert not cpu_kernels.supports(jnp.zeros((1, 4, 3 * 16), jnp.bfloat16), 1)  # not float32
-  assert not cpu_kernels.dense_supported(jnp.zeros((4, 8)), jnp.zeros((8, 10)))  # dout 10
-  assert cpu_kernels.dense_supported(jnp.zeros((4, 192)), jnp.zeros((192, 768)))  # AST-tiny fc1
-  assert not cpu_kernels.dense_supported(jnp.zeros((4, 768)), jnp.zeros((768, 3072)))  # base
+  assert not cpu_attention.supports(jnp.zeros((1, 4, 3 * 8), jnp.float32), 1)     # head_dim 8
+  assert not cpu_attention.supports(jnp.zeros((1, 4, 3 * 16), jnp.bfloat16), 1)  # not float32
+  assert cpu_attention.supports(jnp.zeros((1, 4, 3 * 64), jnp.float32), 1)
 
 
 def test_build_failure_names_the_compiler_and_error(tmp_path, monkeypatch):
@@ -212,7 +170,7 @@ def test_build_failure_names_the_compiler_and_error(tmp_path, monkeypatch):
   monkeypatch.setenv("CXX", str(bad))
   monkeypatch.setenv("MPJAX_CACHE_DIR", str(tmp_path / "cache"))
   with pytest.raises(RuntimeError, match="simulated") as e:
-    cpu_kernels.build()
+    cpu_attention.build()
   assert "exit 3" in str(e.value) and str(bad) in str(e.value)
   assert not list((tmp_path / "cache" / "kernels").glob("*.so"))
 
@@ -222,9 +180,11 @@ def test_no_compiler_falls_back_in_a_fresh_process(tmp_path):
   env = dict(os.environ, CXX=str(tmp_path / "missing"), PATH=str(tmp_path),
              MPJAX_CACHE_DIR=str(tmp_path / "cache"))
   code = ("import numpy as np, jax, jax.numpy as jnp\n"
-          "from mpjax.kernels import cpu_kernels\n"
+          "from mpjax import cpu\n"
+          "from mpjax.ops import cpu_attention\n"
           "from mpjax.models import ast\n"
-          "assert not cpu_kernels.available()\n"
+          "cpu.setup()\n"
+          "assert cpu_attention.register() is not None and not cpu_attention.registered()\n"
           "cfg = ast.config_for('tiny', depth=1, input_fdim=32, input_tdim=48, fstride=8, tstride=8)\n"
           "m = ast.init(cfg)\n"
           "out = m(np.zeros((1, 48, 32), np.float32))\n"

@@ -1,1 +1,0 @@
-"""Hand-written kernels (see cpu_kernels.py)."""
