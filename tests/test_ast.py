@@ -164,9 +164,8 @@ def test_scan_equals_unscanned(remat):
           for p, v in jax.tree_util.tree_leaves_with_path(nnx.state(loop, nnx.Param))}
   stacked = ast.stack_blocks(flat)
   assert stacked["blocks/attn/qkv/kernel"].shape == (3, 192, 576)
-  nnx.update(scan, nnx.State.from_flat_path(
-      {tuple(int(k) if k.isdigit() else k for k in name.split("/")): nnx.Param(jnp.asarray(v))
-       for name, v in stacked.items()}))
+  nnx.update(scan, nnx.from_flat_state(
+      [(tuple(name.split("/")), nnx.Param(jnp.asarray(v))) for name, v in stacked.items()]))
   np.testing.assert_allclose(scan(x), loop(x), rtol=1e-5, atol=1e-6)
   g_loop, g_scan = grads_of(loop, x, w), grads_of(scan, x, w)
   flat_scan = {sharding.path_str(p): np.asarray(v)

@@ -172,6 +172,12 @@ class PatchEmbed(nnx.Module):
     return (p @ k).astype(jnp.float32) + self.bias[...]
 
 
+def _rows(layer, x):
+  """`layer(x)` on x viewed as [tokens, features], a free reshape: XLA:CPU computes a 3-D dense
+  layer's weight gradient with extra transposed copies (README, "CPU")."""
+  return layer(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], -1)
+
+
 class Attention(nnx.Module):
 
   def __init__(self, cfg: ASTConfig, *, rngs: nnx.Rngs):
@@ -180,10 +186,10 @@ class Attention(nnx.Module):
     self.proj = _dense(cfg.hidden, cfg.hidden, cfg, rngs)
 
   def __call__(self, x, prefix=0):
-    qkv = self.qkv(x)  # [B, N, 3D]; timm/official order: q, k, v blocks, heads-major
+    qkv = _rows(self.qkv, x)  # [B, N, 3D]; timm/official order: q, k, v blocks, heads-major
     out = attention_ops.attention(qkv, self.cfg.heads, prefix=prefix,
                                   implementation=self.cfg.attention)
-    return self.proj(out)
+    return _rows(self.proj, out)
 
 
 class Mlp(nnx.Module):
@@ -193,7 +199,7 @@ class Mlp(nnx.Module):
     self.fc2 = _dense(cfg.mlp_dim, cfg.hidden, cfg, rngs)
 
   def __call__(self, x):
-    return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
+    return _rows(lambda y: self.fc2(jax.nn.gelu(self.fc1(y), approximate=False)), x)
 
 
 class Block(nnx.Module):
@@ -220,7 +226,7 @@ class AST(nnx.Module):
     self.dist_token = nnx.Param(_init(rngs.params(), (1, 1, cfg.hidden)))
     self.pos_embed = nnx.Param(_init(rngs.params(), (1, cfg.num_patches + 2, cfg.hidden)))
     if cfg.scan:  # one Block whose parameters carry a leading depth axis
-      self.blocks = nnx.vmap(lambda r: Block(cfg, rngs=r))(rngs.fork(split=cfg.depth))
+      self.blocks = nnx.vmap(lambda r: Block(cfg, rngs=r))(rngs.split(cfg.depth))
     else:
       self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.depth)])
     self.norm = _norm(cfg, rngs)
