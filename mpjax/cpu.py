@@ -10,10 +10,8 @@ GPU/TPU host never changes its allocator or builds the CPU kernel):
     - `xla_cpu_experimental_ynn_fusion_type=""`: this jaxlib routes dots and reductions through
       YNNPACK fusions; for the AST step they ran the dense matmuls slower than Eigen's
       (60-110 against 105-160 GFLOP/s when first measured) and gave no step gain since.
-    - `xla_disable_hlo_passes=tree_reduction_rewriter`: XLA:CPU otherwise splits every long
-      reduction (LayerNorm statistics, the loss) into a reduce-window plus a reduce, and its
-      reduce-window loops are slow (a row max over 514 scores: 6.5 ms split, ~1.4 ms not).
-      Turning the pass off made the AST-tiny step a few % faster (README).
+    The tree-reduction rewrite stays on: with the bias and LayerNorm-parameter gradients
+    left to XLA (column sums over all tokens) turning it off made the step slower (README).
   * `tune_malloc()`: glibc `mallopt(M_ARENA_MAX=1, M_MMAP_MAX=0, M_TRIM_THRESHOLD=2**31-1)`,
     process-wide. XLA:CPU allocates a step's temporaries (1.1 GB for AST-tiny, batch 8) afresh
     at every call and glibc serves them with fresh mmap()s: every step page-faulted ~440k pages
@@ -27,7 +25,6 @@ import platform
 
 CPU_COMPILER_OPTIONS = {
     "xla_cpu_experimental_ynn_fusion_type": "",
-    "xla_disable_hlo_passes": "tree_reduction_rewriter",
 }
 
 

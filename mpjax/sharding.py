@@ -13,6 +13,7 @@ Unmatched parameters are replicated. Optimizer state follows its parameter (same
 """
 from __future__ import annotations
 
+import contextlib
 import re
 from typing import Any, Sequence
 
@@ -110,6 +111,14 @@ def param_shardings(tree, mesh: Mesh, rules=DEFAULT_RULES):
     return NamedSharding(mesh, P())
 
   return jax.tree_util.tree_map_with_path(one, tree)
+
+
+def tracing_mesh(mesh: Mesh | None):
+  """Context for tracing a step: the mesh's abstract mesh (none without a mesh), so code inside
+  can `shard_map` over it (`mpjax.ops.attention`)."""
+  if mesh is None:
+    return contextlib.nullcontext()
+  return jax.sharding.use_abstract_mesh(mesh.abstract_mesh)
 
 
 def constrain_batch(x, mesh: Mesh | None):

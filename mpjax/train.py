@@ -216,7 +216,10 @@ def make_steps(graphdef, tx, mesh, config):
       fbank = sharding.constrain_batch(batch["fbank"], mesh)
       return task_loss(forward(model, batch, config, fbank, key), batch, config)
 
-    loss, grads = jax.value_and_grad(loss_fn)(state["params"])
+    # Traced under the mesh: kernels opaque to XLA's partitioner (cuDNN/splash/CPU attention)
+    # then run per batch shard (mpjax.ops.attention).
+    with sharding.tracing_mesh(mesh):
+      loss, grads = jax.value_and_grad(loss_fn)(state["params"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
@@ -224,7 +227,8 @@ def make_steps(graphdef, tx, mesh, config):
     return new, {"loss": loss, "grad_norm": optax.tree.norm(grads), "finite": finite}
 
   def eval_step(params, batch):
-    return forward(nnx.merge(graphdef, params), batch, config)
+    with sharding.tracing_mesh(mesh):
+      return forward(nnx.merge(graphdef, params), batch, config)
 
   return train_step, eval_step
 
