@@ -93,11 +93,17 @@ def test_bad_arguments_are_named():
     attn.attention(qkv.astype(jnp.bfloat16), 1, implementation="cpu")
 
 
-def test_explicit_cudnn_without_cuda_says_why():
+def test_explicit_cudnn_is_used_or_says_why():
+  """Where jax can trace cuDNN attention (a CUDA host) the cuda lowering calls it; elsewhere an
+  explicit 'cudnn' fails naming the reason."""
+  qkv = jnp.zeros((1, 4, 48), jnp.bfloat16)
+  f = lambda x: attn.attention(x, 1, implementation="cudnn")
   if attn._cudnn_unusable(1, 4, 1, 16, "bfloat16") is None:
-    pytest.skip("this host can trace cuDNN attention")
-  with pytest.raises(RuntimeError, match="model.attention='cudnn' cannot be traced"):
-    attn.attention(jnp.zeros((1, 4, 48), jnp.bfloat16), 1, implementation="cudnn")
+    text = jax.jit(f).trace(qkv).lower(lowering_platforms=("cuda",)).as_text()
+    assert any("cudnn" in c for c in custom_calls(text))
+  else:
+    with pytest.raises(RuntimeError, match="model.attention='cudnn' cannot be traced"):
+      f(qkv)
 
 
 # ------------------------------------------------------------------------------------------------

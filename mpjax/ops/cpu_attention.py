@@ -16,8 +16,9 @@ clang++) against the installed jaxlib's FFI headers (`jax.ffi.include_dir()`) wi
 is no compiler or the build fails, `register()` returns the reason (logged once) and attention
 stays on XLA: same math, slower. `MPJAX_CPU_KERNELS=0` turns the kernel off.
 
-Under a mesh of several CPU devices XLA all-gathers the kernel's operands and runs each call
-whole on every device: correct (tests check sharded == one device), not sharded.
+Under a mesh of several CPU devices the call runs per batch shard when the step is traced
+under the mesh (`mpjax.sharding.tracing_mesh`, as the train loop does); otherwise XLA gathers
+its operands and runs it whole on every device (correct, not sharded).
 """
 from __future__ import annotations
 
@@ -101,6 +102,7 @@ def build(verbose: bool = False) -> str:
 
 _REGISTER_LOCK = threading.Lock()
 _LOADED: list = []
+_REGISTERED: list = []
 
 
 @functools.cache
@@ -111,6 +113,7 @@ def _register_once() -> str | None:
     _LOADED.append(lib)  # keep the library referenced while XLA holds its handlers
     for name, sym in ((FWD_TARGET, lib.MpjaxAttentionFwd), (BWD_TARGET, lib.MpjaxAttentionBwd)):
       jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(sym), platform="cpu")
+    _REGISTERED.append(True)
   except Exception as e:  # noqa: BLE001 - any failure means: use the XLA path, say why once
     _log.warning("mpjax CPU attention kernel unavailable, attention stays on XLA: %s", e)
     return f"{type(e).__name__}: {e}"
@@ -128,7 +131,7 @@ def register() -> str | None:
 
 def registered() -> bool:
   """Whether `register()` succeeded in this process (never builds anything itself)."""
-  return enabled_by_env() and _register_once.cache_info().currsize > 0 and _register_once() is None
+  return enabled_by_env() and bool(_REGISTERED)
 
 
 def supports(qkv, heads: int) -> bool:
