@@ -40,6 +40,7 @@ from tqdm import tqdm
 from data_prep import tables
 from data_prep import targets as targets_lib
 from mpjax.audio import fbank as fbank_lib
+from mpjax.input import pipeline
 from mpjax.input import tfrecord
 
 SPLITS = ("train", "val", "test")
@@ -267,6 +268,8 @@ def build(cfg: BuildConfig) -> dict:
   writers = {s: SplitWriter(cfg.out, s, cfg.records_per_shard) for s in SPLITS}
   skipped: list[dict] = []
   stats = {"sum": 0.0, "sumsq": 0.0, "n": 0}
+  # Train-split target means: the models' initial output level (the same on every process).
+  target_sums = {"mp2_sum": 0.0, "mp2_pairs": 0, "series_sum": 0.0, "series_steps": 0}
   frames_total = 0
   per_split = {s: {"clips": 0, "songs": set(), "tracks": set(), "pairs": 0} for s in SPLITS}
   region_counts = {s: {} for s in SPLITS}
@@ -299,6 +302,14 @@ def build(cfg: BuildConfig) -> dict:
                         source=c.provider, fbank16=fb16, rows=rows, tg=tg,
                         labels=_labels_for(labels, c.track_id, c.song_id))
       writers[split].write(ex)
+      if split == "train":
+        mp2 = tg.table["mp2_target"].to_numpy(np.float64)[rows]
+        series = np.asarray(tg.series[rows], np.float64)
+        observed = np.asarray(tg.series_mask[rows]).astype(bool) & np.isfinite(series)
+        target_sums["mp2_sum"] += float(mp2[np.isfinite(mp2)].sum())
+        target_sums["mp2_pairs"] += int(np.isfinite(mp2).sum())
+        target_sums["series_sum"] += float(series[observed].sum())
+        target_sums["series_steps"] += int(observed.sum())
       if split == "train" and fb16.size:
         x = fb16.astype(np.float64)
         stats["sum"] += float(x.sum())
@@ -356,6 +367,7 @@ def build(cfg: BuildConfig) -> dict:
                 "debut_cutoffs": list(cfg.debut_cutoffs) if cfg.debut_cutoffs else None,
                 "group_key": "song_id"},
       "shards": shards,
+      "target_stats": pipeline.summarise_targets(target_sums),
       "counts": {s: {"records": per_split[s]["clips"], "songs": len(per_split[s]["songs"]),
                      "tracks": len(per_split[s]["tracks"]), "track_regions": per_split[s]["pairs"],
                      "per_region": dict(sorted(region_counts[s].items()))} for s in SPLITS},

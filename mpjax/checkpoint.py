@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from absl import logging
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -61,17 +62,37 @@ class Checkpointer:
         k: float(v) for k, v in metrics.items()}
     return self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=force)
 
-  def restore(self, abstract_state: Any, data_iter=None, step: int | None = None):
-    """Restores the state (to the shardings of `abstract_state`) and the iterator in place."""
+  def restore(self, abstract_state: Any, data_iter=None, step: int | None = None, *,
+              data_state_at=None):
+    """Restores the state (to the shardings of `abstract_state`, i.e. into this run's mesh,
+    whatever mesh wrote it) and the iterator in place.
+
+    The Grain item holds one iterator state per process (`process_I-of-N.json`). When this run
+    has another process count, `data_state_at(step)` gives the iterator's state instead
+    (`mpjax.input.pipeline.iterator_state_at`); without it that is an error.
+    """
     import grain
 
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"no checkpoint in {self.directory}")
     items = {"state": ocp.args.StandardRestore(abstract_state)}
-    if data_iter is not None:
+    data_dir = os.path.join(self.directory, str(step), "data")
+    own = os.path.join(data_dir, f"process_{jax.process_index()}-of-{jax.process_count()}.json")
+    same_layout = os.path.exists(own)
+    if data_iter is not None and same_layout:
       items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+    elif data_iter is not None and data_state_at is None:
+      written = sorted(os.listdir(data_dir)) if os.path.isdir(data_dir) else []
+      raise ValueError(f"{data_dir}: no data-iterator state for process {jax.process_index()} "
+                       f"of {jax.process_count()} (written: {written}); pass data_state_at to "
+                       "resume with another process count")
     out = self.manager.restore(step, args=ocp.args.Composite(**items))
+    if data_iter is not None and not same_layout:
+      data_iter.set_state(data_state_at(step))
+      logging.warning("%s: data position for %d process(es) derived from step %d (the "
+                      "checkpoint was written by another process count)", self.directory,
+                      jax.process_count(), step)
     return step, out["state"]
 
   def wait(self):

@@ -43,27 +43,33 @@ def horizon_bands(k: int, horizon: int, manifest: dict) -> dict[str, tuple[int, 
 
 
 def collect(data_dir, split, config, *, eval_fn=None, params=None, mesh=None) -> dict:
-  """Rows of `split` (every record x every region it charted in, eval mode: centre crop)."""
+  """Rows of `split` (every record x every region it charted in, eval mode: centre crop), in
+  record order, gathered from every process (a collective: every process calls it)."""
   ds = pipeline.make_dataset(data_dir, split, cfg=config.input, augment=None, seed=config.seed,
                              train=False)
-  keys = ("series", "series_mask", "region_ids", "extrinsic", "record")
+  keys = ("series", "series_mask", "region_ids", "extrinsic", "record", "keep")
   parts = {k: [] for k in keys + ("pred",)}
   for batch in ds:
     b, v = batch["region_ids"].shape
-    keep = ((batch["valid"][:, None] > 0) & (batch["region_mask"] > 0)).reshape(-1)
     if eval_fn is not None:
-      out = np.asarray(jax.device_get(eval_fn(params, pipeline.to_global(batch, mesh))))
-      parts["pred"].append(out.reshape(b * v, *out.shape[2:])[keep])
-    parts["series"].append(batch["series"].reshape(b * v, -1)[keep])
-    parts["series_mask"].append(batch["series_mask"].reshape(b * v, -1)[keep])
-    parts["region_ids"].append(batch["region_ids"].reshape(-1)[keep])
-    parts["extrinsic"].append(batch["extrinsic"].reshape(b * v, -1)[keep])
-    parts["record"].append(np.repeat(batch["record"], v)[keep])
+      out = pipeline.to_host(eval_fn(params, pipeline.to_global(batch, mesh)), mesh)
+      parts["pred"].append(out.reshape(b * v, *out.shape[2:]))
+    parts["keep"].append(((batch["valid"][:, None] > 0) & (batch["region_mask"] > 0)).reshape(-1))
+    parts["series"].append(batch["series"].reshape(b * v, -1))
+    parts["series_mask"].append(batch["series_mask"].reshape(b * v, -1))
+    parts["region_ids"].append(batch["region_ids"].reshape(-1))
+    parts["extrinsic"].append(batch["extrinsic"].reshape(b * v, -1))
+    parts["record"].append(np.repeat(batch["record"], v))
   if not parts["series"]:
     return {}
-  rows = {k: np.concatenate(parts[k], 0) for k in keys}
+  rows = pipeline.gather_rows({k: np.concatenate(v, 0) for k, v in parts.items() if v})
+  keep = np.flatnonzero(rows.pop("keep"))
+  # Record order (regions in vocabulary order within a record): the same rows, in the same
+  # order, whatever the number of processes.
+  order = keep[np.argsort(rows["record"][keep], kind="stable")]
+  rows = {k: v[order] for k, v in rows.items()}
   rows["mask"] = rows.pop("series_mask")
-  rows["pred"] = np.concatenate(parts["pred"], 0) if parts["pred"] else None
+  rows.setdefault("pred", None)
   return rows
 
 
@@ -89,14 +95,17 @@ def model_metrics(eval_fn, params, data_dir, split, config, manifest, mesh) -> d
 
 
 def report(eval_fn, params, data_dir, config, manifest, mesh, outdir, *, split="test") -> str:
-  """Scores the model and every baseline on `split`; writes the files; returns the markdown."""
-  os.makedirs(outdir, exist_ok=True)
+  """Scores the model and every baseline on `split`; writes the files; returns the markdown.
+  Every process calls it (the evaluation is sharded); process 0 alone scores and writes."""
   k, m = config.mp3.prefix_steps, config.mp3.season
   q = quantiles_of(config)
   test = collect(data_dir, split, config, eval_fn=eval_fn, params=params, mesh=mesh)
   if not test:
     return f"(no {split} rows to evaluate)"
   train = collect(data_dir, "train", config)
+  if jax.process_index() != 0:
+    return ""
+  os.makedirs(outdir, exist_ok=True)
   names = manifest["regions"]
   fc = baselines.run_all(train, test, k, m, len(names))
   bands = horizon_bands(k, int(manifest["horizon"]), manifest)

@@ -1,6 +1,15 @@
 """Entry point: python -m mpjax.main --config=configs/mp2.py[:demo] --workdir=DIR [--config.x=y]
 
-Runs what the config asks (config.task: mp2 or mp3). For demo configs without a dataset, the
+Runs what the config asks (config.task: mp2 or mp3).
+
+Several processes (hosts) run this same command; `jax.distributed` is initialised when the
+environment asks for it (README "Multi-host training", launch/):
+  explicit   --coordinator_address=HOST:PORT --num_processes=N --process_id=I
+             (or the env vars MPJAX_COORDINATOR_ADDRESS, MPJAX_NUM_PROCESSES, MPJAX_PROCESS_ID,
+             which launch/local.sh sets)
+  detected   a SLURM step with several tasks, Open MPI with several ranks, a multi-host Cloud
+             TPU slice: JAX's own cluster detection fills everything in
+--distributed=on forces initialisation (auto-detection), off disables it. For demo configs without a dataset, the
 synthetic demo dataset is built into WORKDIR/data first (through data_prep, the one place mpjax
 calls it). The MP3 demo also trains the MP2 demo first, into WORKDIR/mp2 (resumed, not
 repeated, when already there), and starts MP3 from its encoder.
@@ -14,6 +23,66 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, logs and metrics go.")
 flags.mark_flags_as_required(["config", "workdir"])
+_DISTRIBUTED = flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
+                                 "jax.distributed: auto = when the environment asks for it.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "HOST:PORT of process 0 (default: $MPJAX_COORDINATOR_ADDRESS).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None,
+                                      "Number of processes (default: $MPJAX_NUM_PROCESSES).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None,
+                                   "This process's index (default: $MPJAX_PROCESS_ID).")
+
+
+def _env_int(name):
+  value = os.environ.get(name)
+  if value in (None, ""):
+    return None
+  try:
+    return int(value)
+  except ValueError:
+    raise ValueError(f"${name}={value!r} is not an integer") from None
+
+
+def distributed_settings(mode, coordinator, num_processes, process_id, env=os.environ):
+  """What to pass to jax.distributed.initialize, or None for a single process.
+
+  Explicit settings (flags, else MPJAX_* env vars) win; otherwise a scheduler that started
+  several processes is detected (JAX's cluster detection then fills in the values)."""
+  if mode == "off":
+    return None
+  coordinator = coordinator or env.get("MPJAX_COORDINATOR_ADDRESS") or None
+  num_processes = num_processes if num_processes is not None else _env_int("MPJAX_NUM_PROCESSES")
+  process_id = process_id if process_id is not None else _env_int("MPJAX_PROCESS_ID")
+  explicit = {"coordinator_address": coordinator, "num_processes": num_processes,
+              "process_id": process_id}
+  if any(v is not None for v in explicit.values()):
+    missing = [k for k, v in explicit.items() if v is None]
+    if missing:
+      raise ValueError(f"jax.distributed: {', '.join(missing)} missing; give all three of "
+                       "--coordinator_address, --num_processes, --process_id (or the "
+                       "MPJAX_* env vars), or none for auto-detection")
+    if not 0 <= process_id < num_processes:
+      raise ValueError(f"jax.distributed: process_id={process_id} not in [0, {num_processes})")
+    return explicit
+  several = lambda name: (_env_int(name) or 1) > 1
+  detected = ((("SLURM_JOB_ID" in env) and (several("SLURM_STEP_NUM_TASKS") or several("SLURM_NTASKS")))
+              or several("OMPI_COMM_WORLD_SIZE")
+              or "," in env.get("TPU_WORKER_HOSTNAMES", "")
+              or "MEGASCALE_COORDINATOR_ADDRESS" in env)
+  return {} if (detected or mode == "on") else None
+
+
+def init_distributed():
+  """Initialises jax.distributed when asked (see the module docstring); logs the topology."""
+  import jax
+  settings = distributed_settings(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value,
+                                  _PROCESS_ID.value)
+  if settings is not None:
+    jax.distributed.initialize(**settings)
+  print(f"[process {jax.process_index()}/{jax.process_count()}] "
+        f"{jax.local_device_count()} local / {jax.device_count()} global devices "
+        f"({jax.devices()[0].platform}); jax.distributed "
+        f"{'initialised' if settings is not None else 'not used'}", flush=True)
 
 
 def ensure_data(config, workdir: str) -> None:
@@ -54,12 +123,26 @@ def main(argv):
   del argv
   # Orbax/absl log every checkpoint operation at INFO; keep stdout for the training log.
   logging.set_verbosity(logging.WARNING)
+  init_distributed()
+  import jax
+  from jax.experimental import multihost_utils
   config = _CONFIG.value
   workdir = _WORKDIR.value
   os.makedirs(workdir, exist_ok=True)
-  ensure_data(config, workdir)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
+  have_data = config.data_dir and os.path.exists(os.path.join(config.data_dir, "manifest.json"))
+  if not have_data and config.get("demo_data"):
+    # Process 0 builds the demo dataset (workdir on a filesystem all hosts share); the others
+    # wait for it, then point config.data_dir where process 0 did.
+    if jax.process_index() == 0:
+      ensure_data(config, workdir)
+    multihost_utils.sync_global_devices("mpjax.main: demo dataset built")
+    if not config.data_dir:
+      with config.unlocked():
+        config.data_dir = os.path.join(workdir, "data")
+  ensure_data(config, workdir)  # every process: the manifest is there, or the same clear error
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
   if config.task not in ("mp2", "mp3"):
     raise ValueError(f"config.task={config.task!r}: unknown task (known: 'mp2', 'mp3')")
   from mpjax import train
@@ -67,7 +150,8 @@ def main(argv):
     with config.unlocked():
       config.init_from = train_mp2_demo(config, workdir)
   result = train.train_and_evaluate(config, workdir)
-  print({k: round(v, 4) for k, v in result.items() if "/" not in k[4:]}, flush=True)
+  if jax.process_index() == 0:
+    print({k: round(v, 4) for k, v in result.items() if "/" not in k[4:]}, flush=True)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,12 @@
                 NaN/Inf guard, SIGTERM -> checkpoint and exit 0
   7. MP3 only   the forecast evaluation on the test split against every baseline
                 (`mpjax.forecast`): metrics JSON, markdown table, fan charts in WORKDIR/forecast
+  8. done       WORKDIR/final_metrics.json (a run that finished all its steps)
+
+Several processes run this same function (`jax.distributed`, mpjax.main): every process joins
+every jitted step, eval gather and checkpoint save; only process 0 writes logs and reports.
+Anything that shapes the program (the head's initial level) comes from the manifest, never
+from one process's own data.
 """
 from __future__ import annotations
 
@@ -248,20 +254,23 @@ def evaluate(eval_fn, params, data_dir, split, config, manifest, mesh) -> dict[s
   metrics (overall and per-region MAE) of the forecast window."""
   if config.task == "mp3":
     return forecast_lib.model_metrics(eval_fn, params, data_dir, split, config, manifest, mesh)
-  preds, targets, weights, ids = [], [], [], []
+  parts = {k: [] for k in ("pred", "mp2", "mp2_weight", "region_ids", "record", "valid")}
   ds = pipeline.make_dataset(data_dir, split, cfg=config.input, augment=None, seed=config.seed,
                              train=False)
   for batch in ds:
-    gb = pipeline.to_global(batch, mesh)
-    p = np.asarray(jax.device_get(eval_fn(params, gb)))
-    preds.append(p)
-    targets.append(batch["mp2"])
-    weights.append(batch["mp2_weight"])
-    ids.append(batch["region_ids"])
-  if not preds:
+    parts["pred"].append(pipeline.to_host(eval_fn(params, pipeline.to_global(batch, mesh)), mesh))
+    for k in parts.keys() - {"pred"}:
+      parts[k].append(batch[k])
+  if not parts["pred"]:
     return {}
-  cat = lambda xs: np.concatenate(xs, 0)
-  return metrics_lib.per_region(cat(preds), cat(targets), cat(weights), cat(ids), manifest["regions"])
+  # Every process's outputs with their own targets, in record order: the metrics are the same
+  # whatever the number of processes.
+  rows = pipeline.gather_rows({k: np.concatenate(v, 0) for k, v in parts.items()})
+  real = np.flatnonzero(rows["valid"] > 0)
+  order = real[np.argsort(rows["record"][real], kind="stable")]
+  return metrics_lib.per_region(rows["pred"][order], rows["mp2"][order],
+                                rows["mp2_weight"][order], rows["region_ids"][order],
+                                manifest["regions"])
 
 
 def train_and_evaluate(config, workdir: str) -> dict[str, float]:
@@ -278,6 +287,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     manifest = json.load(f)
   n_dev = config.get("num_devices") or len(jax.devices())
   mesh = sharding.make_mesh(config.mesh, devices=jax.devices()[:n_dev])
+  if is_main:
+    print(f"mesh {dict(mesh.shape)} over {mesh.devices.size} devices, {jax.process_count()} "
+          f"process(es); global batch {config.input.batch_size} "
+          f"({config.input.batch_size // jax.process_count()} per process)", flush=True)
   train_ds = pipeline.make_dataset(data_dir, "train", cfg=config.input, augment=config.augment,
                                    seed=config.seed, train=True)
   train_iter = iter(train_ds)
@@ -287,15 +300,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   cfg = model_config(config)
   num_regions = len(manifest["regions"])
 
-  # Start the head at the mean target (from one eval-mode batch of train, so the training
-  # iterator's order is untouched): the first steps then learn structure, not the offset.
-  peek = next(iter(pipeline.make_dataset(data_dir, "train", cfg=config.input, seed=config.seed,
-                                         train=False)))
-  if config.task == "mp2":
-    head_bias = float(np.sum(peek["mp2"] * peek["mp2_weight"]) / max(np.sum(peek["mp2_weight"]), 1))
-  else:
-    head_bias = float(np.sum(peek["series"] * peek["series_mask"]) /
-                      max(np.sum(peek["series_mask"]), 1))
+  # Start the head at the train split's mean target (manifest statistics: the same value, so
+  # the same program, on every process): the first steps learn structure, not the offset.
+  stats = pipeline.target_stats(data_dir, manifest)
+  head_bias = stats["mp2_mean" if config.task == "mp2" else "series_mean"] or 0.0
 
   def make_model(seed):
     if config.task == "mp2":
@@ -331,7 +339,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   train_step = jax.jit(train_step, in_shardings=(state_sh, batch_sh),
                        out_shardings=(state_sh, None), donate_argnums=0,
                        compiler_options=jit_options)
-  eval_fn = jax.jit(eval_step, in_shardings=(param_sh, batch_sh))
+  eval_fn = jax.jit(eval_step, in_shardings=(param_sh, batch_sh), out_shardings=batch_sh)
   finite_fn = jax.jit(all_finite)
 
   # 5. Restore or init_from -----------------------------------------------------------------
@@ -342,7 +350,12 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
                              best_mode=config.checkpoint.best_mode,
                              use_async=config.checkpoint.use_async)
   if ck.latest_step() is not None:
-    step0, state = ck.restore(_with_shardings(abs_state, state_sh), train_iter)
+    # Into this run's mesh, whatever mesh or process count wrote it; the data position is
+    # translated from the step when the process count changed.
+    local_batch = batch_size // jax.process_count()
+    step0, state = ck.restore(
+        _with_shardings(abs_state, state_sh), train_iter,
+        data_state_at=lambda s: pipeline.iterator_state_at(train_iter, s, local_batch))
     logging.info("resumed from step %d (%s)", step0, ck.directory)
   elif config.init_from:
     model = nnx.merge(graphdef, state["params"])
@@ -424,16 +437,29 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
       if is_main and test:
         print(f"test  {step:6d}  " + _headline(test, config) + f"  (n={int(test['n'])})",
               flush=True)
-      if config.task == "mp3" and is_main:
-        # 7. Model vs every baseline on the test split: JSON, markdown table, fan charts.
+      if config.task == "mp3":
+        # 7. Model vs every baseline on the test split: JSON, markdown table, fan charts
+        # (every process evaluates its share; process 0 writes).
         table = forecast_lib.report(eval_fn, state["params"], data_dir, config, manifest, mesh,
                                     os.path.join(workdir, "forecast"))
-        print(table, flush=True)
+        if is_main:
+          print(table, flush=True)
+      if is_main:
+        # 8. The mark of a finished run (launch/sweep.py skips points that have it).
+        _write_json_atomic(os.path.join(workdir, "final_metrics.json"),
+                           {"step": step, "metrics": final})
   finally:
     signal.signal(signal.SIGTERM, prev_handler)
     ck.close()
     log.close()
   return final
+
+
+def _write_json_atomic(path: str, obj) -> None:
+  tmp = f"{path}.tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
 
 
 def _headline(m: dict, config) -> str:

@@ -581,6 +581,68 @@ def make_dataset(data_dir: str, split: str, *, cfg=None, seed: int = 0, train: b
   return it
 
 
+def iterator_state_at(it, batches: int, local_batch: int) -> dict:
+  """The state a fresh training iterator `it` of `make_dataset` has after `batches` batches.
+
+  For resuming on another process count: after s steps every process has read s * local
+  elements of its share [p::P], i.e. together the first s * batch_size elements of the global
+  stream, whatever P is. So the position follows from the step (exactly, unless corrupt
+  records were skipped in training, or the epoch length n - n mod P changed with P).
+  """
+  state = it.get_state()
+  if set(state) == {"next_index"}:  # workers = 0: a position in this process's share
+    return {"next_index": int(batches) * int(local_batch)}
+  if "iterators_in_use_states" in state and "next_index_in_cycle" in state:
+    # workers = W: worker w slices the share [w::W] and makes batches w, w + W, ... in turn.
+    inner = state["iterators_in_use_states"]
+    w_count = len(inner)
+    if all(set(x) == {"next_index"} for x in inner):
+      state = dict(state)
+      state["iterators_in_use_states"] = [
+          {"next_index": ((int(batches) - w + w_count - 1) // w_count) * int(local_batch)}
+          for w in range(w_count)]
+      state["next_index_in_cycle"] = int(batches) % w_count
+      return state
+  raise ValueError(f"cannot place this Grain iterator at batch {batches}: unknown state "
+                   f"layout {sorted(state)} (resume with the process count that wrote the "
+                   "checkpoint)")
+
+
+def target_stats(data_dir: str, manifest: dict | None = None) -> dict:
+  """Train-split target means, the same on every process: {'mp2_mean', 'series_mean', ...}.
+
+  From the manifest (data_prep.build writes them); for a dataset built before that, computed
+  here from the train records (every process reads the same records, so gets the same values).
+  """
+  manifest = manifest if manifest is not None else load_manifest(data_dir)
+  if manifest.get("target_stats"):
+    return manifest["target_stats"]
+  log.warning("%s/manifest.json has no target_stats (built by an older data_prep); computing "
+              "them from the train records", data_dir)
+  paths = [os.path.join(data_dir, s) for s in manifest["shards"].get("train", [])]
+  records = tfrecord.TFRecordSource(paths) if paths else []
+  acc = {"mp2_sum": 0.0, "mp2_pairs": 0, "series_sum": 0.0, "series_steps": 0}
+  for i in range(len(records)):
+    ex = tfrecord.decode_example(records[i])
+    mp2 = np.asarray(ex["mp2_target"], np.float64)
+    series = np.asarray(ex["series"], np.float64)
+    observed = (np.asarray(ex["series_mask"]) > 0) & np.isfinite(series)
+    acc["mp2_sum"] += float(mp2[np.isfinite(mp2)].sum())
+    acc["mp2_pairs"] += int(np.isfinite(mp2).sum())
+    acc["series_sum"] += float(series[observed].sum())
+    acc["series_steps"] += int(observed.sum())
+  return summarise_targets(acc)
+
+
+def summarise_targets(acc: dict) -> dict:
+  """Sums -> the manifest's target_stats (means are None where nothing was observed)."""
+  mean = lambda total, n: float(total / n) if n else None
+  return {"over": "train split: finite MP2 targets; observed series steps",
+          "mp2_mean": mean(acc["mp2_sum"], acc["mp2_pairs"]), "mp2_pairs": int(acc["mp2_pairs"]),
+          "series_mean": mean(acc["series_sum"], acc["series_steps"]),
+          "series_steps": int(acc["series_steps"])}
+
+
 def _plain_numpy(batch):
   return {k: np.array(v, copy=True, subok=False) for k, v in batch.items()}
 
@@ -636,3 +698,25 @@ def to_global(batch, mesh, spec=None):
     return jax.make_array_from_process_local_data(sharding, x)
 
   return jax.tree.map(put, batch)
+
+
+def to_host(x, mesh, spec=None) -> np.ndarray:
+  """This process's rows of a batch-sharded global array, in its local batch's order: the
+  inverse of `to_global` (so eval outputs pair with the host-local batch they came from)."""
+  from jax.experimental import multihost_utils
+  from jax.sharding import PartitionSpec
+
+  spec = PartitionSpec(tuple(mesh.axis_names)) if spec is None else spec
+  return np.asarray(multihost_utils.global_array_to_host_local_array(x, mesh, spec))
+
+
+def gather_rows(rows: dict) -> dict:
+  """{name: host-local array [n, ...]} of every process, concatenated in process order along
+  axis 0 (a collective: every process calls it, with the same n). One process: unchanged."""
+  import jax
+  from jax.experimental import multihost_utils
+
+  if jax.process_count() == 1:
+    return rows
+  return {k: np.asarray(v) for k, v in
+          multihost_utils.process_allgather(rows, tiled=True).items()}
