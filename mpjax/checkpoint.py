@@ -111,11 +111,17 @@ def _flat_params(tree) -> dict[str, np.ndarray]:
 def read_checkpoint_params(directory: str, step: int | None = None) -> dict[str, np.ndarray]:
   """Params of an mpjax checkpoint as {path: array}, without knowing its model config."""
   mgr = ocp.CheckpointManager(os.path.abspath(directory), item_names=("state", "data"),
-                              options=ocp.CheckpointManagerOptions(read_only=True))
+                              options=ocp.CheckpointManagerOptions(read_only=True),
+                              item_handlers={"state": ocp.StandardCheckpointHandler()})
   step = mgr.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f"init_from: no checkpoint in {directory}")
-  state = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+  # Onto this process's first device, whatever mesh and process count wrote it (restoring
+  # into the saved shardings fails on another topology).
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  tree = mgr.item_metadata(step)["state"].tree
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)
+  state = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
   mgr.close()
   params = state["params"] if isinstance(state, dict) and "params" in state else state
   # Restored without a target, each nnx Variable comes back as a {'value': array} dict.

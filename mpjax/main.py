@@ -33,8 +33,8 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None,
                                    "This process's index (default: $MPJAX_PROCESS_ID).")
 
 
-def _env_int(name):
-  value = os.environ.get(name)
+def _env_int(name, env=os.environ):
+  value = env.get(name)
   if value in (None, ""):
     return None
   try:
@@ -51,8 +51,8 @@ def distributed_settings(mode, coordinator, num_processes, process_id, env=os.en
   if mode == "off":
     return None
   coordinator = coordinator or env.get("MPJAX_COORDINATOR_ADDRESS") or None
-  num_processes = num_processes if num_processes is not None else _env_int("MPJAX_NUM_PROCESSES")
-  process_id = process_id if process_id is not None else _env_int("MPJAX_PROCESS_ID")
+  num_processes = num_processes if num_processes is not None else _env_int("MPJAX_NUM_PROCESSES", env)
+  process_id = process_id if process_id is not None else _env_int("MPJAX_PROCESS_ID", env)
   explicit = {"coordinator_address": coordinator, "num_processes": num_processes,
               "process_id": process_id}
   if any(v is not None for v in explicit.values()):
@@ -64,7 +64,7 @@ def distributed_settings(mode, coordinator, num_processes, process_id, env=os.en
     if not 0 <= process_id < num_processes:
       raise ValueError(f"jax.distributed: process_id={process_id} not in [0, {num_processes})")
     return explicit
-  several = lambda name: (_env_int(name) or 1) > 1
+  several = lambda name: (_env_int(name, env) or 1) > 1
   detected = ((("SLURM_JOB_ID" in env) and (several("SLURM_STEP_NUM_TASKS") or several("SLURM_NTASKS")))
               or several("OMPI_COMM_WORLD_SIZE")
               or "," in env.get("TPU_WORKER_HOSTNAMES", "")

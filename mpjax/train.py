@@ -431,6 +431,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         print(f"SIGTERM: checkpoint saved at step {step}; exiting.", flush=True)
         break
     if step >= config.total_steps and not stop["sigterm"]:
+      if not final:  # resumed at the end (e.g. killed during the test eval): val as well
+        final = {f"val/{k}": v for k, v in
+                 evaluate(eval_fn, state["params"], data_dir, "val", config, manifest, mesh).items()}
       test = evaluate(eval_fn, state["params"], data_dir, "test", config, manifest, mesh)
       log.write(step, test, prefix="test/")
       final.update({f"test/{k}": v for k, v in test.items()})

@@ -1,0 +1,227 @@
+"""Several processes (jax.distributed over localhost, CPU collectives) train exactly as one does.
+
+Each run is `launch/local.sh NPROC DEVICES python -m mpjax.main ...`: 2 processes x 4 CPU
+devices against 1 process x 8 devices, so the mesh (8 devices, data-parallel) is the same and
+only the process layout differs. What may differ is float32 summation order (a process's share
+of the batch is interleaved, so devices hold other examples): losses, parameters and metrics
+must agree to rounding, and everything that is not a float reduction (rows, records, baselines)
+exactly.
+"""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import pytest
+
+from data_prep import build, synthetic
+from mpjax import checkpoint
+from mpjax import main as main_lib
+from mpjax.input import pipeline
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS, BATCH = 6, 8
+# Relative tolerance for losses and metrics; parameters as tests/test_train.py's sharded-mesh
+# test (Adam's 1/sqrt(v) amplifies rounding for near-zero gradients).
+RTOL, PARAM_ATOL = 1e-5, 2e-5
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+  raw = str(tmp_path_factory.mktemp("raw"))
+  out = str(tmp_path_factory.mktemp("ds"))
+  synthetic.generate(raw, seed=2, n_songs=80, n_artists=16, regions=("global", "us", "kr"),
+                     clip_seconds=5.5, weeks=36)
+  build.build(build.BuildConfig(raw=raw, out=out, progress=False, records_per_shard=8))
+  n_train = json.load(open(os.path.join(out, "manifest.json")))["counts"]["train"]["records"]
+  # Within the first epoch the global stream does not depend on the process count (an epoch
+  # drops n mod P records); the comparisons below need that.
+  assert STEPS * BATCH <= n_train - 1, n_train
+  return out
+
+
+def launch(nproc, devices, workdir, data, config="configs/mp2.py:demo", *extra):
+  """Runs mpjax.main through launch/local.sh; returns process 0's output and every log."""
+  cmd = ["bash", os.path.join(ROOT, "launch", "local.sh"), str(nproc), str(devices),
+         sys.executable, "-m", "mpjax.main", f"--config={config}", f"--workdir={workdir}",
+         f"--config.data_dir={data}", "--config.model.depth=1", "--config.model.input_tdim=64",
+         f"--config.input.batch_size={BATCH}", f"--config.input.eval_batch_size={BATCH}",
+         f"--config.total_steps={STEPS}", "--config.optim.warmup_steps=2",
+         # constant after warmup: a run stopped early (total_steps=3) has the same schedule
+         "--config.optim.schedule=constant", "--config.log_every=1", "--config.eval_every=3",
+         "--config.checkpoint.every=3", "--config.checkpoint.use_async=False",
+         "--config.tensorboard=False", *extra]
+  logs = tempfile.mkdtemp(prefix=os.path.basename(workdir) + ".logs.", dir=os.path.dirname(workdir))
+  env = dict(os.environ, MPJAX_LOG_DIR=logs, MPJAX_KILL_GRACE="3")
+  proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  ranks = {int(f[4:-4]): open(os.path.join(logs, f)).read() for f in os.listdir(logs)}
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + ranks.get(1, "")[-3000:]
+  assert sorted(ranks) == list(range(nproc))
+  return proc.stdout + proc.stderr, ranks
+
+
+def losses(workdir):
+  rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  steps = [r["step"] for r in rows if "train/loss" in r]
+  assert len(steps) == len(set(steps)), "metrics.jsonl written by more than one process"
+  return {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
+
+
+def final_metrics(workdir):
+  return json.load(open(os.path.join(workdir, "final_metrics.json")))
+
+
+def assert_params_close(a_dir, b_dir):
+  a = checkpoint.read_checkpoint_params(os.path.join(a_dir, "checkpoints"))
+  b = checkpoint.read_checkpoint_params(os.path.join(b_dir, "checkpoints"))
+  assert a.keys() == b.keys() and a
+  for k in a:
+    np.testing.assert_allclose(a[k], b[k], rtol=RTOL, atol=PARAM_ATOL, err_msg=k)
+    # Rounding level on average (a wrong batch or state moves every weight by ~lr = 1e-3).
+    assert np.abs(a[k] - b[k]).mean() < 1e-6, k
+
+
+def assert_same_run(a_dir, b_dir, steps=range(1, STEPS + 1)):
+  la, lb = losses(a_dir), losses(b_dir)
+  np.testing.assert_allclose([la[s] for s in steps], [lb[s] for s in steps], rtol=RTOL)
+  assert len({la[s] for s in steps}) > 1  # the losses are of different batches
+  assert_params_close(a_dir, b_dir)
+  ma, mb = final_metrics(a_dir), final_metrics(b_dir)
+  assert ma["step"] == mb["step"] == STEPS
+  assert ma["metrics"].keys() == mb["metrics"].keys()
+  assert {"val/r2", "test/r2"} <= ma["metrics"].keys() or {"val/mae", "test/mae"} <= ma["metrics"].keys()
+  for k, v in ma["metrics"].items():
+    np.testing.assert_allclose(v, mb["metrics"][k], rtol=RTOL, atol=1e-6, err_msg=k)
+
+
+@pytest.fixture(scope="module")
+def mp2_runs(data, tmp_path_factory):
+  root = tmp_path_factory.mktemp("mp2")
+  one, two = str(root / "one"), str(root / "two")
+  out_one, _ = launch(1, 8, one, data)
+  out_two, ranks = launch(2, 4, two, data)
+  return {"one": one, "two": two, "out_two": out_two, "ranks_two": ranks, "root": root}
+
+
+def test_two_processes_match_one_process_mp2(mp2_runs):
+  assert "[process 0/2] 4 local / 8 global devices" in mp2_runs["out_two"]
+  assert "[process 1/2] 4 local / 8 global devices" in mp2_runs["ranks_two"][1]
+  assert "mesh {'data': 8, 'fsdp': 1} over 8 devices, 2 process(es)" in mp2_runs["out_two"]
+  # Process 1 trains (it joins every step) but reports nothing.
+  assert "step      6/6" in mp2_runs["out_two"] and "step " not in mp2_runs["ranks_two"][1]
+  assert_same_run(mp2_runs["one"], mp2_runs["two"])
+  # Every val/test record is scored once, whatever the number of processes.
+  for split in ("val", "test"):
+    n = final_metrics(mp2_runs["two"])["metrics"][f"{split}/n"]
+    assert n == final_metrics(mp2_runs["one"])["metrics"][f"{split}/n"] > 0
+
+
+@pytest.mark.parametrize("first,then", [((2, 4), (1, 8)), ((1, 8), (2, 4))])
+def test_checkpoint_resumes_on_another_process_count(mp2_runs, data, first, then):
+  wd = str(mp2_runs["root"] / f"resume_{first[0]}to{then[0]}")
+  launch(*first, wd, data, "configs/mp2.py:demo", "--config.total_steps=3")  # "killed" at 3
+  out, _ = launch(*then, wd, data)
+  assert "derived from step 3 (the checkpoint was written by another process count)" in out
+  # Continues as the uninterrupted run with the second layout does: same batches, same state.
+  assert_same_run(mp2_runs["one" if then[0] == 1 else "two"], wd)
+
+
+def test_two_processes_match_one_process_mp3(data, tmp_path):
+  one, two = str(tmp_path / "one"), str(tmp_path / "two")
+  extra = ("--config.train_mp2_first=False", "--config.input.regions_per_example=2")
+  launch(1, 8, one, data, "configs/mp3.py:demo", *extra)
+  out, ranks = launch(2, 4, two, data, "configs/mp3.py:demo", *extra)
+  assert "| band |" in out and "| band |" not in ranks[1]  # the report: process 0 prints it
+  assert_same_run(one, two)
+  a = np.load(os.path.join(one, "forecast", "predictions.npz"))
+  b = np.load(os.path.join(two, "forecast", "predictions.npz"))
+  assert a.files == b.files
+  for k in a.files:  # rows in record order: inputs and baselines exact, the model to rounding
+    if k == "pred":
+      np.testing.assert_allclose(a[k], b[k], rtol=RTOL, atol=1e-5)
+    else:
+      np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+  sa = json.load(open(os.path.join(one, "forecast", "summary.json")))
+  sb = json.load(open(os.path.join(two, "forecast", "summary.json")))
+  assert sa.keys() == sb.keys() and "mp3" in sa
+  for name in sa:
+    for k, v in sa[name].items():
+      np.testing.assert_allclose(v, sb[name][k], rtol=RTOL, err_msg=f"{name}/{k}")
+
+
+# ------------------------------------------------------------------------------------------------
+# The pieces, in one process
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_iterator_state_at_is_the_state_after_that_many_batches(data, workers):
+  cfg = {"batch_size": 8, "input_tdim": 64, "workers": workers}
+  after = iter(pipeline.make_dataset(data, "train", cfg=cfg, seed=3, train=True,
+                                     process_index=1, process_count=2))
+  for _ in range(3):
+    next(after)
+  fresh = iter(pipeline.make_dataset(data, "train", cfg=cfg, seed=3, train=True,
+                                     process_index=1, process_count=2))
+  state = pipeline.iterator_state_at(fresh, 3, local_batch=4)
+  assert state == after.get_state()
+  fresh.set_state(state)
+  a, b = next(fresh), next(after)
+  np.testing.assert_array_equal(a["record"], b["record"])
+  np.testing.assert_array_equal(a["fbank"], b["fbank"])
+
+
+def test_iterator_state_at_rejects_an_unknown_layout():
+  class Odd:
+    def get_state(self):
+      return {"something": 1}
+  with pytest.raises(ValueError, match=r"cannot place this Grain iterator at batch 3"):
+    pipeline.iterator_state_at(Odd(), 3, 4)
+
+
+def test_target_stats_from_records_match_the_manifest(data, tmp_path):
+  manifest = pipeline.load_manifest(data)
+  stats = manifest["target_stats"]
+  assert stats["mp2_pairs"] > 0 and stats["series_steps"] > 0
+  old = dict(manifest)
+  del old["target_stats"]  # a dataset built before target_stats existed
+  recomputed = pipeline.target_stats(data, old)
+  for k in ("mp2_mean", "series_mean"):
+    np.testing.assert_allclose(recomputed[k], stats[k], rtol=1e-6)
+  assert recomputed["mp2_pairs"] == stats["mp2_pairs"]
+  # Not the mean of a batch: every finite training target counts.
+  assert 10 < stats["mp2_mean"] < 20
+
+
+def test_distributed_settings():
+  settings = lambda mode="auto", c=None, n=None, i=None, env=None: main_lib.distributed_settings(
+      mode, c, n, i, env=env or {})
+  assert settings() is None  # nothing asks for it: one process
+  assert settings("on") == {}  # forced: JAX's cluster auto-detection
+  assert settings("off", "h:1", 2, 0) is None
+  assert settings(c="h:1234", n=2, i=1) == {"coordinator_address": "h:1234", "num_processes": 2,
+                                            "process_id": 1}
+  with pytest.raises(ValueError, match="num_processes, process_id missing"):
+    settings(c="h:1234")
+  with pytest.raises(ValueError, match=r"process_id=2 not in \[0, 2\)"):
+    settings(c="h:1", n=2, i=2)
+  assert settings(env={"SLURM_JOB_ID": "7", "SLURM_STEP_NUM_TASKS": "16"}) == {}
+  assert settings(env={"SLURM_JOB_ID": "7", "SLURM_STEP_NUM_TASKS": "1"}) is None
+  assert settings(env={"OMPI_COMM_WORLD_SIZE": "4"}) == {}
+  assert settings(env={"TPU_WORKER_HOSTNAMES": "a,b"}) == {}
+  assert settings(env={"TPU_WORKER_HOSTNAMES": "a"}) is None
+
+
+def test_distributed_settings_from_env(monkeypatch):
+  monkeypatch.setenv("MPJAX_COORDINATOR_ADDRESS", "localhost:9")
+  monkeypatch.setenv("MPJAX_NUM_PROCESSES", "2")
+  monkeypatch.setenv("MPJAX_PROCESS_ID", "1")
+  assert main_lib.distributed_settings("auto", None, None, None) == {
+      "coordinator_address": "localhost:9", "num_processes": 2, "process_id": 1}
+  # Flags win over the environment.
+  assert main_lib.distributed_settings("auto", "other:1", 4, 3)["process_id"] == 3
+  monkeypatch.setenv("MPJAX_NUM_PROCESSES", "two")
+  with pytest.raises(ValueError, match=r"\$MPJAX_NUM_PROCESSES='two' is not an integer"):
+    main_lib.distributed_settings("auto", None, None, None)
