@@ -33,49 +33,11 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None,
                                    "This process's index (default: $MPJAX_PROCESS_ID).")
 
 
-def _env_int(name, env=os.environ):
-  value = env.get(name)
-  if value in (None, ""):
-    return None
-  try:
-    return int(value)
-  except ValueError:
-    raise ValueError(f"${name}={value!r} is not an integer") from None
-
-
-def distributed_settings(mode, coordinator, num_processes, process_id, env=os.environ):
-  """What to pass to jax.distributed.initialize, or None for a single process.
-
-  Explicit settings (flags, else MPJAX_* env vars) win; otherwise a scheduler that started
-  several processes is detected (JAX's cluster detection then fills in the values)."""
-  if mode == "off":
-    return None
-  coordinator = coordinator or env.get("MPJAX_COORDINATOR_ADDRESS") or None
-  num_processes = num_processes if num_processes is not None else _env_int("MPJAX_NUM_PROCESSES", env)
-  process_id = process_id if process_id is not None else _env_int("MPJAX_PROCESS_ID", env)
-  explicit = {"coordinator_address": coordinator, "num_processes": num_processes,
-              "process_id": process_id}
-  if any(v is not None for v in explicit.values()):
-    missing = [k for k, v in explicit.items() if v is None]
-    if missing:
-      raise ValueError(f"jax.distributed: {', '.join(missing)} missing; give all three of "
-                       "--coordinator_address, --num_processes, --process_id (or the "
-                       "MPJAX_* env vars), or none for auto-detection")
-    if not 0 <= process_id < num_processes:
-      raise ValueError(f"jax.distributed: process_id={process_id} not in [0, {num_processes})")
-    return explicit
-  several = lambda name: (_env_int(name, env) or 1) > 1
-  detected = ((("SLURM_JOB_ID" in env) and (several("SLURM_STEP_NUM_TASKS") or several("SLURM_NTASKS")))
-              or several("OMPI_COMM_WORLD_SIZE")
-              or "," in env.get("TPU_WORKER_HOSTNAMES", "")
-              or "MEGASCALE_COORDINATOR_ADDRESS" in env)
-  return {} if (detected or mode == "on") else None
-
-
 def init_distributed():
   """Initialises jax.distributed when asked (see the module docstring); logs the topology."""
   import jax
-  settings = distributed_settings(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value,
+  from mpjax import distributed
+  settings = distributed.settings(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value,
                                   _PROCESS_ID.value)
   if settings is not None:
     jax.distributed.initialize(**settings)

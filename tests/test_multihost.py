@@ -18,7 +18,7 @@ import pytest
 
 from data_prep import build, synthetic
 from mpjax import checkpoint
-from mpjax import main as main_lib
+from mpjax import distributed
 from mpjax.input import pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -196,7 +196,7 @@ def test_target_stats_from_records_match_the_manifest(data, tmp_path):
 
 
 def test_distributed_settings():
-  settings = lambda mode="auto", c=None, n=None, i=None, env=None: main_lib.distributed_settings(
+  settings = lambda mode="auto", c=None, n=None, i=None, env=None: distributed.settings(
       mode, c, n, i, env=env or {})
   assert settings() is None  # nothing asks for it: one process
   assert settings("on") == {}  # forced: JAX's cluster auto-detection
@@ -218,10 +218,10 @@ def test_distributed_settings_from_env(monkeypatch):
   monkeypatch.setenv("MPJAX_COORDINATOR_ADDRESS", "localhost:9")
   monkeypatch.setenv("MPJAX_NUM_PROCESSES", "2")
   monkeypatch.setenv("MPJAX_PROCESS_ID", "1")
-  assert main_lib.distributed_settings("auto", None, None, None) == {
+  assert distributed.settings("auto", None, None, None) == {
       "coordinator_address": "localhost:9", "num_processes": 2, "process_id": 1}
   # Flags win over the environment.
-  assert main_lib.distributed_settings("auto", "other:1", 4, 3)["process_id"] == 3
+  assert distributed.settings("auto", "other:1", 4, 3)["process_id"] == 3
   monkeypatch.setenv("MPJAX_NUM_PROCESSES", "two")
   with pytest.raises(ValueError, match=r"\$MPJAX_NUM_PROCESSES='two' is not an integer"):
-    main_lib.distributed_settings("auto", None, None, None)
+    distributed.settings("auto", None, None, None)
