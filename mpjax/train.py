@@ -32,6 +32,7 @@ import numpy as np
 import optax
 from absl import logging
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from mpjax import checkpoint as ckpt_lib
 from mpjax import forecast as forecast_lib
@@ -372,7 +373,13 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
 
   # 6. Loop ---------------------------------------------------------------------------------
   stop = {"sigterm": False}
-  prev_handler = signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("sigterm", True))
+  # SIGTERM (preemption, time limit): checkpoint and exit 0. With several processes every one
+  # must save at the same step: JAX's preemption service (jax.distributed) catches SIGTERM on
+  # any host and picks that step (reached_preemption_sync_point, host-side, every step).
+  sync_preemption = jax.process_count() > 1
+  prev_handler = signal.getsignal(signal.SIGTERM)
+  if not sync_preemption:
+    signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("sigterm", True))
   step = int(jax.device_get(state["step"]))
   flops = None
   t_last, step_last = time.time(), step
@@ -387,6 +394,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         flops = _step_flops(train_step, state, gb)
       state, out = train_step(state, gb)
       step += 1
+      if sync_preemption and multihost_utils.reached_preemption_sync_point(step):
+        stop["sigterm"] = True
       losses.append(out)
       if step % config.log_every == 0 or step == config.total_steps:
         vals = jax.device_get(losses)
@@ -452,7 +461,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         _write_json_atomic(os.path.join(workdir, "final_metrics.json"),
                            {"step": step, "metrics": final})
   finally:
-    signal.signal(signal.SIGTERM, prev_handler)
+    if not sync_preemption and prev_handler is not None:  # None: a handler set outside Python
+      signal.signal(signal.SIGTERM, prev_handler)
     ck.close()
     log.close()
   return final

@@ -22,7 +22,7 @@ from mpjax import distributed
 from mpjax.input import pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STEPS, BATCH = 6, 8
+STEPS, BATCH = 9, 8
 # Relative tolerance for losses and metrics; parameters as tests/test_train.py's sharded-mesh
 # test (Adam's 1/sqrt(v) amplifies rounding for near-zero gradients).
 RTOL, PARAM_ATOL = 1e-5, 2e-5
@@ -36,9 +36,8 @@ def data(tmp_path_factory):
                      clip_seconds=5.5, weeks=36)
   build.build(build.BuildConfig(raw=raw, out=out, progress=False, records_per_shard=8))
   n_train = json.load(open(os.path.join(out, "manifest.json")))["counts"]["train"]["records"]
-  # Within the first epoch the global stream does not depend on the process count (an epoch
-  # drops n mod P records); the comparisons below need that.
-  assert STEPS * BATCH <= n_train - 1, n_train
+  # The runs below cross an epoch boundary of an odd-sized split (global stream across epochs).
+  assert STEPS * BATCH > n_train and n_train % 2, n_train
   return out
 
 
@@ -110,7 +109,7 @@ def test_two_processes_match_one_process_mp2(mp2_runs):
   assert "[process 1/2] 4 local / 8 global devices" in mp2_runs["ranks_two"][1]
   assert "mesh {'data': 8, 'fsdp': 1} over 8 devices, 2 process(es)" in mp2_runs["out_two"]
   # Process 1 trains (it joins every step) but reports nothing.
-  assert "step      6/6" in mp2_runs["out_two"] and "step " not in mp2_runs["ranks_two"][1]
+  assert f"step {STEPS:6d}/{STEPS}" in mp2_runs["out_two"] and "step " not in mp2_runs["ranks_two"][1]
   assert_same_run(mp2_runs["one"], mp2_runs["two"])
   # Every val/test record is scored once, whatever the number of processes.
   for split in ("val", "test"):
@@ -225,3 +224,53 @@ def test_distributed_settings_from_env(monkeypatch):
   monkeypatch.setenv("MPJAX_NUM_PROCESSES", "two")
   with pytest.raises(ValueError, match=r"\$MPJAX_NUM_PROCESSES='two' is not an integer"):
     distributed.settings("auto", None, None, None)
+
+
+def _pid_of(process_id: int, workdir: str) -> int | None:
+  """The pid of mpjax.main process `process_id` running into `workdir` (from /proc)."""
+  for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+      cmdline = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+      environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+    except OSError:
+      continue
+    if (f"--workdir={workdir}".encode() in cmdline and b"mpjax.main" in cmdline
+        and f"MPJAX_PROCESS_ID={process_id}".encode() in environ):
+      return int(pid)
+  return None
+
+
+def test_sigterm_to_one_process_checkpoints_every_process_at_one_step(data, tmp_path):
+  """A preempted host gets SIGTERM, the others do not: all save the same step and exit 0."""
+  import signal
+  import time
+  wd = str(tmp_path / "run")
+  logs = str(tmp_path / "logs")
+  cmd = ["bash", os.path.join(ROOT, "launch", "local.sh"), "2", "4", sys.executable, "-m",
+         "mpjax.main", "--config=configs/mp2.py:demo", f"--workdir={wd}",
+         f"--config.data_dir={data}", "--config.model.depth=1", "--config.model.input_tdim=64",
+         "--config.input.batch_size=8", "--config.total_steps=100000", "--config.log_every=1",
+         "--config.checkpoint.every=100000", "--config.eval_every=100000",
+         "--config.tensorboard=False"]
+  env = dict(os.environ, MPJAX_LOG_DIR=logs, MPJAX_KILL_GRACE="3")
+  proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+  out, deadline = [], time.time() + 300
+  for line in proc.stdout:
+    out.append(line)
+    if line.startswith("step") and " 3/" in line:
+      pid = _pid_of(1, wd)
+      assert pid is not None
+      os.kill(pid, signal.SIGTERM)  # process 1 only
+      break
+    assert time.time() < deadline, "".join(out[-20:])
+  rest, _ = proc.communicate(timeout=300)
+  text = "".join(out) + rest
+  rank1 = open(os.path.join(logs, "rank1.log")).read()
+  assert proc.returncode == 0, text[-3000:] + rank1[-3000:]
+  saved = [int(l.split("step ")[1].split(";")[0]) for l in (text + rank1).splitlines()
+           if l.startswith("SIGTERM: checkpoint saved at step")]
+  assert len(saved) == 2 and saved[0] == saved[1] >= 3, saved
+  ck = checkpoint.Checkpointer(os.path.join(wd, "checkpoints"))
+  assert ck.latest_step() == saved[0]
+  ck.close()

@@ -184,7 +184,7 @@ def test_two_processes_see_disjoint_examples_covering_everything(data, manifest)
                                 process_count=2))) for p in (0, 1)]
   assert len(parts[0]) == len(parts[1]) == n // 2
   assert not set(parts[0]) & set(parts[1])
-  assert len(set(parts[0]) | set(parts[1])) == n - n % 2  # n mod P dropped per epoch
+  assert len(set(parts[0]) | set(parts[1])) == n - n % 2  # the run's last n mod P dropped
   # Eval: every record exactly once over the processes, same number of full batches each.
   nv = manifest["counts"]["val"]["records"]
   ev = [list(make(data, "val", train=False, batch_size=2, process_index=p, process_count=2))
@@ -193,6 +193,22 @@ def test_two_processes_see_disjoint_examples_covering_everything(data, manifest)
   assert all(b["fbank"].shape[0] == 1 for e in ev for b in e)
   got = records_of(ev[0]) + records_of(ev[1])
   assert sorted(got) == list(range(nv))
+
+
+def test_the_global_stream_does_not_depend_on_the_process_count(data, manifest):
+  """Across epoch boundaries too: process p of P reads global positions p, p + P, ..."""
+  n = manifest["counts"]["train"]["records"]
+  assert n % 2  # an odd split: the case where per-epoch splitting would differ
+  one = list(make(data, batch_size=2, num_epochs=3, augment=AUG))
+  two = [list(make(data, batch_size=2, num_epochs=3, augment=AUG, process_index=p,
+                   process_count=2)) for p in (0, 1)]
+  flat = lambda batches, k: [x for b in batches for x in b[k]]
+  for k in ("record", "fbank", "region_ids"):
+    a = flat(one, k)
+    merged = [flat(two[i % 2], k)[i // 2] for i in range(2 * len(flat(two[0], k)))]
+    assert len(merged) >= 3 * n - 1
+    for i, (u, v) in enumerate(zip(merged, a)):
+      np.testing.assert_array_equal(u, v, err_msg=f"{k} at stream position {i}")
 
 
 def test_iterator_state_restores_the_same_batches(data):

@@ -10,12 +10,11 @@ Stages (train)::
 
     TFRecordSource over the split's shards (manifest.json), CRC-checked, + Example parsing
     -> global shuffle (seed; a different permutation every epoch, Grain's index shuffle)
-    -> drop the last (n mod P) records of each epoch's permutation (P = process count), so
-       every process sees the same number of examples (a different few are dropped per epoch)
     -> per example, seeded by (seed, index in the shuffled stream): random crop/pad to
        input_tdim -> normalise -> [mixup partner] -> augment -> choose regions -> targets
+    -> repeat (num_epochs; None = forever): one global stream of examples
+       (with num_epochs set, its last (total mod P) elements are dropped, P = process count)
     -> this process's share [process_index::process_count]
-    -> repeat (num_epochs; None = forever)
     -> batch (local batch = batch_size / P, drop_remainder) -> worker processes (workers)
     -> plain numpy arrays (copied out of Grain's shared memory when workers > 0)
 
@@ -27,10 +26,11 @@ not deadlock) and every record is seen exactly once.
 
 All per-example randomness happens BEFORE the per-process split and is keyed by (seed, position
 in the global shuffled stream): there is one global stream of examples (order, crops,
-augmentations), a function of the seed and of the process count only through the n mod P records
-dropped per epoch, and each process reads its share of it. The iterator state (Grain's
-get_state/set_state, saved by `mpjax.checkpoint`) is a position in that stream, so a resumed run
-continues with the same batches. Changing `workers` changes the training batch order (Grain
+augmentations), a function of the seed only, and each process reads its share of it. The
+global batch of step s is stream elements [s * batch_size, (s + 1) * batch_size) for any process
+count (in another order across devices). The iterator state (Grain's get_state/set_state, saved
+by `mpjax.checkpoint`) is a position in that stream, so a resumed run continues with the same
+batches, also on another process count (`iterator_state_at`). Changing `workers` changes the training batch order (Grain
 slices the stream over worker processes), still deterministically; eval is batched before the
 worker split, so its batches and their order do not depend on `workers`.
 
@@ -542,15 +542,18 @@ def make_dataset(data_dir: str, split: str, *, cfg=None, seed: int = 0, train: b
   if train:
     if c["shuffle"]:
       ds = ds.shuffle(seed=int(seed))
-    keep = n - n % num_p
-    if keep == 0:
-      raise ValueError(f"split={split!r} has {n} records, fewer than process_count={num_p}")
-    if keep < n:
-      ds = ds[:keep]
     ds = TrainExamples(ds, meta, seed)
-    ds = ds[p::num_p]
+    # One global stream over all epochs (a new permutation each epoch), then this process's
+    # share: the stream, and what s steps of any process count have consumed (its first
+    # s * batch_size elements), do not depend on the process count.
     if c["num_epochs"] != 1:
       ds = ds.repeat(c["num_epochs"])
+    if c["num_epochs"] is not None:
+      total = len(ds) - len(ds) % num_p  # equal shares (the last few elements of the run)
+      if total == 0:
+        raise ValueError(f"split={split!r} has {n} records, fewer than process_count={num_p}")
+      ds = ds[:total]
+    ds = ds[p::num_p]
   else:
     ds = ds.map(EvalExample(meta))
     ds = ds[p::num_p]
@@ -587,7 +590,7 @@ def iterator_state_at(it, batches: int, local_batch: int) -> dict:
   For resuming on another process count: after s steps every process has read s * local
   elements of its share [p::P], i.e. together the first s * batch_size elements of the global
   stream, whatever P is. So the position follows from the step (exactly, unless corrupt
-  records were skipped in training, or the epoch length n - n mod P changed with P).
+  records were skipped in training).
   """
   state = it.get_state()
   if set(state) == {"next_index"}:  # workers = 0: a position in this process's share
