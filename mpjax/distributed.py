@@ -3,7 +3,9 @@
 Explicit settings (flags, else the env vars MPJAX_COORDINATOR_ADDRESS, MPJAX_NUM_PROCESSES,
 MPJAX_PROCESS_ID that launch/local.sh sets) win; otherwise a scheduler that started several
 processes is detected (SLURM step with several tasks, Open MPI, multi-host Cloud TPU) and JAX's
-own cluster detection fills in the values.
+own cluster detection fills in the values. A TPU VM created with gcloud describes its slice only
+through the metadata server, which is not checked here: pass --distributed=on there
+(launch/tpu_vm.sh does).
 """
 from __future__ import annotations
 
