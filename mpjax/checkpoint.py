@@ -124,7 +124,7 @@ def read_checkpoint_params(directory: str, step: int | None = None) -> dict[str,
   state = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
   mgr.close()
   params = state["params"] if isinstance(state, dict) and "params" in state else state
-  # Restored without a target, each nnx Variable comes back as a {'value': array} dict.
+  # Each nnx Variable is stored (and restored from the metadata tree) as a {'value': array} dict.
   return {k.removesuffix("/value"): np.asarray(v) for k, v in _flat_params(params).items()}
 
 

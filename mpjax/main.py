@@ -9,10 +9,11 @@ environment asks for it (README "Multi-host training", launch/):
              which launch/local.sh sets)
   detected   a SLURM step with several tasks, Open MPI with several ranks, a multi-host Cloud
              TPU slice: JAX's own cluster detection fills everything in
---distributed=on forces initialisation (auto-detection), off disables it. For demo configs without a dataset, the
-synthetic demo dataset is built into WORKDIR/data first (through data_prep, the one place mpjax
-calls it). The MP3 demo also trains the MP2 demo first, into WORKDIR/mp2 (resumed, not
-repeated, when already there), and starts MP3 from its encoder.
+--distributed=on forces initialisation (auto-detection), off disables it.
+
+For demo configs without a dataset, the synthetic demo dataset is built into WORKDIR/data first
+(through data_prep, the one place mpjax calls it). The MP3 demo also trains the MP2 demo first,
+into WORKDIR/mp2 (resumed, not repeated, when already there), and starts MP3 from its encoder.
 """
 import os
 

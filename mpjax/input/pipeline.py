@@ -26,13 +26,15 @@ not deadlock) and every record is seen exactly once.
 
 All per-example randomness happens BEFORE the per-process split and is keyed by (seed, position
 in the global shuffled stream): there is one global stream of examples (order, crops,
-augmentations), a function of the seed only, and each process reads its share of it. The
-global batch of step s is stream elements [s * batch_size, (s + 1) * batch_size) for any process
-count (in another order across devices). The iterator state (Grain's get_state/set_state, saved
-by `mpjax.checkpoint`) is a position in that stream, so a resumed run continues with the same
-batches, also on another process count (`iterator_state_at`). Changing `workers` changes the training batch order (Grain
-slices the stream over worker processes), still deterministically; eval is batched before the
-worker split, so its batches and their order do not depend on `workers`.
+augmentations), a function of the seed only, and each process reads its share of it. With
+workers = 0 the global batch of step s is stream elements [s * batch_size, (s + 1) * batch_size)
+for any process count (in another order across devices). The iterator state (Grain's
+get_state/set_state, saved by `mpjax.checkpoint`) is a position in that stream, so a resumed run
+continues with the same batches, also on another process count (`iterator_state_at`).
+Worker processes (`workers`) slice each process's share again, so the training batch order
+then depends on `workers` and the process count, still deterministically (a resume on another
+process count is then statistically, not exactly, the same); eval is batched before the worker
+split, so its batches and their order do not depend on `workers`.
 
 Batches (dict of numpy arrays; B = local batch, R = regions_per_example in training and the
 vocabulary size V in eval, H = manifest horizon, F = number of extrinsic features, L = labels)::
@@ -589,8 +591,9 @@ def iterator_state_at(it, batches: int, local_batch: int) -> dict:
 
   For resuming on another process count: after s steps every process has read s * local
   elements of its share [p::P], i.e. together the first s * batch_size elements of the global
-  stream, whatever P is. So the position follows from the step (exactly, unless corrupt
-  records were skipped in training).
+  stream, whatever P is. So the position follows from the step (exactly with workers = 0,
+  unless corrupt records were skipped in training; with workers, each worker's position in
+  its slice).
   """
   state = it.get_state()
   if set(state) == {"next_index"}:  # workers = 0: a position in this process's share
