@@ -80,6 +80,30 @@ class MetricLogger:
     self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a") if is_main else None
     self.tb = EventWriter(os.path.join(workdir, "tensorboard")) if (tensorboard and is_main) else None
 
+  def resume(self, step: int):
+    """Drops metrics.jsonl rows the resumed run will write again: those after `step` (the
+    restored checkpoint) and the test rows at `step` (written after the last save). The file
+    is rewritten atomically; afterwards every (step, metric) appears once."""
+    if not self.is_main:
+      return
+    path = self.jsonl.name
+    self.jsonl.close()
+    rows = []
+    with open(path) as f:
+      for line in f:
+        try:
+          rows.append(json.loads(line))
+        except json.JSONDecodeError:  # a line torn by a kill -9: dropped
+          rows.append(None)
+    keep = [r for r in rows if r is not None and (r.get("step", 0) < step or (
+        r.get("step") == step and not all(k.startswith("test/") for k in r if k != "step")))]
+    if len(keep) != len(rows):
+      tmp = f"{path}.tmp"
+      with open(tmp, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in keep)
+      os.replace(tmp, path)
+    self.jsonl = open(path, "a")
+
   def write(self, step: int, values: dict[str, float], prefix: str = ""):
     if not self.is_main:
       return

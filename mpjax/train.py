@@ -357,6 +357,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     step0, state = ck.restore(
         _with_shardings(abs_state, state_sh), train_iter,
         data_state_at=lambda s: pipeline.iterator_state_at(train_iter, s, local_batch))
+    log.resume(step0)  # rows a killed run logged after this checkpoint are logged again
     logging.info("resumed from step %d (%s)", step0, ck.directory)
   elif config.init_from:
     model = nnx.merge(graphdef, state["params"])
@@ -402,10 +403,11 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         losses = []
         if not all(bool(v["finite"]) for v in vals):
           bad = [v for v in vals if not bool(v["finite"])][0]
+          what = (f"loss {float(bad['loss'])}" if not math.isfinite(float(bad["loss"]))
+                  else f"gradient norm {float(bad['grad_norm'])} (loss {float(bad['loss']):.4g})")
           raise TrainingDiverged(
-              f"non-finite loss/gradients (loss={float(bad['loss'])}) by step {step}; the last "
-              f"good checkpoint is step {ck.latest_step()} in {ck.directory}. Lower optim.lr or "
-              "check the data.")
+              f"non-finite {what} by step {step}; {_last_good(ck)}. Lower optim.lr or check "
+              "the data.")
         now = time.time()
         sps = (step - step_last) / max(now - t_last, 1e-9)
         eta = (config.total_steps - step) / max((step - step_start) / max(now - t_start, 1e-9), 1e-9)
@@ -431,8 +433,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
       if (step % config.checkpoint.every == 0 or step == config.total_steps or stop["sigterm"]
           or evaluated is not None):
         if not bool(finite_fn(state["params"])):
-          raise TrainingDiverged(f"non-finite parameters at step {step}; not saved. The last good "
-                                 f"checkpoint is step {ck.latest_step()} in {ck.directory}.")
+          raise TrainingDiverged(f"non-finite parameters at step {step}; not saved; "
+                                 f"{_last_good(ck)}.")
         metrics = {f"val/{k}": v for k, v in (evaluated or {}).items()} or None
         ck.save(step, state, train_iter, metrics=metrics, force=True)
       if stop["sigterm"]:
@@ -466,6 +468,12 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     ck.close()
     log.close()
   return final
+
+
+def _last_good(ck) -> str:
+  step = ck.latest_step()
+  return (f"the last good checkpoint is step {step} in {ck.directory}" if step is not None
+          else f"no checkpoint yet in {ck.directory}")
 
 
 def _write_json_atomic(path: str, obj) -> None:

@@ -350,3 +350,24 @@ def test_to_global_on_eight_devices(data):
   assert {s.data.shape[0] for s in g["fbank"].addressable_shards} == {2}
   with pytest.raises(ValueError, match="not divisible"):
     pipeline.to_global({"x": np.zeros((6, 2))}, mesh)
+
+
+def test_non_finite_spectrogram_is_named(data, tmp_path):
+  out = tmp_path / "ds"
+  shutil.copytree(data, out)
+  path = str(out / "train-00001-of-00004.tfrecord")
+  src = tfrecord.TFRecordSource([path])
+  records = [tfrecord.decode_example(src[i]) for i in range(len(src))]
+  fb = np.frombuffer(records[2]["fbank"][0], np.float16).copy()
+  fb[[5, 700]] = np.nan
+  records[2]["fbank"] = [fb.tobytes()]
+  with tfrecord.ShardWriter(path) as w:
+    for ex in records:
+      w.write(tfrecord.encode_example(ex))
+  offset = int(tfrecord.read_index(path)[2][0])
+  clip = records[2]["clip_id"][0].decode()
+  with pytest.raises(pipeline.NonFiniteInput) as e:
+    list(make(str(out), shuffle=False, num_epochs=1))
+  msg = str(e.value)
+  assert path in msg and f"byte offset {offset}" in msg and repr(clip) in msg
+  assert "2 non-finite (NaN/Inf) values" in msg

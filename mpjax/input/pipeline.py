@@ -222,6 +222,10 @@ class _Meta:
 # ------------------------------------------------------------------------------------------------
 
 
+class NonFiniteInput(ValueError):
+  """A record whose spectrogram holds NaN/Inf (the message names shard, offset and clip)."""
+
+
 class ExampleSource:
   """Random-access source of parsed examples (a Grain data source: `__len__`, `__getitem__`).
 
@@ -254,6 +258,10 @@ class ExampleSource:
       return {"record": i, "corrupt": True}
     try:
       return self._parse(i, data)
+    except NonFiniteInput as e:
+      s, off, _ = self.records.locate(i)
+      raise NonFiniteInput(f"{self.records.paths[s]}: record {i} at byte offset {off}: {e}; "
+                           "rebuild the dataset without this clip") from None
     except (ValueError, KeyError) as e:
       s, off, _ = self.records.locate(i)
       raise ValueError(f"{self.records.paths[s]}: record at byte offset {off} does not match the "
@@ -269,6 +277,11 @@ class ExampleSource:
     fb = np.frombuffer(raw, np.float16)
     if fb.size != shape[0] * shape[1]:
       raise ValueError(f"fbank holds {fb.size} values, fbank_shape says {shape}")
+    bad = fb.size - int(np.count_nonzero(np.isfinite(fb)))
+    if bad:  # a NaN here would surface steps later as a diverged loss, naming no record
+      clip = ex["clip_id"][0].decode(errors="replace") if ex.get("clip_id") else "?"
+      raise NonFiniteInput(f"clip_id {clip!r}: fbank holds {bad} non-finite (NaN/Inf) values "
+                           f"of {fb.size}")
     codes = [c.decode() for c in ex["regions"]]
     unknown = [c for c in codes if c not in m.region_index]
     if unknown:
