@@ -284,8 +284,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
 
   # 1. Data ---------------------------------------------------------------------------------
   data_dir = config.data_dir
-  with open(os.path.join(data_dir, "manifest.json")) as f:
-    manifest = json.load(f)
+  manifest = pipeline.load_manifest(data_dir)
   n_dev = config.get("num_devices") or len(jax.devices())
   mesh = sharding.make_mesh(config.mesh, devices=jax.devices()[:n_dev])
   if is_main:

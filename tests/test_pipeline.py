@@ -371,3 +371,46 @@ def test_non_finite_spectrogram_is_named(data, tmp_path):
   msg = str(e.value)
   assert path in msg and f"byte offset {offset}" in msg and repr(clip) in msg
   assert "2 non-finite (NaN/Inf) values" in msg
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda lines: lines[:3] + lines[4:], r"line 4: record at offset \d+ .*expected offset"),
+    (lambda lines: lines[:3] + [lines[2]] + lines[3:], r"line 4: record at offset \d+ .*expected offset"),
+    (lambda lines: lines[:2] + ["12 x\n"] + lines[3:], r"line 3: expected 'offset length' \(two integers\), got '12 x'"),
+    (lambda lines: lines[:-1], r"records end at byte \d+, but .* has \d+ bytes"),
+])
+def test_damaged_shard_index_is_named(data, tmp_path, edit, match):
+  out = tmp_path / "ds"
+  shutil.copytree(data, out)
+  idx = str(out / "train-00001-of-00004.tfrecord.idx")
+  lines = open(idx).readlines()
+  open(idx, "w").writelines(edit(lines))
+  with pytest.raises(ValueError, match=match) as e:
+    make(str(out), shuffle=False, num_epochs=1)
+  assert idx in str(e.value)
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda m: m.pop("horizon"), r"manifest.json: horizon: missing"),
+    (lambda m: m["fbank"].__setitem__("mean", float("nan")), r"fbank.mean: nan is not a finite number"),
+    (lambda m: m["regions"].reverse(), r"regions: .* is not sorted and unique"),
+    (lambda m: m["shards"]["val"].append(m["shards"]["test"][0]), r"shards.val: \['test-.*are not val shards"),
+    (lambda m: m["counts"]["train"].__setitem__("records", 999), r"counts 999 train records, but the indexes of its 4 shards hold \d+"),
+])
+def test_inconsistent_manifest_is_named(data, tmp_path, edit, match):
+  out = tmp_path / "ds"
+  shutil.copytree(data, out)
+  path = out / "manifest.json"
+  m = json.load(open(path))
+  edit(m)
+  path.write_text(json.dumps(m))
+  with pytest.raises(ValueError, match=match):
+    make(str(out), shuffle=False, num_epochs=1)
+
+
+def test_manifest_that_is_not_json_is_named(data, tmp_path):
+  out = tmp_path / "ds"
+  shutil.copytree(data, out)
+  (out / "manifest.json").write_text('{"regions": [')
+  with pytest.raises(ValueError, match=r"manifest.json: not valid JSON"):
+    pipeline.load_manifest(str(out))

@@ -180,7 +180,49 @@ def load_manifest(data_dir: str) -> dict:
         f"{path}: no manifest.json in data_dir={data_dir!r}; build a dataset with "
         "`python -m data_prep.build` (or `python -m data_prep.synthetic --out RAW --build DATA`)")
   with open(path) as f:
-    return json.load(f)
+    try:
+      manifest = json.load(f)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path}: not valid JSON ({e})") from None
+  check_manifest(manifest, path)
+  return manifest
+
+
+def check_manifest(m: dict, path: str = "manifest.json") -> None:
+  """The fields the reader relies on, with a message naming the file and the field."""
+  def bad(field, why):
+    raise ValueError(f"{path}: {field}: {why}")
+
+  if not isinstance(m, dict):
+    bad("(top level)", "expected a JSON object")
+  for key in ("regions", "feature_names", "horizon", "mp2_weeks", "fbank", "shards"):
+    if key not in m:
+      bad(key, "missing (was this written by data_prep.build?)")
+  regions = m["regions"]
+  if not (isinstance(regions, list) and regions and all(isinstance(r, str) for r in regions)):
+    bad("regions", f"expected a non-empty list of region codes, got {regions!r}")
+  if regions != sorted(set(regions)):
+    # Region ids are positions in this list: a reordered list silently remaps every region.
+    bad("regions", f"{regions} is not sorted and unique as data_prep.build writes it")
+  for key in ("horizon", "mp2_weeks"):
+    if not (isinstance(m[key], int) and m[key] > 0):
+      bad(key, f"expected a positive integer, got {m[key]!r}")
+  fb = m["fbank"]
+  if not isinstance(fb, dict) or not isinstance(fb.get("mel_bins"), int):
+    bad("fbank.mel_bins", f"expected an integer in {fb!r}")
+  for key in ("mean", "std"):
+    v = fb.get(key)
+    if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v)):
+      bad(f"fbank.{key}", f"{v!r} is not a finite number (None for chart-only datasets)")
+  shards = m["shards"]
+  if not isinstance(shards, dict):
+    bad("shards", f"expected {{split: [shard file, ...]}}, got {type(shards).__name__}")
+  for split, files in shards.items():
+    if not (isinstance(files, list) and all(isinstance(x, str) for x in files)):
+      bad(f"shards.{split}", f"expected a list of file names, got {files!r}")
+    strangers = [x for x in files if not os.path.basename(x).startswith(f"{split}-")]
+    if strangers:
+      bad(f"shards.{split}", f"{strangers} are not {split} shards (names start with '{split}-')")
 
 
 class _Meta:
@@ -552,6 +594,10 @@ def make_dataset(data_dir: str, split: str, *, cfg=None, seed: int = 0, train: b
     return grain.MapDataset.source([]).to_iter_dataset()
   source = ExampleSource(paths, meta, check_crc=c["check_crc"], skip_corrupt=c["skip_corrupt"])
   n = len(source)
+  counted = manifest.get("counts", {}).get(split, {}).get("records")
+  if counted is not None and counted != n:
+    raise ValueError(f"{data_dir}/manifest.json counts {counted} {split} records, but the "
+                     f"indexes of its {len(paths)} shards hold {n}")
   ds = grain.MapDataset.source(source)
 
   if train:

@@ -150,10 +150,32 @@ def read_index(path: str) -> np.ndarray:
   if not os.path.exists(idx):
     raise FileNotFoundError(f"{idx}: missing offset index for {path} "
                             "(rebuild it with mpjax.input.tfrecord.write_index)")
-  arr = np.loadtxt(idx, dtype=np.int64, ndmin=2)
-  if arr.size and arr.shape[1] != 2:
-    raise ValueError(f"{idx}: expected lines 'offset length', got {arr.shape[1]} columns")
-  return arr.reshape(-1, 2)
+  rows = []
+  with open(idx) as f:
+    for line_no, line in enumerate(f, 1):
+      parts = line.split()
+      if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        raise ValueError(f"{idx}, line {line_no}: expected 'offset length' (two integers), "
+                         f"got {line.rstrip()!r}")
+      rows.append((int(parts[0]), int(parts[1])))
+  arr = np.asarray(rows, np.int64).reshape(-1, 2)
+  # Frames are written back to back: a removed, repeated or edited line breaks the chain
+  # (records would be dropped or repeated with no other sign).
+  size = os.path.getsize(path) if os.path.exists(path) else None
+  starts = np.concatenate([[0], np.cumsum(arr[:, 1])[:-1]]).astype(np.int64)
+  bad = np.flatnonzero((arr[:, 0] != starts) | (arr[:, 1] < 16))
+  if bad.size:
+    i = int(bad[0])
+    raise ValueError(f"{idx}, line {i + 1}: record at offset {arr[i, 0]} (length {arr[i, 1]}), "
+                     f"expected offset {starts[i]} and length >= 16: the index does not match "
+                     f"{path} (rebuild it with mpjax.input.tfrecord.write_index)")
+  expected = int(arr[:, 1].sum())
+  # A shorter file (truncated shard) is left to the reader: the records it cut are then named
+  # one by one (CorruptRecordError), and skip_corrupt can skip them.
+  if size is not None and expected < size:
+    raise ValueError(f"{idx}: its {len(arr)} records end at byte {expected}, but {path} has "
+                     f"{size} bytes (rebuild it with mpjax.input.tfrecord.write_index)")
+  return arr
 
 
 def iter_records(path: str, check_crc: bool = True) -> Iterable[bytes]:
