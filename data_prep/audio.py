@@ -59,7 +59,12 @@ USER_AGENT = "mpjax-data-prep/0.1 (music research; previews are not redistribute
 
 # Why a clip is unusable. 'missing' (file not there) is not a decode problem but is reported the
 # same way so the build can list it.
-REASONS = ("corrupt", "empty", "too_short", "silent", "no_decoder", "missing")
+REASONS = ("corrupt", "empty", "too_short", "silent", "no_decoder", "missing", "clipped",
+           "over_full_scale")
+# Clipping: more than CLIP_FRACTION of the samples at |x| >= CLIP_LEVEL (a limiter's ceiling or
+# hard clipping); over full scale: a float file with peaks above 1.
+CLIP_LEVEL = 0.999
+CLIP_FRACTION = 0.01
 
 SOUNDFILE_EXTS = ("wav", "flac", "ogg", "mp3", "aiff")
 FFMPEG_EXTS = ("m4a", "aac", "mp4")
@@ -512,14 +517,15 @@ def resample(wave, sr, target_sr=SAMPLE_RATE):
       np.float32, copy=False)
 
 
-def load(path, target_sr=SAMPLE_RATE, *, min_seconds=MIN_SECONDS, silence_rms=SILENCE_RMS):
+def load(path, target_sr=SAMPLE_RATE, *, min_seconds=MIN_SECONDS, silence_rms=SILENCE_RMS,
+         decoded=None):
   """Audio file -> 1-D float32 mono waveform at `target_sr` (values in [-1, 1]).
 
   Stereo/multichannel is averaged. Raises AudioError: 'missing', 'empty', 'corrupt',
   'no_decoder', 'too_short' (< min_seconds; 0 disables) or 'silent' (RMS < silence_rms;
   0 disables).
   """
-  data, sr = decode(path)
+  data, sr = decode(path) if decoded is None else decoded
   if data.shape[0] == 0:
     raise AudioError("empty", path, "no audio frames")
   wave = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
@@ -534,10 +540,40 @@ def load(path, target_sr=SAMPLE_RATE, *, min_seconds=MIN_SECONDS, silence_rms=SI
   return resample(wave, sr, target_sr)
 
 
-def check(path, target_sr=SAMPLE_RATE, *, min_seconds=MIN_SECONDS, silence_rms=SILENCE_RMS):
-  """(waveform, 'ok') or (None, reason) -- never raises for a bad or missing file."""
+def level_problem(wave) -> tuple[str, str] | None:
+  """('over_full_scale' | 'clipped', detail) for a waveform with level trouble, else None."""
+  peak = float(np.max(np.abs(wave))) if wave.size else 0.0
+  if peak > 1.0 + 1e-6:
+    return "over_full_scale", f"peak {peak:.3f} > 1.0 (full scale)"
+  clipped = float(np.mean(np.abs(wave) >= CLIP_LEVEL)) if wave.size else 0.0
+  if clipped > CLIP_FRACTION:
+    return "clipped", f"{100 * clipped:.1f}% of samples at full scale (> {100 * CLIP_FRACTION:g}%)"
+  return None
+
+
+def diagnose(path, target_sr=SAMPLE_RATE, *, min_seconds=MIN_SECONDS, silence_rms=SILENCE_RMS,
+             reject_level_problems=False):
+  """(waveform, 'ok', detail) or (None, reason, detail) -- never raises for a bad file.
+
+  A clipped or over-full-scale clip is kept (status 'ok', detail says what is wrong) unless
+  reject_level_problems, when it is (None, 'clipped' | 'over_full_scale', detail)."""
   try:
-    return load(path, target_sr, min_seconds=min_seconds, silence_rms=silence_rms), "ok"
+    data, sr = decode(path)
+    wave = load(path, target_sr, min_seconds=min_seconds, silence_rms=silence_rms,
+                decoded=(data, sr))
   except AudioError as e:
     log.info("unusable audio %s", e)
-    return None, e.reason
+    return None, e.reason, e.detail
+  mono = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
+  problem = level_problem(mono)
+  if problem is None:
+    return wave, "ok", ""
+  if reject_level_problems:
+    return None, problem[0], problem[1]
+  return wave, "ok", f"{problem[0]}: {problem[1]}"
+
+
+def check(path, target_sr=SAMPLE_RATE, *, min_seconds=MIN_SECONDS, silence_rms=SILENCE_RMS):
+  """(waveform, 'ok') or (None, reason) -- never raises for a bad or missing file."""
+  wave, reason, _ = diagnose(path, target_sr, min_seconds=min_seconds, silence_rms=silence_rms)
+  return wave, reason

@@ -62,6 +62,7 @@ class BuildConfig:
   chart_only: bool = False
   max_seconds: float = 30.0  # longer audio is cut (previews are 30 s)
   window: tuple[str, str] | None = None  # chart data window; debuts before it are left-censored
+  skip_clipped: bool = False  # skip clipped / over-full-scale audio (else kept and reported)
   progress: bool = True
 
   def check(self):
@@ -267,6 +268,7 @@ def build(cfg: BuildConfig) -> dict:
 
   writers = {s: SplitWriter(cfg.out, s, cfg.records_per_shard) for s in SPLITS}
   skipped: list[dict] = []
+  level_problems: list[dict] = []  # clips kept although clipped / over full scale
   stats = {"sum": 0.0, "sumsq": 0.0, "n": 0}
   # Train-split target means: the models' initial output level (the same on every process).
   target_sums = {"mp2_sum": 0.0, "mp2_pairs": 0, "series_sum": 0.0, "series_steps": 0}
@@ -290,10 +292,14 @@ def build(cfg: BuildConfig) -> dict:
       if cfg.chart_only:
         fb16 = np.zeros((0, fdim), np.float16)
       else:
-        wave, status = audio_lib.check(os.path.join(raw, c.audio_path))
+        wave, status, detail = audio_lib.diagnose(os.path.join(raw, c.audio_path),
+                                                  reject_level_problems=cfg.skip_clipped)
         if wave is None:
-          skipped.append({"clip_id": c.clip_id, "reason": status, "detail": c.audio_path})
+          skipped.append({"clip_id": c.clip_id, "reason": status,
+                          "detail": f"{c.audio_path}: {detail}" if detail else c.audio_path})
           continue
+        if detail:  # kept, with a level problem (clipped / over full scale)
+          level_problems.append({"clip_id": c.clip_id, "detail": f"{c.audio_path}: {detail}"})
         fb = fbank_lib.fbank_np(wave[:max_samples])
         fb16 = fb.astype(np.float16)
       split = split_of[c.song_id]
@@ -371,6 +377,7 @@ def build(cfg: BuildConfig) -> dict:
       "counts": {s: {"records": per_split[s]["clips"], "songs": len(per_split[s]["songs"]),
                      "tracks": len(per_split[s]["tracks"]), "track_regions": per_split[s]["pairs"],
                      "per_region": dict(sorted(region_counts[s].items()))} for s in SPLITS},
+      "level_problems_kept": len(level_problems),
       "skipped": {"total": len(skipped),
                   "by_reason": pd.Series([s["reason"] for s in skipped], dtype=str).value_counts().to_dict()},
       "provenance": {"raw_dir": os.path.abspath(raw), "inputs_sha256": inputs,
@@ -384,6 +391,11 @@ def build(cfg: BuildConfig) -> dict:
   os.replace(os.path.join(cfg.out, "manifest.json.tmp"), os.path.join(cfg.out, "manifest.json"))
   pd.DataFrame(skipped, columns=["clip_id", "reason", "detail"]).to_csv(
       os.path.join(cfg.out, "skipped.csv"), index=False)
+  if level_problems:
+    pd.DataFrame(level_problems, columns=["clip_id", "detail"]).to_csv(
+        os.path.join(cfg.out, "level_problems.csv"), index=False)
+    log(f"[build] {len(level_problems)} clips kept although clipped or over full scale "
+        f"(listed in level_problems.csv; --skip-clipped skips them)")
   _write_report(cfg, manifest, tg, skipped, elapsed, written, frames_total)
   log(f"[build] {written} records ({written / max(elapsed, 1e-9):.1f} clips/s), "
       f"{len(skipped)} skipped, in {elapsed:.1f}s -> {cfg.out}")
@@ -467,6 +479,8 @@ def main(argv=None):
   ap.add_argument("--max-seconds", type=float, default=30.0, help="cut audio longer than this (default 30)")
   ap.add_argument("--chart-only", action="store_true",
                   help="no audio: one record per track with targets only (fbank_shape [0, 128])")
+  ap.add_argument("--skip-clipped", action="store_true",
+                  help="skip clipped / over-full-scale audio (default: keep, list in level_problems.csv)")
   ap.add_argument("--quiet", action="store_true", help="no progress output")
   a = ap.parse_args(argv)
   try:
@@ -477,7 +491,8 @@ def main(argv=None):
                     mp2_weeks=a.mp2_weeks, split_by=a.split_by, fractions=fractions,
                     debut_cutoffs=a.debut_cutoffs, seed=a.seed,
                     records_per_shard=a.records_per_shard, chart_only=a.chart_only,
-                    max_seconds=a.max_seconds, window=a.window, progress=not a.quiet)
+                    max_seconds=a.max_seconds, window=a.window, skip_clipped=a.skip_clipped,
+                    progress=not a.quiet)
   try:
     manifest = build(cfg)
   except (ValueError, FileNotFoundError, FileExistsError) as e:

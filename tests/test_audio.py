@@ -298,3 +298,16 @@ def test_get_json_caches_by_url(tmp_path):
   assert http.get_json("https://api.example/q", {"a": "z"}, cache=False)[1] is False
   assert http.get_json("https://api.example/q", {"a": "z"}, cache=False)[1] is False
   assert len(responses.calls) == 5
+
+
+def test_level_problems_reported_kept_or_rejected(tmp_path):
+  clean = write(tmp_path / "clean.wav", tone(6.0))
+  assert audio.diagnose(clean)[1:] == ("ok", "")
+  clipped = write(tmp_path / "clipped.wav", np.clip(tone(6.0) * 20, -1, 1))
+  wave, status, detail = audio.diagnose(clipped)
+  assert wave is not None and status == "ok" and detail.startswith("clipped: ")
+  assert audio.diagnose(clipped, reject_level_problems=True)[:2] == (None, "clipped")
+  hot = write(tmp_path / "hot.wav", tone(6.0) * 3, subtype="FLOAT")  # a float file above 1
+  wave, status, detail = audio.diagnose(hot, reject_level_problems=True)
+  assert (wave, status) == (None, "over_full_scale") and "peak 1.200" in detail  # mono mixdown
+  assert audio.check(hot)[1] == "ok"  # check() keeps it (it only reports)

@@ -132,6 +132,32 @@ def test_bad_audio_is_skipped_and_listed(raw, tmp_path):
   assert reasons[second.clip_id] in ("missing", "corrupt")
   assert man["skipped"]["total"] == len(skipped)
   assert "corrupt" in (tmp_path / "ds" / "build_report.md").read_text()
+  # The detail says why, not only which file.
+  details = dict(zip(skipped.clip_id, skipped.detail))
+  assert details[first.clip_id].startswith(first.audio_path + ": soundfile:")
+  assert details[second.clip_id] == f"{second.audio_path}: no such file"
+
+
+def test_clipped_audio_is_reported_or_skipped(raw, tmp_path):
+  import soundfile as sf
+  clip_raw = tmp_path / "raw"
+  shutil.copytree(raw, clip_raw)
+  clips = tables.read(str(clip_raw / "clips.csv"), "clips")
+  first = clips.iloc[0]
+  path = clip_raw / first.audio_path
+  wave, sr = sf.read(str(path), dtype="float32", always_2d=True)
+  loud = np.clip(wave * 50.0, -1.0, 1.0)  # hard clipping: most samples at full scale
+  sf.write(str(path), loud, sr, subtype="FLOAT" if path.suffix == ".wav" else None)
+  kept = run(str(clip_raw), tmp_path / "kept")
+  assert kept["level_problems_kept"] >= 1
+  assert first.clip_id not in set(pd.read_csv(tmp_path / "kept" / "skipped.csv").clip_id)
+  listed = pd.read_csv(tmp_path / "kept" / "level_problems.csv")
+  assert "clipped" in dict(zip(listed.clip_id, listed.detail))[first.clip_id]
+  strict = build.build(build.BuildConfig(raw=str(clip_raw), out=str(tmp_path / "strict"),
+                                         progress=False, skip_clipped=True))
+  skipped = pd.read_csv(tmp_path / "strict" / "skipped.csv")
+  assert dict(zip(skipped.clip_id, skipped.reason))[first.clip_id] == "clipped"
+  assert strict["skipped"]["total"] == kept["skipped"]["total"] + 1
 
 
 def test_existing_dataset_is_never_overwritten_and_bad_config_named(raw, tmp_path):
