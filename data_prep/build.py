@@ -271,7 +271,7 @@ def build(cfg: BuildConfig) -> dict:
   level_problems: list[dict] = []  # clips kept although clipped / over full scale
   stats = {"sum": 0.0, "sumsq": 0.0, "n": 0}
   # Train-split target means: the models' initial output level (the same on every process).
-  target_sums = {"mp2_sum": 0.0, "mp2_pairs": 0, "series_sum": 0.0, "series_steps": 0}
+  target_sums = pipeline.new_target_sums()
   frames_total = 0
   per_split = {s: {"clips": 0, "songs": set(), "tracks": set(), "pairs": 0} for s in SPLITS}
   region_counts = {s: {} for s in SPLITS}
@@ -309,13 +309,8 @@ def build(cfg: BuildConfig) -> dict:
                         labels=_labels_for(labels, c.track_id, c.song_id))
       writers[split].write(ex)
       if split == "train":
-        mp2 = tg.table["mp2_target"].to_numpy(np.float64)[rows]
-        series = np.asarray(tg.series[rows], np.float64)
-        observed = np.asarray(tg.series_mask[rows]).astype(bool) & np.isfinite(series)
-        target_sums["mp2_sum"] += float(mp2[np.isfinite(mp2)].sum())
-        target_sums["mp2_pairs"] += int(np.isfinite(mp2).sum())
-        target_sums["series_sum"] += float(series[observed].sum())
-        target_sums["series_steps"] += int(observed.sum())
+        pipeline.add_targets(target_sums, tg.table["mp2_target"].to_numpy(np.float64)[rows],
+                             tg.series[rows], tg.series_mask[rows])
       if split == "train" and fb16.size:
         x = fb16.astype(np.float64)
         stats["sum"] += float(x.sum())

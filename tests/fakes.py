@@ -16,6 +16,17 @@ class FakeTime:
     return self.now
 
 
+def tiny_dataset(tmp_path_factory, n_songs=40, n_artists=10):
+  """A small synthetic dataset (3 regions, 5.5 s clips, shards of 8 records); its directory."""
+  from data_prep import build, synthetic
+  raw = str(tmp_path_factory.mktemp("raw"))
+  out = str(tmp_path_factory.mktemp("ds"))
+  synthetic.generate(raw, seed=2, n_songs=n_songs, n_artists=n_artists,
+                     regions=("global", "us", "kr"), clip_seconds=5.5, weeks=36)
+  build.build(build.BuildConfig(raw=raw, out=out, progress=False, records_per_shard=8))
+  return out
+
+
 def tiny_train(c, data):
   """A demo config (configs/mp2.py or mp3.py) shrunk to seconds on CPU over dataset `data`."""
   c.data_dir = data

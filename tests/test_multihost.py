@@ -16,10 +16,11 @@ import tempfile
 import numpy as np
 import pytest
 
-from data_prep import build, synthetic
 from mpjax import checkpoint
 from mpjax import distributed
 from mpjax.input import pipeline
+
+from fakes import tiny_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS, BATCH = 9, 8
@@ -33,11 +34,7 @@ RTOL, PARAM_ATOL = 1e-5, 1e-4
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-  raw = str(tmp_path_factory.mktemp("raw"))
-  out = str(tmp_path_factory.mktemp("ds"))
-  synthetic.generate(raw, seed=2, n_songs=80, n_artists=16, regions=("global", "us", "kr"),
-                     clip_seconds=5.5, weeks=36)
-  build.build(build.BuildConfig(raw=raw, out=out, progress=False, records_per_shard=8))
+  out = tiny_dataset(tmp_path_factory, n_songs=80, n_artists=16)
   n_train = json.load(open(os.path.join(out, "manifest.json")))["counts"]["train"]["records"]
   # The runs below cross an epoch boundary of an odd-sized split (global stream across epochs).
   assert STEPS * BATCH > n_train and n_train % 2, n_train

@@ -9,21 +9,15 @@ import pytest
 from flax import nnx
 
 from configs import mp2 as mp2_config
-from data_prep import build, synthetic
 from mpjax import checkpoint, train
 from mpjax.input import pipeline
 
-from fakes import tiny_train
+from fakes import tiny_dataset, tiny_train
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-  raw = str(tmp_path_factory.mktemp("raw"))
-  out = str(tmp_path_factory.mktemp("ds"))
-  synthetic.generate(raw, seed=2, n_songs=40, n_artists=10, regions=("global", "us", "kr"),
-                     clip_seconds=5.5, weeks=36)
-  build.build(build.BuildConfig(raw=raw, out=out, progress=False, records_per_shard=8))
-  return out
+  return tiny_dataset(tmp_path_factory)
 
 
 def tiny_config(data, **over):

@@ -686,17 +686,26 @@ def target_stats(data_dir: str, manifest: dict | None = None) -> dict:
               "them from the train records", data_dir)
   paths = [os.path.join(data_dir, s) for s in manifest["shards"].get("train", [])]
   records = tfrecord.TFRecordSource(paths) if paths else []
-  acc = {"mp2_sum": 0.0, "mp2_pairs": 0, "series_sum": 0.0, "series_steps": 0}
+  acc = new_target_sums()
   for i in range(len(records)):
     ex = tfrecord.decode_example(records[i])
-    mp2 = np.asarray(ex["mp2_target"], np.float64)
-    series = np.asarray(ex["series"], np.float64)
-    observed = (np.asarray(ex["series_mask"]) > 0) & np.isfinite(series)
-    acc["mp2_sum"] += float(mp2[np.isfinite(mp2)].sum())
-    acc["mp2_pairs"] += int(np.isfinite(mp2).sum())
-    acc["series_sum"] += float(series[observed].sum())
-    acc["series_steps"] += int(observed.sum())
+    add_targets(acc, ex["mp2_target"], ex["series"], ex["series_mask"])
   return summarise_targets(acc)
+
+
+def new_target_sums() -> dict:
+  return {"mp2_sum": 0.0, "mp2_pairs": 0, "series_sum": 0.0, "series_steps": 0}
+
+
+def add_targets(acc: dict, mp2, series, series_mask) -> None:
+  """Adds one record's finite MP2 targets and observed series steps to the sums."""
+  mp2 = np.asarray(mp2, np.float64)
+  series = np.asarray(series, np.float64)
+  observed = (np.asarray(series_mask) > 0).reshape(series.shape) & np.isfinite(series)
+  acc["mp2_sum"] += float(mp2[np.isfinite(mp2)].sum())
+  acc["mp2_pairs"] += int(np.isfinite(mp2).sum())
+  acc["series_sum"] += float(series[observed].sum())
+  acc["series_steps"] += int(observed.sum())
 
 
 def summarise_targets(acc: dict) -> dict:
