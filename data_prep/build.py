@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 from data_prep import tables
 from data_prep import targets as targets_lib
+from mpjax import atomic
 from mpjax.audio import fbank as fbank_lib
 from mpjax.input import pipeline
 from mpjax.input import tfrecord
@@ -381,9 +382,7 @@ def build(cfg: BuildConfig) -> dict:
                                     for k, v in dataclasses.asdict(cfg).items() if k != "progress"},
                      "git_commit": _git_commit()},
   }
-  with open(os.path.join(cfg.out, "manifest.json.tmp"), "w") as f:
-    json.dump(manifest, f, indent=2, sort_keys=True)
-  os.replace(os.path.join(cfg.out, "manifest.json.tmp"), os.path.join(cfg.out, "manifest.json"))
+  atomic.write_json(os.path.join(cfg.out, "manifest.json"), manifest, indent=2, sort_keys=True)
   pd.DataFrame(skipped, columns=["clip_id", "reason", "detail"]).to_csv(
       os.path.join(cfg.out, "skipped.csv"), index=False)
   if level_problems:

@@ -14,15 +14,18 @@ never written anywhere: the token lives in memory (no spotipy ``.cache`` file), 
 logs of Authorization headers are redacted, Spotify responses are not cached on disk (tracks.csv
 is their record), and nothing here puts them in a message or repr.
 
-Rate limits and retries: all requests share one :class:`data_prep.audio.Http` (one session,
+Rate limits and retries: all requests share one :class:`data_prep.net.Http` (one session,
 per-host sliding windows: Spotify 30 per 30 s, Deezer 50 per 5 s, iTunes 20 per 60 s).
-spotipy is built with ``retries=0, status_retries=0`` *and given that plain session*: with its
-own session urllib3 turns a 429 into a RetryError and the ``Retry-After`` header is lost. A 429
-waits ``Retry-After`` when that is at most ``max_retry_after`` (default 60 s); a longer one
-marks that batch (and every later batch, while the host is blocked) ``rate_limited`` without
-sleeping. Deezer's quota errors (HTTP 200 with ``{"error": {"code": 4 or 700}}``) and iTunes's
-403s back off and retry, then give up (``rate_limited``). Lookups are cached under
-``RAW/cache/{host}/`` by URL (signed preview URLs are not); a re-run repeats no lookup.
+spotipy is built with ``retries=0, status_retries=0`` and given that session, whose urllib3
+``Retry`` retries 429/5xx/connection errors and honours ``Retry-After`` while one request's
+waits stay under ``max_wait`` (default 60 s); past that, the 429 reaches spotipy with its
+headers, and a ``Retry-After`` above the cap marks that batch (and every later batch, while the
+host is blocked) ``rate_limited`` without sleeping. Deezer's quota errors (HTTP 200 with
+``{"error": {"code": 4 or 700}}``) and iTunes's 403s back off the same way, then give up
+(``rate_limited``). Any other network failure (a connection reset, a broken gzip body, a body
+cut mid-chunk) marks that item ``error`` / ``download_failed`` and the stage goes on. Lookups
+are cached under ``RAW/cache/{host}/`` by URL (signed preview URLs are not); a re-run repeats
+no lookup.
 
 Resuming: tracks whose metadata_status is 'ok', 'not_found' or 'invalid_id' are not fetched
 again; tracks with a clip row whose status is final are not resolved again. Retried on the next
@@ -57,9 +60,10 @@ import sys
 
 import pandas as pd
 import requests
+import urllib3
 
-from data_prep import audio, tables
-from data_prep.audio import Http, HttpError, RateLimited, parse_retry_after
+from data_prep import audio, net, tables
+from data_prep.net import Http, HttpError, RateLimited
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +84,7 @@ THROTTLE_403_HOSTS = ("itunes.apple.com",)
 DEEZER_THROTTLE_CODES = (4, 700)  # "Quota limit exceeded", "Service busy"
 DEEZER_NOT_FOUND = 800            # "no data"
 
-MAX_RETRY_AFTER = 60.0
+MAX_WAIT = 60.0  # s one request may spend waiting between retries
 MIN_SCORE = 0.8      # fuzzy matches below this are rejected
 MIN_PART = 0.6       # ... and so are those whose artist or title alone is this dissimilar
 DURATION_TOLERANCE_MS = 15000.0
@@ -134,7 +138,7 @@ def make_http(raw_dir=None, **kwargs) -> Http:
   """The shared client: provider rate limits, iTunes 403 = throttled, cache under RAW/cache/."""
   kwargs.setdefault("limits", LIMITS)
   kwargs.setdefault("throttle_403_hosts", THROTTLE_403_HOSTS)
-  kwargs.setdefault("max_retry_after", MAX_RETRY_AFTER)
+  kwargs.setdefault("max_wait", MAX_WAIT)
   cache_dir = os.path.join(raw_dir, "cache") if raw_dir else None
   return Http(cache_dir, **kwargs)
 
@@ -194,45 +198,32 @@ def _missing_row(track_id, status):
 
 
 def fetch_batch(sp, ids, http: Http) -> list[dict]:
-  """One tracks() call for <= 50 ids, with our own 429 handling. Never raises for HTTP errors:
-  the rows say why ('rate_limited', 'error', 'not_found')."""
+  """One tracks() call for <= 50 ids (retried by `http`'s session). Never raises for HTTP or
+  network errors: the rows say why ('rate_limited', 'error', 'not_found')."""
   from spotipy import SpotifyException
 
   if len(ids) > SPOTIFY_BATCH:
     raise ValueError(f"at most {SPOTIFY_BATCH} ids per tracks() call, got {len(ids)}")
-  url = f"https://{SPOTIFY_HOST}/v1/tracks"
-  for attempt in range(http.max_tries):
-    if http.blocked(SPOTIFY_HOST) > 0:
+  if http.blocked(SPOTIFY_HOST) > 0:
+    return [_missing_row(t, "rate_limited") for t in ids]
+  http.throttle(SPOTIFY_HOST)
+  try:
+    result = sp.tracks(ids)
+  except SpotifyException as e:
+    if e.http_status == 429:
+      r = http.gave_up_throttled(f"https://{SPOTIFY_HOST}/v1/tracks", 429, e.headers or {})
+      log.warning("Spotify: %d tracks rate limited (%s)", len(ids), r.detail)
       return [_missing_row(t, "rate_limited") for t in ids]
-    http.throttle(SPOTIFY_HOST)
-    try:
-      result = sp.tracks(ids)
-    except SpotifyException as e:
-      if e.http_status == 429:
-        retry_after = parse_retry_after((e.headers or {}).get("Retry-After"))
-        try:
-          http.throttled_wait(url, 429, retry_after, attempt)
-        except RateLimited as r:
-          log.warning("Spotify: %d tracks rate limited (%s)", len(ids), r.detail)
-          return [_missing_row(t, "rate_limited") for t in ids]
-        continue
-      if e.http_status in (500, 502, 503, 504) and attempt + 1 < http.max_tries:
-        http.wait(http.backoff * 2**attempt, f"Spotify HTTP {e.http_status}")
-        continue
-      log.warning("Spotify tracks() failed for %d ids: HTTP %s %s", len(ids), e.http_status,
-                  e.reason or "")
-      return [_missing_row(t, "error") for t in ids]
-    except (requests.ConnectionError, requests.Timeout) as e:
-      if attempt + 1 < http.max_tries:
-        http.wait(http.backoff * 2**attempt, f"Spotify {type(e).__name__}")
-        continue
-      log.warning("Spotify tracks() failed for %d ids: %s", len(ids), type(e).__name__)
-      return [_missing_row(t, "error") for t in ids]
-    items = list((result or {}).get("tracks") or [])
-    items += [None] * (len(ids) - len(items))
-    return [track_row(item, tid) if item else _missing_row(tid, "not_found")
-            for tid, item in zip(ids, items)]
-  raise AssertionError("unreachable")
+    log.warning("Spotify tracks() failed for %d ids: HTTP %s %s", len(ids), e.http_status,
+                e.reason or "")
+    return [_missing_row(t, "error") for t in ids]
+  except (requests.RequestException, urllib3.exceptions.HTTPError) as e:
+    log.warning("Spotify tracks() failed for %d ids: %s", len(ids), net.describe(e))
+    return [_missing_row(t, "error") for t in ids]
+  items = list((result or {}).get("tracks") or [])
+  items += [None] * (len(ids) - len(items))
+  return [track_row(item, tid) if item else _missing_row(tid, "not_found")
+          for tid, item in zip(ids, items)]
 
 
 def fetch_metadata(sp, track_ids, http: Http, *, on_batch=None) -> list[dict]:
@@ -528,7 +519,7 @@ def resolve(raw_dir, track_ids=None, *, providers=PROVIDERS, progress=True, limi
 
   track_ids: default the ids in RAW/charts.csv; limit: only the first N of them.
   providers: preview sources in order of preference (subset of PROVIDERS).
-  http / sp: an audio.Http (default make_http(raw_dir)) and a spotipy client (default from the
+  http / sp: a net.Http (default make_http(raw_dir)) and a spotipy client (default from the
     environment, only created when some metadata is missing).
   Returns (tracks, clips) DataFrames as written.
   """
@@ -602,11 +593,23 @@ def resolve(raw_dir, track_ids=None, *, providers=PROVIDERS, progress=True, limi
   return _read_table(tracks_path, "tracks"), _read_table(clips_path, "clips")
 
 
-def summary(tracks, clips) -> str:
+def summary(tracks, clips, http: Http | None = None) -> str:
   lines = ["tracks.csv metadata_status: " + _counts(tracks["metadata_status"]),
            "clips.csv status: " + _counts(clips["status"]),
            "ok clips by provider: " + _counts(clips.loc[clips["status"] == "ok", "provider"])]
+  if http is not None:
+    st = http.stats
+    lines.append(f"http: {st['requests']} requests, {st['cache_hit']} answered from the cache, "
+                 f"{st['retries']} retries ({st['wait_s']:.0f} s waited), {st['failed']} "
+                 f"requests failed for good")
   return "\n".join(lines)
+
+
+def failed(tracks, clips) -> int:
+  """Items that failed in a way the next run retries (metadata 'rate_limited'/'error', clip
+  rows in CLIP_RETRY)."""
+  return int(tracks["metadata_status"].isin(["rate_limited", "error"]).sum()
+             + clips["status"].isin(CLIP_RETRY).sum())
 
 
 def _counts(series):
@@ -635,9 +638,10 @@ def build_parser():
                  help="iTunes store to search, ISO-3166 alpha-2 (default: US)")
   p.add_argument("--min-score", type=float, default=MIN_SCORE, metavar="S",
                  help=f"lowest fuzzy artist+title+duration score accepted (default: {MIN_SCORE})")
-  p.add_argument("--max-retry-after", type=float, default=MAX_RETRY_AFTER, metavar="SECONDS",
-                 help="longest Retry-After honoured; longer waits mark items rate_limited for a "
-                      f"later run (default: {MAX_RETRY_AFTER:g})")
+  p.add_argument("--max-wait", type=float, default=MAX_WAIT, metavar="SECONDS",
+                 help="most seconds one request may wait between its retries (Retry-After and "
+                      "back-off together); a server asking for more marks the item "
+                      f"rate_limited for a later run (default: {MAX_WAIT:g})")
   p.add_argument("--no-verify", action="store_true",
                  help="do not decode downloaded previews to check them (the build checks anyway)")
   p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -651,10 +655,11 @@ def main(argv=None):
   args = build_parser().parse_args(argv)
   logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                       format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+  http = make_http(args.raw, max_wait=args.max_wait)
   try:
     tracks, clips = resolve(
         args.raw, args.ids, providers=args.providers, progress=not args.no_progress,
-        limit=args.limit, http=make_http(args.raw, max_retry_after=args.max_retry_after),
+        limit=args.limit, http=http,
         min_score=args.min_score, itunes_country=args.itunes_country, verify=not args.no_verify)
   except (CredentialsError, FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
@@ -662,7 +667,12 @@ def main(argv=None):
   except SpotifyOauthError as e:  # its message names the problem, never the secret
     print(f"error: Spotify refused the client credentials ({e})", file=sys.stderr)
     return 2
-  print(summary(tracks, clips))
+  print(summary(tracks, clips, http))
+  n_failed = failed(tracks, clips)
+  if n_failed:
+    print(f"{n_failed} item(s) failed (rate limited, network or provider errors; the warnings "
+          f"above say which): run the same command again to retry them", file=sys.stderr)
+    return 1
   return 0
 
 

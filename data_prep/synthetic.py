@@ -100,6 +100,7 @@ import pandas as pd
 import soundfile as sf
 
 from data_prep import tables
+from mpjax import atomic
 
 SAMPLE_RATE = 16000
 ATTRIBUTES = ("tempo", "brightness", "percussiveness", "hook", "loudness", "mode")
@@ -624,24 +625,20 @@ def _write_wav(path, x):
   buf = io.BytesIO()
   sf.write(buf, x, SAMPLE_RATE, subtype="PCM_16", format="WAV")
   data = buf.getvalue()
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "wb") as f:
-    f.write(data)
-  os.replace(tmp, path)
+  atomic.write_bytes(path, data)
   return hashlib.sha256(data).hexdigest()
 
 
 def _write_npz(path, arrays: dict):
   """Like np.savez_compressed, but zip entries carry a fixed timestamp (byte-identical reruns)."""
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as z:
+  with atomic.replacing(path, "wb") as f, \
+      zipfile.ZipFile(f, "w", compression=zipfile.ZIP_DEFLATED) as z:
     for name in sorted(arrays):
       buf = io.BytesIO()
       np.lib.format.write_array(buf, np.asarray(arrays[name]), allow_pickle=False)
       info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
       info.compress_type = zipfile.ZIP_DEFLATED
       z.writestr(info, buf.getvalue())
-  os.replace(tmp, path)
 
 
 def _round(x, nd=6):
@@ -657,11 +654,8 @@ def _round(x, nd=6):
 
 
 def _write_json(path, obj):
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(_round(obj), f, sort_keys=True, indent=1, ensure_ascii=False, allow_nan=False)
-    f.write("\n")
-  os.replace(tmp, path)
+  atomic.write_json(path, _round(obj), sort_keys=True, indent=1, ensure_ascii=False,
+                    allow_nan=False)
 
 
 FORMULAS = {

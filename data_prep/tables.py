@@ -23,6 +23,8 @@ import unicodedata
 import numpy as np
 import pandas as pd
 
+from mpjax import atomic
+
 # column -> (dtype, meaning). Strings are '' when unknown, floats NaN.
 CHART_COLUMNS = {
     "region": ("str", "kworb region code: 'global' or lowercase ISO-3166 alpha-2"),
@@ -106,12 +108,9 @@ def read(path: str, kind: str) -> pd.DataFrame:
 
 def write(df: pd.DataFrame, path: str, kind: str):
   """Writes atomically (temp file + rename): a crash never leaves a half-written table."""
-  import os
-
   df = coerce(df, kind)
-  tmp = f"{path}.tmp-{os.getpid()}"
-  df.to_csv(tmp, index=False)
-  os.replace(tmp, path)
+  with atomic.replacing(path, "w", encoding="utf-8", newline="") as f:
+    df.to_csv(f, index=False)
 
 
 _FEAT = re.compile(r"\s*[\(\[](feat\.?|ft\.?|with|w/)\s[^\)\]]*[\)\]]", re.I)

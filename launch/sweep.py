@@ -55,6 +55,8 @@ import sys
 
 from absl import app, flags
 
+from mpjax import atomic
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FINAL = "final_metrics.json"   # written by mpjax.main when a run completes all its steps
 STATUS = "sweep_status.json"   # per point: the last attempt's status, exit code, times
@@ -278,11 +280,7 @@ def _now() -> str:
 
 
 def write_json(path: str, obj) -> None:
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2)
-    f.write("\n")
-  os.replace(tmp, path)
+  atomic.write_json(path, obj, indent=2)
 
 
 def read_final(workdir: str) -> dict | None:

@@ -14,6 +14,7 @@ import socket
 import struct
 import time
 
+from mpjax import atomic
 from mpjax.input import tfrecord
 
 
@@ -98,10 +99,7 @@ class MetricLogger:
     keep = [r for r in rows if r is not None and (r.get("step", 0) < step or (
         r.get("step") == step and not all(k.startswith("test/") for k in r if k != "step")))]
     if len(keep) != len(rows):
-      tmp = f"{path}.tmp"
-      with open(tmp, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in keep)
-      os.replace(tmp, path)
+      atomic.write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
     self.jsonl = open(path, "a")
 
   def write(self, step: int, values: dict[str, float], prefix: str = ""):

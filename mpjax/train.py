@@ -18,13 +18,11 @@ from one process's own data.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
 import signal
 import time
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +32,7 @@ from absl import logging
 from flax import nnx
 from jax.experimental import multihost_utils
 
+from mpjax import atomic
 from mpjax import checkpoint as ckpt_lib
 from mpjax import forecast as forecast_lib
 from mpjax import cpu as cpu_lib
@@ -459,8 +458,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
           print(table, flush=True)
       if is_main:
         # 8. The mark of a finished run (launch/sweep.py skips points that have it).
-        _write_json_atomic(os.path.join(workdir, "final_metrics.json"),
-                           {"step": step, "metrics": final})
+        atomic.write_json(os.path.join(workdir, "final_metrics.json"),
+                          {"step": step, "metrics": final}, indent=2, sort_keys=True)
   finally:
     if not sync_preemption and prev_handler is not None:  # None: a handler set outside Python
       signal.signal(signal.SIGTERM, prev_handler)
@@ -473,13 +472,6 @@ def _last_good(ck) -> str:
   step = ck.latest_step()
   return (f"the last good checkpoint is step {step} in {ck.directory}" if step is not None
           else f"no checkpoint yet in {ck.directory}")
-
-
-def _write_json_atomic(path: str, obj) -> None:
-  tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
 
 
 def _headline(m: dict, config) -> str:

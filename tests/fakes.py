@@ -1,4 +1,9 @@
 """Test doubles and small configs shared by several test files."""
+import contextlib
+import gzip
+import http.server
+import socket
+import threading
 
 
 class FakeTime:
@@ -44,3 +49,85 @@ def tiny_train(c, data):
   c.augment.specaug.freq_width = 8
   c.augment.specaug.time_width = 8
   return c
+
+
+class FaultServer:
+  """A real HTTP server on localhost that answers each path from a script of faults.
+
+  `server.script(path, *answers)`: successive requests to `path` get the answers in turn (the
+  last one repeats). An answer is a dict: {"status": 200, "body": b"...", "headers": {...}}
+  plus at most one fault:
+    "truncate": n   -- send only the first n bytes of the body, no Content-Length, then close
+    "bad_gzip": True -- Content-Encoding: gzip on bytes that are not gzip
+    "bad_chunk": True -- Transfer-Encoding: chunked with a broken chunk size
+  `server.hits[path]` counts requests. Use as a context manager (`with FaultServer() as srv`).
+  """
+
+  def __init__(self):
+    self.scripts, self.hits = {}, {}
+    outer = self
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+      protocol_version = "HTTP/1.1"
+
+      def log_message(self, *args):
+        pass
+
+      def do_GET(self):
+        path = self.path.split("?")[0]
+        n = outer.hits.get(path, 0)
+        outer.hits[path] = n + 1
+        answers = outer.scripts.get(path) or [{"status": 404, "body": b"no script"}]
+        a = answers[min(n, len(answers) - 1)]
+        body = a.get("body", b"")
+        body = body.encode() if isinstance(body, str) else body
+        self.send_response(a.get("status", 200))
+        for k, v in a.get("headers", {}).items():
+          self.send_header(k, v)
+        if "truncate" in a:
+          self.send_header("Connection", "close")
+          self.end_headers()
+          self.wfile.write(body[:a["truncate"]])
+          self.close_connection = True
+        elif a.get("bad_gzip"):
+          self.send_header("Content-Encoding", "gzip")
+          self.send_header("Content-Length", str(len(body)))
+          self.end_headers()
+          self.wfile.write(body)
+        elif a.get("bad_chunk"):
+          self.send_header("Transfer-Encoding", "chunked")
+          self.send_header("Connection", "close")
+          self.end_headers()
+          self.wfile.write(b"5\r\nhello\r\nzz\r\nbroken")
+          self.close_connection = True
+        else:
+          if a.get("gzip"):
+            body = gzip.compress(body)
+            self.send_header("Content-Encoding", "gzip")
+          self.send_header("Content-Length", str(len(body)))
+          self.end_headers()
+          self.wfile.write(body)
+
+    self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    self.httpd.daemon_threads = True
+    self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+  def script(self, path, *answers):
+    self.scripts[path] = list(answers)
+    self.hits.pop(path, None)
+
+  def __enter__(self):
+    threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+    return self
+
+  def __exit__(self, *exc):
+    self.httpd.shutdown()
+    self.httpd.server_close()
+
+
+def closed_port_url() -> str:
+  """A localhost URL nothing listens on (connection refused)."""
+  with contextlib.closing(socket.socket()) as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  return f"http://127.0.0.1:{port}/x"

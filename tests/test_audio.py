@@ -14,7 +14,7 @@ import pytest
 import responses
 import soundfile as sf
 
-from data_prep import audio
+from data_prep import audio, net
 from fakes import FakeTime
 
 SR_IN = 44100
@@ -204,7 +204,7 @@ def test_download_is_content_addressed(tmp_path):
   responses.get("https://other.example/b", body=same, content_type="application/octet-stream")
   responses.get("https://cdn.example/c.wav", body=other, content_type="audio/wav")
   ft = FakeTime()
-  http = audio.Http(sleep=ft.sleep, clock=ft.clock)
+  http = net.Http(sleep=ft.sleep, clock=ft.clock)
   p1, h1 = audio.download("https://cdn.example/a.mp3?sig=1", str(tmp_path), http)
   p2, h2 = audio.download("https://other.example/b", str(tmp_path), http)
   p3, h3 = audio.download("https://cdn.example/c.wav", str(tmp_path), http)
@@ -224,9 +224,9 @@ def test_download_retries_then_refuses_bad_answers(tmp_path):
   responses.get(url, status=500)
   responses.get(url, body=data, content_type="audio/wav")
   ft = FakeTime()
-  http = audio.Http(sleep=ft.sleep, clock=ft.clock, backoff=2.0)
+  http = net.Http(sleep=ft.sleep, clock=ft.clock, backoff=2.0, jitter=0.0)
   path, sha = audio.download(url, str(tmp_path), http)
-  assert ft.sleeps == [20.0, 4.0]  # 503 without Retry-After: throttle back-off; 500: 2 * 2**1
+  assert [w for _, _, w in http.retries] == [2.0, 4.0]  # back-off 2 * 2**(n-1)
   assert sha == hashlib.sha256(data).hexdigest()
 
   responses.get("https://cdn.example/gone.mp3", status=404)
@@ -251,53 +251,14 @@ def test_download_retries_then_refuses_bad_answers(tmp_path):
 def test_download_retry_after_over_cap_raises_without_sleeping(tmp_path):
   responses.get("https://cdn.example/x", status=429, headers={"Retry-After": "3600"})
   ft = FakeTime()
-  http = audio.Http(sleep=ft.sleep, clock=ft.clock, max_retry_after=60)
-  with pytest.raises(audio.RateLimited) as e:
+  http = net.Http(sleep=ft.sleep, clock=ft.clock, max_wait=60)
+  with pytest.raises(net.RateLimited) as e:
     audio.download("https://cdn.example/x", str(tmp_path), http)
   assert e.value.retry_after == 3600 and ft.sleeps == []
   assert http.blocked("cdn.example") == 3600
-  with pytest.raises(audio.RateLimited):  # fails fast while blocked: no second request
+  with pytest.raises(net.RateLimited):  # fails fast while blocked: no second request
     audio.download("https://cdn.example/x", str(tmp_path), http)
   assert len(responses.calls) == 1
-
-
-# -- the HTTP client --------------------------------------------------------------------------
-
-def test_sliding_window_rate_limit():
-  ft = FakeTime()
-  http = audio.Http(limits={"api.deezer.com": (50, 5.0)}, sleep=ft.sleep, clock=ft.clock)
-  for _ in range(50):
-    http.throttle("api.deezer.com")
-  assert ft.sleeps == []
-  http.throttle("api.deezer.com")
-  assert ft.sleeps == [pytest.approx(5.0)]
-  ft.now += 10
-  for _ in range(50):
-    http.throttle("api.deezer.com")
-  assert len(ft.sleeps) == 1
-
-
-def test_parse_retry_after():
-  assert audio.parse_retry_after("7") == 7.0
-  assert audio.parse_retry_after(None) is None and audio.parse_retry_after("soon") is None
-  assert audio.parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT",
-                                 now=1445412480.0 - 30) == pytest.approx(30.0)
-
-
-@responses.activate
-def test_get_json_caches_by_url(tmp_path):
-  responses.get("https://api.example/q", json={"n": 1})
-  ft = FakeTime()
-  http = audio.Http(str(tmp_path / "cache"), sleep=ft.sleep, clock=ft.clock)
-  assert http.get_json("https://api.example/q", {"a": "x y"}) == ({"n": 1}, False)
-  assert http.get_json("https://api.example/q", {"a": "x y"}) == ({"n": 1}, True)
-  assert http.get_json("https://api.example/q", {"a": "other"}) == ({"n": 1}, False)
-  assert len(responses.calls) == 2
-  assert len(files_under(tmp_path / "cache" / "api.example")) == 2
-  assert http.get_json("https://api.example/q", {"a": "x y"}, refresh=True)[1] is False
-  assert http.get_json("https://api.example/q", {"a": "z"}, cache=False)[1] is False
-  assert http.get_json("https://api.example/q", {"a": "z"}, cache=False)[1] is False
-  assert len(responses.calls) == 5
 
 
 def test_level_problems_reported_kept_or_rejected(tmp_path):

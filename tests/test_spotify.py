@@ -11,6 +11,7 @@ import urllib.parse
 import numpy as np
 import pandas as pd
 import pytest
+import requests
 import responses
 import soundfile as sf
 
@@ -73,7 +74,13 @@ class Env:
     self.tracks_calls = []
 
   def http(self, **kw):
-    return spotify.make_http(self.raw, sleep=self.ft.sleep, clock=self.ft.clock, **kw)
+    kw.setdefault("jitter", 0.0)
+    self.last_http = spotify.make_http(self.raw, sleep=self.ft.sleep, clock=self.ft.clock, **kw)
+    return self.last_http
+
+  def waits(self):
+    """The waits between retries the last client planned (responses does not sleep them)."""
+    return [w for _, _, w in self.last_http.retries]
 
   def catalog(self, tracks):
     """Serves tracks() for these Spotify track objects (unknown ids -> null)."""
@@ -149,7 +156,7 @@ def test_429_retry_after_is_honoured(env):
                json={"error": {"status": 429, "message": "API rate limit exceeded"}})
   env.catalog([sp_track(t)])
   tracks, _ = env.resolve([t], providers=())
-  assert 7.0 in env.ft.sleeps
+  assert env.waits() == [7.0]
   assert tracks["metadata_status"].tolist() == ["ok"]
   assert len(env.calls(TRACKS_URL)) == 2
 
@@ -159,7 +166,7 @@ def test_429_retry_after_above_cap_gives_up_without_sleeping(env):
   env.rsps.get(TRACKS_URL, status=429, headers={"Retry-After": "3600"})
   tracks, clips = env.resolve(ids, providers=("deezer",))
   assert set(tracks["metadata_status"]) == {"rate_limited"} and len(tracks) == 120
-  assert env.ft.sleeps == [] or max(env.ft.sleeps) <= spotify.MAX_RETRY_AFTER
+  assert env.waits() == [] and env.ft.sleeps == []
   # Only one request: the host stays blocked for the rest of the run, later batches fail fast.
   assert len(env.calls(TRACKS_URL)) == 1
   assert len(clips) == 0  # nothing to resolve without metadata
@@ -254,7 +261,7 @@ def test_deezer_quota_error_backs_off_and_is_not_cached(env):
   env.deezer(isrc, deezer_track(5, url))
   env.preview(url)
   _, clips = env.resolve([t])
-  assert clips.iloc[0]["clip_id"] == "deezer:5" and env.ft.sleeps == [20.0]
+  assert clips.iloc[0]["clip_id"] == "deezer:5" and env.ft.sleeps == env.waits() == [2.0]
   cached = glob.glob(os.path.join(env.raw, "cache", "**", "*.json"), recursive=True)
   assert [json.load(open(p))["body"]["id"] for p in cached] == [5]
 
@@ -285,7 +292,7 @@ def test_itunes_403_backs_off_and_retries(env):
                                                            preview)]})
   env.preview(preview, content_type="audio/x-m4a")
   _, clips = env.resolve([t])
-  assert env.ft.sleeps == [20.0, 40.0]
+  assert env.waits() == [20.0, 40.0]  # iTunes' 403 = throttled: the slow back-off
   assert clips.iloc[0][["clip_id", "status"]].tolist() == ["itunes:5", "ok"]
 
 
@@ -296,7 +303,8 @@ def test_itunes_403_gives_up_cleanly(env):
   _, clips = env.resolve([t])
   c = clips.iloc[0]
   assert (c["clip_id"], c["status"]) == (f"none:{t}", "rate_limited")
-  assert len(env.calls(ITUNES_URL)) == 4 and env.ft.sleeps == [20.0, 40.0, 60.0]  # capped
+  # 20 + 40 s waited; a third wait would pass the 60 s cap on one request's waits.
+  assert len(env.calls(ITUNES_URL)) == 3 and env.waits() == [20.0, 40.0]
   # rate_limited is retried by the next run.
   preview = "https://audio-ssl.itunes.apple.com/p/6.m4a"
   env.rsps.replace(responses.GET, ITUNES_URL,
@@ -499,3 +507,35 @@ def test_cli_reports_missing_credentials(tmp_path, monkeypatch, capsys):
   monkeypatch.delenv("SPOTIPY_CLIENT_SECRET", raising=False)
   assert spotify.main(["--raw", str(tmp_path), "--ids", tid(1), "--no-progress"]) == 2
   assert "SPOTIPY_CLIENT_ID and SPOTIPY_CLIENT_SECRET" in capsys.readouterr().err
+
+
+# -- network failures are per item --------------------------------------------------------------
+
+def test_broken_answers_fail_one_item_and_the_stage_goes_on(env, capsys):
+  # The reported defect: ContentDecodingError / ChunkedEncodingError from one provider stopped
+  # resolve for every remaining track.
+  ids = [tid(1), tid(2), tid(3)]
+  isrcs = ["USUM72400011", "USUM72400012", "USUM72400013"]
+  env.catalog([sp_track(t, isrc=i) for t, i in zip(ids, isrcs)])
+  env.rsps.get(DEEZER_URL.format(isrcs[0]),
+               body=requests.exceptions.ContentDecodingError("Received response with content-"
+                                                             "encoding: gzip, but failed to "
+                                                             "decode it."))
+  env.deezer(isrcs[1], deezer_track(12, "https://cdnt-preview.dzcdn.net/12.mp3"))
+  env.rsps.get("https://cdnt-preview.dzcdn.net/12.mp3",
+               body=requests.exceptions.ChunkedEncodingError("Connection broken: "
+                                                             "InvalidChunkLength"))
+  env.deezer(isrcs[2], deezer_track(13, "https://cdnt-preview.dzcdn.net/13.mp3"))
+  env.preview("https://cdnt-preview.dzcdn.net/13.mp3")
+  rc = spotify.main(["--raw", env.raw, "--ids", *ids, "--providers", "deezer", "--no-progress"])
+  clips = tables.read(os.path.join(env.raw, "clips.csv"), "clips").set_index("track_id")
+  assert clips.loc[ids, "status"].tolist() == ["error", "download_failed", "ok"]
+  out, err = capsys.readouterr()
+  assert rc == 1 and "2 item(s) failed" in err and "run the same command again" in err
+  assert "clips.csv status:" in out and "http:" in out
+
+
+def test_network_error_on_tracks_call_marks_the_batch_error(env):
+  env.rsps.get(TRACKS_URL, body=requests.exceptions.ContentDecodingError("broken gzip"))
+  tracks, _ = env.resolve([tid(1), tid(2)], providers=())
+  assert tracks["metadata_status"].tolist() == ["error", "error"]
