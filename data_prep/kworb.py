@@ -8,12 +8,14 @@ kworb mirrors the Spotify charts (facts in the project's KWORB.md). Two kinds of
 - per-track pages (`track/{id}.html`) hold the track's whole weekly history per country and the
   last ~35 days of daily history; 404 means the track never charted anywhere.
 
-Parsers are pure functions over page text (stdlib `html.parser`, no extra dependencies) that
-check the layout and raise `KworbLayoutError` naming the URL and the missing piece: a silently
-shifted column would poison every target downstream. `Fetcher` is a polite, retrying HTTP
-client with a disk cache, so a crash or a re-run never fetches a page twice. `crawl` ties them
-together and is idempotent: kill it anywhere, run it again, and `RAW/charts.csv` ends up the
-same as after one uninterrupted run.
+Parsers are pure functions over page text (parsed with `lxml.html`) that check the layout and
+the values and raise `KworbLayoutError` naming the URL, table, row and column: a silently
+shifted column would poison every target downstream. A body that is not (yet) the page asked
+for (an anti-bot interstitial, a truncated download) raises its subclass `KworbIncompletePage`.
+`Fetcher` fetches through `data_prep.net` (polite, retrying) into a disk cache that holds only
+pages the parser accepted, so a crash or a re-run never fetches a good page twice and always
+fetches a failed one again. `crawl` ties them together and is idempotent: kill it anywhere, run it
+again, and `RAW/charts.csv` ends up the same as after one uninterrupted run.
 
     python -m data_prep.kworb crawl --regions us,gb,global --raw RAW
 """
@@ -23,9 +25,7 @@ import argparse
 import collections
 import dataclasses
 import datetime as dt
-import email.utils
 import hashlib
-import html.parser
 import itertools
 import json
 import logging
@@ -33,13 +33,13 @@ import math
 import os
 import re
 import sys
-import tempfile
 import time
 
+import lxml.html
 import pandas as pd
-import requests
 
-from data_prep import tables
+from data_prep import net, tables
+from mpjax import atomic
 
 log = logging.getLogger(__name__)
 
@@ -84,15 +84,29 @@ _ARTIST_LINK = re.compile(r"(?:^|/)artist/([A-Za-z0-9]+)\.html$")
 _SLASH_DATE = re.compile(r"(\d{4})/(\d{2})/(\d{2})")
 _MOVEMENT = re.compile(r"NEW|RE|=|[+-]\d+")
 _MISSING = {"", "-", "--", "\u2014", "\u2013"}
+# Anti-bot interstitials (Cloudflare's "Just a moment..." and the like). Not a bare
+# 'challenge-platform': Cloudflare puts /cdn-cgi/challenge-platform/scripts/jsd/main.js into
+# ordinary pages too; its challenge page loads .../challenge-platform/h/...
+_INTERSTITIAL = re.compile(
+    r"<title[^>]*>\s*Just a moment\.\.\.|cf-challenge|challenge-platform/h/|cf_chl_|"
+    r"Checking your browser|Enable JavaScript and cookies to continue", re.I)
+_HTML_END = re.compile(r"</html\s*>\s*\Z", re.I)
 
 
 class KworbLayoutError(ValueError):
   """A kworb page does not look like KWORB.md says; `url` and `problem` say where and what."""
+  what = "unexpected kworb page layout"
 
   def __init__(self, url: str, problem: str):
-    super().__init__(f"{url}: unexpected kworb page layout: {problem}")
+    super().__init__(f"{url}: {self.what}: {problem}")
     self.url = url
     self.problem = problem
+
+
+class KworbIncompletePage(KworbLayoutError):
+  """The body is not (yet) the page asked for: an anti-bot interstitial or a truncated
+  download. Worth fetching again later, not worth keeping."""
+  what = "incomplete kworb page"
 
 
 def chart_url(region: str, period: str) -> str:
@@ -108,124 +122,72 @@ def artist_songs_url(artist_id: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# HTML: a tiny table extractor. Keeps, per cell, the text pieces in order with the link each
-# piece sits in, which is all the parsers need (artist vs title vs featured links).
+# HTML: lxml parses (omitted </td> and </tr> included); these helpers read a cell's text and its
+# text split per link, which is all the parsers need (artist vs title vs featured links).
 
 
-@dataclasses.dataclass
-class _Cell:
-  tag: str = "td"
-  parts: list = dataclasses.field(default_factory=list)  # (text, link index or None, href)
-
-  @property
-  def text(self) -> str:
-    return _squash("".join(p[0] for p in self.parts))
-
-  def segments(self):
-    """[(text, href or None)]: consecutive pieces merged, one segment per link."""
-    out = []
-    for (link, href), group in itertools.groupby(self.parts, key=lambda p: (p[1], p[2])):
-      out.append(("".join(p[0] for p in group), href))
-    return out
-
-  def links(self):
-    return [(href, _squash(text)) for text, href in self.segments() if href is not None]
-
-
-@dataclasses.dataclass
-class _Table:
-  attrs: dict
-  rows: list = dataclasses.field(default_factory=list)
-  cell: _Cell | None = None
+def _check_complete(html: str, url: str, table_id: str | None = None):
+  """Raises KworbIncompletePage when the body is not (yet) the page asked for: an anti-bot
+  interstitial, or a download cut short. Judged on the raw text: lxml would quietly close what
+  was cut off, and a chart page cut after row 30 has positions 1..30 without a gap."""
+  m = _INTERSTITIAL.search(html)
+  if m:
+    raise KworbIncompletePage(url, f"anti-bot interstitial page instead of the kworb page "
+                                   f"(found {m.group(0)!r})")
+  if not _HTML_END.search(html):
+    raise KworbIncompletePage(url, f"truncated download: the body ends after "
+                                   f"{len(html.encode('utf-8', 'replace'))} bytes without "
+                                   f"</html> (last characters: {html[-60:]!r})")
+  if table_id:
+    m = re.search(rf"<table\b[^>]*\bid\s*=\s*[\"']?{table_id}[\"'\s>]", html, re.I)
+    if m and not re.search(r"</table\s*>", html[m.end():], re.I):
+      raise KworbIncompletePage(url, f"truncated download: <table id={table_id!r}> is never "
+                                     f"closed (no </table> after it)")
 
 
-class _Document(html.parser.HTMLParser):
-  """Tables (nested ones too, in order of appearance), <title>, headings and all page text.
-
-  Tolerates the omitted end tags HTML allows (</td>, </tr>): a new cell or row closes the open
-  one, as browsers do.
-  """
-
-  def __init__(self, text: str):
-    super().__init__(convert_charrefs=True)
-    self.tables: list[_Table] = []
-    self.title = ""
-    self.headings: list[_Cell] = []
-    self.text_parts: list[str] = []
-    self._stack: list[_Table] = []
-    self._links: list[tuple[int, str]] = []
-    self._n_links = 0
-    self._in_title = False
-    self._heading: tuple[str, int, _Cell] | None = None  # (tag, depth, cell)
-    self.feed(text)
-    self.close()
-
-  def handle_starttag(self, tag, attrs):
-    attrs = {k: (v or "") for k, v in attrs}
-    if self._heading is not None and tag == self._heading[0]:
-      self._heading = (tag, self._heading[1] + 1, self._heading[2])
-    if tag == "table":
-      t = _Table(attrs)
-      self.tables.append(t)
-      self._stack.append(t)
-    elif tag == "tr" and self._stack:
-      t = self._stack[-1]
-      t.cell = None
-      t.rows.append([])
-    elif tag in ("td", "th") and self._stack:
-      t = self._stack[-1]
-      if not t.rows:
-        t.rows.append([])
-      t.cell = _Cell(tag)
-      t.rows[-1].append(t.cell)
-    elif tag == "a":
-      self._n_links += 1
-      self._links.append((self._n_links, attrs.get("href", "")))
-    elif tag == "br":
-      self.handle_data(" ")
-    elif tag == "title":
-      self._in_title = True
-    is_heading = tag in ("h1", "h2") or "pagetitle" in attrs.get("class", "").split()
-    if self._heading is None and is_heading:
-      self._heading = (tag, 1, _Cell(tag))
-      self.headings.append(self._heading[2])
-
-  def handle_endtag(self, tag):
-    if tag == "table":
-      if self._stack:
-        self._stack.pop()
-    elif tag in ("td", "th", "tr") and self._stack:
-      self._stack[-1].cell = None
-    elif tag == "a":
-      if self._links:
-        self._links.pop()
-    elif tag == "title":
-      self._in_title = False
-    if self._heading is not None and tag == self._heading[0]:
-      depth = self._heading[1] - 1
-      self._heading = None if depth == 0 else (tag, depth, self._heading[2])
-
-  def handle_data(self, data):
-    self.text_parts.append(data)
-    if self._in_title:
-      self.title += data
-    link, href = self._links[-1] if self._links else (None, None)
-    if self._stack and self._stack[-1].cell is not None:
-      self._stack[-1].cell.parts.append((data, link, href))
-    if self._heading is not None:
-      self._heading[2].parts.append((data, link, href))
-
-  @property
-  def text(self) -> str:
-    return _squash("".join(self.text_parts))
+def _document(html: str):
+  """The lxml document; <br> reads as a space, as browsers show it."""
+  parser = lxml.html.HTMLParser(encoding="utf-8")
+  doc = lxml.html.document_fromstring(html.encode("utf-8", "replace"), parser=parser)
+  for br in doc.iter("br"):
+    br.tail = " " + (br.tail or "")
+  return doc
 
 
 def _squash(text: str) -> str:
   return " ".join(text.split())
 
 
-def _header(table: _Table) -> list[str]:
-  return [c.text for c in table.rows[0]] if table.rows else []
+def _text(el) -> str:
+  return _squash(el.text_content())
+
+
+def _segments(el) -> list[tuple[str, str | None]]:
+  """el's text in order as [(text, href or None)]: one segment per link, the text between
+  links merged."""
+  def link(s):  # the <a> the text node sits in (a tail sits in its element's parent)
+    holder = s.getparent().getparent() if s.is_tail else s.getparent()
+    return next(iter(holder.xpath("ancestor-or-self::a[1]")), None)
+  return [("".join(group), None if a is None else a.get("href", ""))
+          for a, group in itertools.groupby(el.xpath(".//text()"), key=link)]
+
+
+def _headings(doc) -> list:
+  """The outermost <h1>, <h2> and class="pagetitle" elements, in page order."""
+  found = doc.xpath("//h1 | //h2 | //*[contains(concat(' ', normalize-space(@class), ' '), "
+                    "' pagetitle ')]")
+  return [h for h in found if not any(a in found for a in h.iterancestors())]
+
+
+def _rows(table) -> list[list]:
+  """The table's rows (thead, tbody and tfoot ones too, not those of nested tables), each the
+  list of its <td>/<th> cells."""
+  return [row.xpath("./td | ./th") for row in table.xpath("./tr | ./*/tr")]
+
+
+def _header(table) -> list[str]:
+  rows = _rows(table)
+  return [_text(c) for c in rows[0]] if rows else []
 
 
 def _check_header(url: str, what: str, found: list[str], expected: list[str]):
@@ -239,22 +201,26 @@ def _check_header(url: str, what: str, found: list[str], expected: list[str]):
                f"(expected {' | '.join(expected)}; found {' | '.join(found) or 'no header'})")
 
 
-def _data_rows(table: _Table):
+def _data_rows(table):
   """(row number, cells) for the rows after the header, skipping empty and repeated-header rows."""
-  for i, row in enumerate(table.rows[1:], start=2):
+  for i, row in enumerate(_rows(table)[1:], start=2):
     if not row or all(c.tag == "th" for c in row):
       continue
     yield i, row
 
 
-def _number(text: str, url: str, where: str) -> float:
-  """'1,234' / '+84,270' / '-116,663' -> float; '-', '--' or empty -> NaN."""
+def _number(text: str, url: str, where: str, *, signed: bool = False, minimum: int = 0) -> float:
+  """'1,234' -> 1234.0; '-', '--' or empty -> NaN. Whole numbers only: with a sign ('+84,270',
+  '-116,663') where `signed`, else unsigned and at least `minimum`."""
   t = text.replace(",", "").replace("\u2009", "").replace(" ", "").strip()
   if t in _MISSING:
     return math.nan
-  if re.fullmatch(r"[+-]?\d+(\.\d+)?", t):
+  if not re.fullmatch(r"[+-]?\d+(\.\d+)?", t):
+    raise KworbLayoutError(url, f"{where}: expected a number, found {text!r}")
+  if re.fullmatch(r"[+-]?\d+" if signed else r"\d+", t) and (signed or int(t) >= minimum):
     return float(t)
-  raise KworbLayoutError(url, f"{where}: expected a number, found {text!r}")
+  want = "a whole number" if signed else f"a whole number >= {minimum} without sign"
+  raise KworbLayoutError(url, f"{where}: expected {want}, found {text!r}")
 
 
 def _slash_date(text: str) -> str | None:
@@ -282,13 +248,13 @@ def _frame(rows: list[dict], extras: bool = True) -> pd.DataFrame:
 # Parsers
 
 
-def _artist_title(cell: _Cell, url: str, where: str) -> dict:
+def _artist_title(cell, url: str, where: str) -> dict:
   """Splits 'Artist and Title': `<a artist>Lead</a> - <a track>Title</a> (w/ <a>X</a>, ...)`.
 
   The track link is the only source of the Spotify track id. Without it (never seen on kworb,
   but page text has no ids either) the text is split at the first ' - ' and track_id is ''.
   """
-  segs = cell.segments()
+  segs = _segments(cell)
   idx = next((i for i, (_, href) in enumerate(segs) if href and _TRACK_LINK.search(href)), None)
   if idx is not None:
     lead, tail = segs[:idx], segs[idx + 1:]
@@ -297,7 +263,7 @@ def _artist_title(cell: _Cell, url: str, where: str) -> dict:
     track_id = _TRACK_LINK.search(segs[idx][1]).group(1)
     tail_text = _squash("".join(t for t, _ in tail))
   else:
-    text = cell.text
+    text = _text(cell)
     m = re.match(r"(.*?) - (.*)$", text)
     if not m:
       raise KworbLayoutError(url, f"{where}: 'Artist and Title' cell has no track link and no "
@@ -309,7 +275,7 @@ def _artist_title(cell: _Cell, url: str, where: str) -> dict:
     tail = []  # featured artists come from the text
     track_id = ""
   if not artist or not title:
-    raise KworbLayoutError(url, f"{where}: cannot split artist and title in {cell.text!r}")
+    raise KworbLayoutError(url, f"{where}: cannot split artist and title in {_text(cell)!r}")
   lead_ids = [_ARTIST_LINK.search(h).group(1) for _, h in lead if h and _ARTIST_LINK.search(h)]
   featured = [_squash(t) for t, h in tail if h and _ARTIST_LINK.search(h)]
   if not featured:
@@ -324,77 +290,102 @@ def parse_chart_page(html: str, url: str) -> tuple[str, pd.DataFrame]:
 
   Rows have tables.CHART_COLUMNS (source 'kworb_chart') plus CHART_EXTRA_COLUMNS. Region and
   period come from the URL (`.../country/{cc}_{daily|weekly}.html`), the date from the page
-  (`... - YYYY/MM/DD` in the title or heading).
+  (`... - YYYY/MM/DD` in the title or heading). Positions must run 1..N, each track once.
   """
   m = _CHART_URL.search(url)
   if not m:
     raise ValueError(f"{url}: not a kworb chart page URL (expected .../country/{{cc}}_daily.html "
                      f"or _weekly.html)")
   region, period = m.groups()
-  doc = _Document(html)
   table_id = f"spotify{period}"
-  found = [t for t in doc.tables if t.attrs.get("id") == table_id]
+  _check_complete(html, url, table_id)
+  doc = _document(html)
+  found = [t for t in doc.iter("table") if t.get("id") == table_id]
   if not found:
-    ids = [t.attrs.get("id", "(no id)") for t in doc.tables]
+    ids = [t.get("id", "(no id)") for t in doc.iter("table")]
     raise KworbLayoutError(url, f"no <table id={table_id!r}>; tables found: {ids or 'none'}")
   table = found[0]
   expected = CHART_HEADERS[period]
   _check_header(url, f"table#{table_id}", _header(table), expected)
 
-  chart_date = _slash_date(doc.title) or next(
-      (d for d in (_slash_date(h.text) for h in doc.headings) if d), None)
+  title = doc.findtext(".//title") or ""
+  chart_date = _slash_date(title) or next(
+      (d for d in (_slash_date(_text(h)) for h in _headings(doc)) if d), None)
   if chart_date is None:
-    raise KworbLayoutError(url, f"no chart date YYYY/MM/DD in the <title> ({doc.title.strip()!r}) "
+    raise KworbLayoutError(url, f"no chart date YYYY/MM/DD in the <title> ({title.strip()!r}) "
                                 f"or the page heading")
 
-  rows = []
+  rows, pos_rows, track_rows = [], {}, {}
   for i, row in _data_rows(table):
     where = f"table#{table_id} row {i}"
     if len(row) != len(expected):
       raise KworbLayoutError(url, f"{where}: expected {len(expected)} cells, found {len(row)}: "
-                                  f"{[c.text for c in row]}")
-    cells = dict(zip(expected, row))
-    num = lambda col: _number(cells[col].text, url, f"{where} column {col!r}")  # noqa: E731
-    pos = num("Pos")
-    if math.isnan(pos):
+                                  f"{[_text(c) for c in row]}")
+    cells = {col: _text(c) for col, c in zip(expected, row)}
+    num = lambda col, **kw: _number(cells[col], url, f"{where} column {col!r}", **kw)  # noqa: E731
+    pos = cells["Pos"]
+    if pos in _MISSING:
       raise KworbLayoutError(url, f"{where}: no position in column 'Pos'")
-    movement = cells["P+"].text
+    if not re.fullmatch(r"\d+", pos) or int(pos) < 1:
+      raise KworbLayoutError(url, f"{where} column 'Pos': expected a position 1, 2, 3, ... "
+                                  f"(digits only), found {pos!r}")
+    pos = int(pos)
+    if pos in pos_rows:
+      raise KworbLayoutError(url, f"{where} column 'Pos': position {pos} twice, in rows "
+                                  f"{pos_rows[pos]} and {i}")
+    pos_rows[pos] = i
+    movement = cells["P+"]
     if movement and not _MOVEMENT.fullmatch(movement):
       raise KworbLayoutError(url, f"{where} column 'P+': expected NEW, RE, =, +N or -N, "
                                   f"found {movement!r}")
-    peak_count = cells["(x?)"].text
+    peak_count = cells["(x?)"]
     if peak_count:
-      pc = re.fullmatch(r"\(x(\d+)\)", peak_count)
+      pc = re.fullmatch(r"\(x([1-9]\d*)\)", peak_count)
       if not pc:
         raise KworbLayoutError(url, f"{where} column '(x?)': expected '(xN)' or empty, "
                                     f"found {peak_count!r}")
       peak_count = float(pc.group(1))
     else:
       peak_count = math.nan
+    track = _artist_title(row[expected.index("Artist and Title")], url, where)
+    key = track["track_id"] or (track["artist"], track["title"])
+    if key in track_rows:
+      raise KworbLayoutError(
+          url, f"{where} column 'Artist and Title': the same track twice, in rows "
+               f"{track_rows[key]} and {i} ({track['artist']} - {track['title']}"
+               f"{', track id ' + track['track_id'] if track['track_id'] else ''})")
+    track_rows[key] = i
+    daily = period == "daily"
     rows.append(dict(
-        region=region, period=period, date=chart_date, pos=int(pos),
-        **_artist_title(cells["Artist and Title"], url, where),
+        region=region, period=period, date=chart_date, pos=pos, **track,
         streams=num("Streams"), movement=movement,
-        on_chart=num("Days" if period == "daily" else "Wks"), peak=num("Pk"),
-        source="kworb_chart", peak_count=peak_count, streams_delta=num("Streams+"),
-        streams_7day=num("7Day") if period == "daily" else math.nan,
-        streams_7day_delta=num("7Day+") if period == "daily" else math.nan,
+        on_chart=num("Days" if daily else "Wks", minimum=1), peak=num("Pk", minimum=1),
+        source="kworb_chart", peak_count=peak_count, streams_delta=num("Streams+", signed=True),
+        streams_7day=num("7Day") if daily else math.nan,
+        streams_7day_delta=num("7Day+", signed=True) if daily else math.nan,
         total=num("Total")))
+  missing = next((p for p in range(1, len(rows) + 1) if p not in pos_rows), None)
+  if missing is not None:  # then some row has a higher one: name the first such row
+    after, i = next((p, i) for p, i in pos_rows.items() if p > missing)
+    raise KworbLayoutError(url, f"table#{table_id} column 'Pos': position {missing} missing, "
+                                f"row {i} has position {after} (a chart page lists positions "
+                                f"1..{len(rows)} without gaps)")
   return chart_date, _frame(rows)
 
 
-def _heading_artist_title(doc: _Document) -> tuple[str, str, str]:
+def _heading_artist_title(doc) -> tuple[str, str, str]:
   """(artist, title, artist_id) from the page heading 'Artist - Title' ('' where absent)."""
-  if not doc.headings:
+  headings = _headings(doc)
+  if not headings:
     return "", "", ""
-  segs = doc.headings[0].segments()
+  segs = _segments(headings[0])
   artist_idx = [i for i, (_, h) in enumerate(segs) if h and _ARTIST_LINK.search(h)]
   if artist_idx:
     i = artist_idx[0]
     artist = _squash(segs[i][0])
     title = re.sub(r"^\s*-\s*", "", _squash("".join(t for t, _ in segs[i + 1:])))
     return artist, title, _ARTIST_LINK.search(segs[i][1]).group(1)
-  m = re.match(r"(.*?) - (.*)$", doc.headings[0].text)
+  m = re.match(r"(.*?) - (.*)$", _text(headings[0]))
   return (m.group(1), m.group(2), "") if m else ("", "", "")
 
 
@@ -410,13 +401,15 @@ def parse_track_page(html: str, url: str) -> pd.DataFrame:
   if not m:
     raise ValueError(f"{url}: not a kworb track page URL (expected .../track/{{id}}.html)")
   track_id = m.group(1)
-  doc = _Document(html)
-  found = [t for t in doc.tables if _header(t)[:1] and _header(t)[0].lower() == "date"]
+  _check_complete(html, url)
+  doc = _document(html)
+  all_tables = list(doc.iter("table"))
+  found = [t for t in all_tables if _header(t)[:1] and _header(t)[0].lower() == "date"]
   if len(found) != 2:
-    firsts = [(_header(t) or ["(empty)"])[0] for t in doc.tables]
+    firsts = [(_header(t) or ["(empty)"])[0] for t in all_tables]
     raise KworbLayoutError(
         url, f"expected 2 tables with header 'Date | Global | US | ...' (weekly, then daily), "
-             f"found {len(found)} among {len(doc.tables)} table(s) whose first headers are "
+             f"found {len(found)} among {len(all_tables)} table(s) whose first headers are "
              f"{firsts}")
   artist, title, artist_id = _heading_artist_title(doc)
   rows = []
@@ -428,26 +421,34 @@ def parse_track_page(html: str, url: str) -> pd.DataFrame:
         raise KworbLayoutError(url, f"{period} table column {j} header: expected 'Global' or a "
                                     f"2-letter country code, found {h!r}")
       regions.append(h.lower())
+    date_rows = {}
     for i, row in _data_rows(table):
       where = f"{period} table row {i}"
-      label = row[0].text
+      label = _text(row[0])
       if label.lower() in ("total", "peak"):
         continue
       date = _slash_date(label) if re.fullmatch(r"\d{4}/\d{2}/\d{2}", label) else None
       if date is None:
         raise KworbLayoutError(url, f"{where}: expected 'Total', 'Peak' or a date YYYY/MM/DD "
                                     f"in column 'Date', found {label!r}")
+      if date in date_rows:
+        raise KworbLayoutError(url, f"{where} column 'Date': date {label} twice, in rows "
+                                    f"{date_rows[date]} and {i}")
+      date_rows[date] = i
       if len(row) != len(header):
         raise KworbLayoutError(url, f"{where}: expected {len(header)} cells "
                                     f"({' | '.join(header)}), found {len(row)}")
       for region, cell in zip(regions, row[1:]):
-        text = cell.text
+        text = _text(cell)
         if text in _MISSING:
           continue
-        c = re.fullmatch(r"(\d+)\s*(?:\(([\d,]+)\))?", text)
+        c = re.fullmatch(r"(-?\d+)\s*(?:\((-?[\d,]+)\))?", text)
         if not c:
           raise KworbLayoutError(url, f"{where} column {region!r}: expected 'pos (streams)' or "
                                       f"'--', found {text!r}")
+        if int(c.group(1)) < 1 or (c.group(2) or "").startswith("-"):
+          raise KworbLayoutError(url, f"{where} column {region!r}: expected 'pos (streams)' "
+                                      f"with pos >= 1 and streams >= 0, found {text!r}")
         rows.append(dict(
             region=region, period=period, date=date, pos=int(c.group(1)), track_id=track_id,
             artist=artist, title=title, featured="", artist_id=artist_id,
@@ -466,30 +467,33 @@ def parse_artist_songs(html: str, url: str) -> tuple[dict, pd.DataFrame, str | N
   m = _ARTIST_SONGS_URL.search(url)
   if not m:
     raise ValueError(f"{url}: not a kworb artist songs URL (expected .../artist/{{id}}_songs.html)")
-  doc = _Document(html)
-  headers = [_header(t) for t in doc.tables]
+  _check_complete(html, url)
+  doc = _document(html)
+  all_tables = list(doc.iter("table"))
+  headers = [_header(t) for t in all_tables]
   lower = lambda hs: [h.lower() for h in hs]  # noqa: E731
-  summary_t = next((t for t, h in zip(doc.tables, headers)
+  summary_t = next((t for t, h in zip(all_tables, headers)
                     if lower(h[1:]) == lower(SUMMARY_HEADERS)), None)
   if summary_t is None:
     raise KworbLayoutError(url, f"no summary table with header ' | {' | '.join(SUMMARY_HEADERS)}'; "
                                 f"table headers found: {headers or 'no tables'}")
-  songs_t = next((t for t, h in zip(doc.tables, headers) if lower(h) == lower(SONG_HEADERS)), None)
+  songs_t = next((t for t, h in zip(all_tables, headers) if lower(h) == lower(SONG_HEADERS)), None)
   if songs_t is None:
     raise KworbLayoutError(url, f"no song table with header '{' | '.join(SONG_HEADERS)}'; "
                                 f"table headers found: {headers}")
   keys = [h.lower().replace(" ", "_") for h in SUMMARY_HEADERS]
   summary = {"artist_id": m.group(1)}
   for i, row in _data_rows(summary_t):
-    label = row[0].text
+    label = _text(row[0])
     if label.lower() not in lower(SUMMARY_ROWS):
       raise KworbLayoutError(url, f"summary table row {i}: expected one of {SUMMARY_ROWS}, "
                                   f"found {label!r}")
     if len(row) != len(SUMMARY_HEADERS) + 1:
       raise KworbLayoutError(url, f"summary table row {i} ({label}): expected "
                                   f"{len(SUMMARY_HEADERS) + 1} cells, found {len(row)}")
-    summary[label.lower()] = {k: _number(c.text, url, f"summary {label}/{k}")
-                              for k, c in zip(keys, row[1:])}
+    summary[label.lower()] = {
+        k: _number(_text(c), url, f"summary table row {i} ({label}) column {h!r}")
+        for k, h, c in zip(keys, SUMMARY_HEADERS, row[1:])}
   missing = [r for r in SUMMARY_ROWS if r.lower() not in summary]
   if missing:
     raise KworbLayoutError(url, f"summary table: row(s) {missing} missing")
@@ -498,14 +502,14 @@ def parse_artist_songs(html: str, url: str) -> tuple[dict, pd.DataFrame, str | N
     if len(row) != len(SONG_HEADERS):
       raise KworbLayoutError(url, f"song table row {i}: expected {len(SONG_HEADERS)} cells, "
                                   f"found {len(row)}")
-    links = [_TRACK_LINK.search(h) for h, _ in row[0].links()]
+    links = [_TRACK_LINK.search(a.get("href", "")) for a in row[0].iter("a")]
     links = [l for l in links if l]
-    songs.append(dict(title=row[0].text, track_id=links[0].group(1) if links else "",
-                      streams=_number(row[1].text, url, f"song table row {i} 'Streams'"),
-                      daily=_number(row[2].text, url, f"song table row {i} 'Daily'")))
+    songs.append(dict(title=_text(row[0]), track_id=links[0].group(1) if links else "",
+                      streams=_number(_text(row[1]), url, f"song table row {i} column 'Streams'"),
+                      daily=_number(_text(row[2]), url, f"song table row {i} column 'Daily'")))
   songs = pd.DataFrame(songs, columns=["title", "track_id", "streams", "daily"])
   songs[["streams", "daily"]] = songs[["streams", "daily"]].astype("float64")
-  m = re.search(r"Last updated:\s*(\d{4}/\d{2}/\d{2})", doc.text)
+  m = re.search(r"Last updated:\s*(\d{4}/\d{2}/\d{2})", _text(doc))
   return summary, songs, _slash_date(m.group(1)) if m else None
 
 
@@ -515,88 +519,53 @@ def parse_artist_songs(html: str, url: str) -> tuple[dict, pd.DataFrame, str | N
 
 @dataclasses.dataclass
 class Page:
-  """One fetched (or cached) page. `status` None: no HTTP answer (connection failures)."""
+  """One fetched (or cached) page. `status` None: no HTTP answer (connection failures).
+
+  `parsed` is what the caller's `parse` made of it; `reason` says why a page is not usable
+  ('' for a good page).
+  """
   url: str
   key: str
   status: int | None
   text: str
   fetched_at: str
   from_cache: bool
-  reason: str = ""  # why it is not a usable page ('' when status is 200)
+  reason: str = ""
+  parsed: object = None
 
   @property
   def ok(self) -> bool:
-    return self.status == 200
+    return self.status == 200 and not self.reason
 
   @property
   def not_found(self) -> bool:
     return self.status == 404
 
 
-def _atomic_write(path: str, data: bytes):
-  """Temp file in the same directory + rename: readers never see half a file."""
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
-
-
-def _write_json(path: str, obj):
-  _atomic_write(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
-
-
-def _retry_after(value: str | None) -> float | None:
-  """Retry-After in seconds (delta-seconds or HTTP date); None when absent or unreadable."""
-  if not value:
-    return None
-  value = value.strip()
-  if re.fullmatch(r"\d+(\.\d+)?", value):
-    return float(value)
-  try:
-    when = email.utils.parsedate_to_datetime(value)
-  except (TypeError, ValueError):
-    return None
-  if when.tzinfo is None:
-    when = when.replace(tzinfo=dt.timezone.utc)
-  return max(0.0, (when - dt.datetime.now(dt.timezone.utc)).total_seconds())
-
-
 class Fetcher:
-  """Polite HTTP GET with a disk cache of raw pages.
+  """kworb pages through :class:`data_prep.net.Http`, with a disk cache of validated pages.
 
   - Cache: `{cache_dir}/{sha256(key)}.html` (body) + `.json` (key, url, status, fetched_at),
     written atomically; the key is the URL unless given (chart pages add the snapshot day).
-    200 and 404 answers are cached (404 on a track page = never charted, never asked again);
-    anything else is returned with a reason and asked again on the next call.
+    A 200 page is cached only after `parse` accepted it, so a download cut short, an anti-bot
+    interstitial or a page the parser rejects is never stored and is fetched again on the next
+    run; a cached page that `parse` now rejects is dropped and fetched again. 404 is cached
+    (a track page that 404s never charted, and is never asked again).
   - Politeness: at least `min_interval` seconds between request starts.
-  - Retries: 429 and 5xx wait `Retry-After` when given (a value above `max_retry_after` gives
-    up on the URL at once), else exponential back-off; connection errors back off too; after
-    `max_retries` retries the URL is given up. Other statuses are not retried.
+  - Retries: net.Http's (429/5xx/connection errors with jittered back-off, Retry-After honoured
+    while one page's waits stay under `max_wait`); a page that arrives incomplete
+    (KworbIncompletePage) is asked again on the same schedule. Other statuses are not retried.
   - `sleep` and `clock` are injectable so tests run instantly and can check every wait.
   """
 
-  def __init__(self, cache_dir: str, *, min_interval: float = 1.0, max_retries: int = 5,
-               backoff: float = 2.0, max_backoff: float = 120.0, max_retry_after: float = 300.0,
-               timeout: float = 30.0, user_agent: str = USER_AGENT,
-               session: requests.Session | None = None, sleep=time.sleep, clock=time.monotonic):
+  def __init__(self, cache_dir: str, *, min_interval: float = 1.0, max_tries: int = 6,
+               backoff: float = 2.0, jitter: float = 1.0, max_wait: float = 300.0,
+               timeout: float = 30.0, sleep=time.sleep, clock=time.monotonic):
     self.cache_dir = cache_dir
-    self.min_interval = min_interval
-    self.max_retries = max_retries
-    self.backoff = backoff
-    self.max_backoff = max_backoff
-    self.max_retry_after = max_retry_after
-    self.timeout = timeout
-    self.session = session or requests.Session()
-    self.session.headers["User-Agent"] = user_agent
-    self.sleep = sleep
-    self.clock = clock
-    self.stats = collections.Counter()  # requests, retries, fetched, cached, not_found, failed
-    self._last_start = None
+    self.http = net.Http(default_limit=(1, min_interval), max_wait=max_wait,
+                         max_tries=max_tries, backoff=backoff, jitter=jitter, timeout=timeout,
+                         user_agent=USER_AGENT, sleep=sleep, clock=clock)
+    self.stats = collections.Counter()  # fetched, cached, not_found, failed, refetched
     os.makedirs(cache_dir, exist_ok=True)
 
   def cache_path(self, key: str) -> str:
@@ -618,76 +587,75 @@ class Fetcher:
     if meta.get("key") != key:  # a hash collision would be astonishing; refuse it anyway
       return None
     return Page(meta["url"], key, meta["status"], text, meta["fetched_at"], True,
-                meta.get("reason", ""))
+                meta.get("reason", "") if meta["status"] != 200 else "")
 
-  def get(self, url: str, *, key: str | None = None, refresh: bool = False) -> Page:
-    """The page at `url`, from the cache under `key` (default: the URL) unless `refresh`."""
+  def get(self, url: str, *, key: str | None = None, refresh: bool = False,
+          parse=None) -> Page:
+    """The page at `url`, from the cache under `key` (default: the URL) unless `refresh`.
+
+    parse: text -> anything, raising KworbLayoutError for a page that is not right; its
+      result is `page.parsed`. Only pages it accepts are cached.
+    """
     key = key or url
     if not refresh:
       page = self.cached(key)
       if page is not None:
-        self.stats["cached"] += 1
-        return page
-    status, body, reason = self._download(url)
-    fetched_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    if status in (200, 404):
-      if status == 404:
+        if page.status == 200 and parse is not None:
+          try:
+            page.parsed = parse(page.text)
+          except KworbLayoutError as e:
+            log.warning("cached copy of %s is not a good page (%s): fetching it again", url,
+                        e.problem)
+            self.stats["refetched"] += 1
+            page = None
+        if page is not None:
+          self.stats["cached"] += 1
+          return page
+    retry = None
+    while True:
+      fetched_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+      try:
+        resp = self.http.request(url)
+      except net.HttpError as e:
+        return self._failed(Page(url, key, e.status, "", fetched_at, False, str(e)))
+      if resp.status_code == 404:
         reason = "HTTP 404: not found (track pages: never charted)"
-      self._store(key, url, status, body, fetched_at, reason)
-      self.stats["fetched" if status == 200 else "not_found"] += 1
-    else:
-      self.stats["failed"] += 1
-      log.warning("gave up on %s: %s", url, reason)
-    text = body.decode("utf-8", errors="replace") if status == 200 else ""
-    return Page(url, key, status, text, fetched_at, False, reason)
+        self._store(key, url, 404, b"", fetched_at, reason)
+        self.stats["not_found"] += 1
+        return Page(url, key, 404, "", fetched_at, False, reason)
+      if resp.status_code != 200:
+        return self._failed(Page(url, key, resp.status_code, "", fetched_at, False,
+                                 f"HTTP {resp.status_code}: not retried"))
+      body = resp.content
+      page = Page(url, key, 200, body.decode("utf-8", errors="replace"), fetched_at, False)
+      try:
+        page.parsed = parse(page.text) if parse is not None else None
+      except KworbIncompletePage as e:
+        retry = self.http.back_off(url, retry, e.problem)
+        if retry is not None:
+          continue
+        page.reason = f"not cached: {e.problem}"
+        return self._failed(page)
+      except KworbLayoutError as e:
+        page.reason = f"not cached: {e}"
+        return self._failed(page)
+      self._store(key, url, 200, body, fetched_at, "")
+      self.stats["fetched"] += 1
+      return page
+
+  def _failed(self, page: Page) -> Page:
+    self.stats["failed"] += 1
+    log.warning("gave up on %s: %s", page.url, page.reason)
+    return page
 
   def _store(self, key, url, status, body, fetched_at, reason):
     body_path = self.cache_path(key)
     if status == 200:
-      _atomic_write(body_path, body)
+      atomic.write_bytes(body_path, body)
     meta = dict(key=key, url=url, status=status, fetched_at=fetched_at, reason=reason,
                 bytes=len(body), sha256=hashlib.sha256(body).hexdigest())
-    _write_json(body_path[:-len(".html")] + ".json", meta)  # written last: marks the entry done
-
-  def _wait_turn(self):
-    if self._last_start is not None:
-      wait = self.min_interval - (self.clock() - self._last_start)
-      if wait > 0:
-        self.sleep(wait)
-    self._last_start = self.clock()
-
-  def _backoff_s(self, attempt: int) -> float:
-    return min(self.backoff * 2 ** attempt, self.max_backoff)
-
-  def _download(self, url: str) -> tuple[int | None, bytes, str]:
-    """(status, body, reason): 200/404 with the body, or the status/reason it gave up with."""
-    for attempt in itertools.count():
-      self._wait_turn()
-      self.stats["requests"] += 1
-      try:
-        resp = self.session.get(url, timeout=self.timeout)
-      except (requests.ConnectionError, requests.Timeout,
-              requests.exceptions.ChunkedEncodingError) as e:
-        if attempt >= self.max_retries:
-          return None, b"", (f"connection error, gave up after {attempt + 1} attempts: "
-                             f"{type(e).__name__}: {e}")
-        wait = self._backoff_s(attempt)
-      else:
-        status = resp.status_code
-        if status in (200, 404):
-          return status, resp.content, ""
-        if status != 429 and status < 500:
-          return status, b"", f"HTTP {status}: not retried"
-        retry_after = _retry_after(resp.headers.get("Retry-After"))
-        if retry_after is not None and retry_after > self.max_retry_after:
-          return status, b"", (f"HTTP {status} with Retry-After {retry_after:g} s, above the cap "
-                               f"max_retry_after={self.max_retry_after:g} s: gave up")
-        if attempt >= self.max_retries:
-          return status, b"", f"HTTP {status}, gave up after {attempt + 1} attempts"
-        wait = retry_after if retry_after is not None else self._backoff_s(attempt)
-      self.stats["retries"] += 1
-      self.sleep(wait)
-    raise AssertionError("unreachable")
+    # written last: marks the entry done
+    atomic.write_json(body_path[:-len(".html")] + ".json", meta, sort_keys=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -783,11 +751,9 @@ def crawl(regions, raw_dir: str, *, date=None, periods=PERIODS, fetcher: Fetcher
                 chart_pages=collections.Counter(), track_pages=collections.Counter(),
                 charts=[], not_found=[], failures=[])
 
-  def fail(kind, url, reason, layout=False):
+  def fail(kind, url, reason):  # the fetcher logged it
     report[kind]["failed"] += 1
     report["failures"].append(dict(url=url, reason=reason))
-    if layout:  # fetch failures were logged by the fetcher
-      log.warning("%s", reason)
 
   # 1. Chart snapshots.
   charts = read_charts(charts_path)
@@ -796,16 +762,13 @@ def crawl(regions, raw_dir: str, *, date=None, periods=PERIODS, fetcher: Fetcher
   for region in regions:
     for period in periods:
       url = chart_url(region, period)
-      page = fetcher.get(url, key=f"{url}@{snapshot}")
+      page = fetcher.get(url, key=f"{url}@{snapshot}",
+                         parse=lambda text, url=url: parse_chart_page(text, url))
       if not page.ok:
         fail("chart_pages", url, page.reason or f"HTTP {page.status}")
         continue
       report["chart_pages"]["cached" if page.from_cache else "fetched"] += 1
-      try:
-        chart_date, rows = parse_chart_page(page.text, url)
-      except KworbLayoutError as e:
-        fail("chart_pages", url, str(e), layout=True)
-        continue
+      chart_date, rows = page.parsed
       frames.append(rows)
       report["charts"].append(dict(region=region, period=period, chart_date=chart_date,
                                    rows=len(rows)))
@@ -830,13 +793,20 @@ def crawl(regions, raw_dir: str, *, date=None, periods=PERIODS, fetcher: Fetcher
     charts = merge_charts(charts, pending)
     tables.write(charts, charts_path, "charts")  # rows first, then the progress that names them
     done.update(pending_done)
-    _write_json(progress_path, dict(tracks=done))
+    atomic.write_json(progress_path, dict(tracks=done), sort_keys=True)
     pending.clear()
     pending_done.clear()
 
-  for track_id in tqdm(todo, desc="kworb track pages", unit="page", disable=not progress):
+  host = "kworb.net"
+  for i, track_id in enumerate(tqdm(todo, desc="kworb track pages", unit="page",
+                                    disable=not progress)):
+    if fetcher.http.blocked(host) > 0:  # it asked for a longer wait than --max-wait
+      report["stopped"] = (f"{host} asked us to wait {fetcher.http.blocked(host):.0f} s: "
+                           f"stopped with {len(todo) - i} track page(s) left for the next run")
+      log.warning("%s", report["stopped"])
+      break
     url = track_url(track_id)
-    page = fetcher.get(url)
+    page = fetcher.get(url, parse=lambda text, url=url: parse_track_page(text, url))
     if page.not_found:
       report["track_pages"]["not_found"] += 1
       report["not_found"].append(track_id)
@@ -846,11 +816,7 @@ def crawl(regions, raw_dir: str, *, date=None, periods=PERIODS, fetcher: Fetcher
       continue
     else:
       report["track_pages"]["cached" if page.from_cache else "fetched"] += 1
-      try:
-        pending.append(parse_track_page(page.text, url))
-      except KworbLayoutError as e:
-        fail("track_pages", url, str(e), layout=True)
-        continue
+      pending.append(page.parsed)
       pending_done[track_id] = "ok"
     if len(pending_done) >= flush_every:
       flush()
@@ -858,12 +824,39 @@ def crawl(regions, raw_dir: str, *, date=None, periods=PERIODS, fetcher: Fetcher
 
   report["track_pages"]["remaining"] = sum(t not in done for t in _track_order(charts))
   report["rows"] = dict(total=len(charts), added=len(charts) - rows_before)
-  report["http"] = dict(fetcher.stats)
+  http = fetcher.http.stats
+  report["http"] = dict(requests=http["requests"], retries=http["retries"],
+                        wait_s=round(http["wait_s"], 1), pages=dict(fetcher.stats))
   report["finished_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
   report["chart_pages"] = dict(report["chart_pages"])
   report["track_pages"] = dict(report["track_pages"])
-  _write_json(os.path.join(raw_dir, "crawl_report.json"), report)
+  atomic.write_json(os.path.join(raw_dir, "crawl_report.json"), report, sort_keys=True)
   return report
+
+
+def summary(report: dict, report_path: str = "") -> str:
+  """What a crawl did, in a few lines: pages fetched / cached / failed, retries, failures."""
+  def counts(c, names):
+    return ", ".join(f"{c.get(n, 0)} {n.replace('_', ' ')}" for n in names)
+  http = report["http"]
+  lines = [
+      "chart pages: " + counts(report["chart_pages"], ("fetched", "cached", "failed")),
+      "track pages: " + counts(report["track_pages"],
+                               ("fetched", "cached", "not_found", "failed", "remaining")),
+      f"http: {http['requests']} requests, {http['retries']} retries ({http['wait_s']:.0f} s "
+      f"waited); {http['pages'].get('refetched', 0)} bad cached page(s) fetched again",
+      f"charts.csv: {report['rows']['total']} rows (+{report['rows']['added']})"
+      + (f"; report: {report_path}" if report_path else "")]
+  failures = report["failures"]
+  if report.get("stopped"):
+    lines.append(report["stopped"])
+  if failures:
+    lines.append(f"{len(failures)} page(s) failed; none of them was cached, so running the same "
+                 f"command again fetches exactly those:")
+    lines += [f"  {f['url']}: {f['reason']}" for f in failures[:10]]
+    if len(failures) > 10:
+      lines.append(f"  ... and {len(failures) - 10} more (all in the report)")
+  return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------------
@@ -879,9 +872,10 @@ def _parser() -> argparse.ArgumentParser:
       "crawl", help="snapshot chart pages, then fetch every track page not fetched yet",
       description="Snapshot today's kworb chart pages for the regions, append their rows to "
                   "RAW/charts.csv, then visit every track page not visited yet and append its "
-                  "weekly and daily history. Pages are cached under RAW/cache/kworb, so a "
-                  "re-run (or a run after a crash) never fetches a page twice. Writes "
-                  "RAW/crawl_report.json; exits 1 when some pages failed (run again to retry).")
+                  "weekly and daily history. Pages are cached under RAW/cache/kworb once they "
+                  "parse, so a re-run (or a run after a crash) never fetches a good page twice, "
+                  "and always fetches again a page that failed. Writes RAW/crawl_report.json, "
+                  "prints a summary and exits 1 when some pages failed (run again to retry).")
   c.add_argument("--regions", required=True,
                  help="comma-separated kworb region codes: 'global' or lowercase ISO-3166 "
                       "alpha-2 codes, e.g. us,gb,global; 'all' = the ~70 regions kworb covers")
@@ -896,8 +890,9 @@ def _parser() -> argparse.ArgumentParser:
   c.add_argument("--date", default=None,
                  help="snapshot day YYYY-MM-DD used to key the chart-page cache (default: today, "
                       "UTC); the chart date itself is read from each page")
-  c.add_argument("--max-retry-after", type=float, default=300.0,
-                 help="give up on a page whose 429/5xx Retry-After exceeds this many seconds "
+  c.add_argument("--max-wait", type=float, default=300.0,
+                 help="most seconds one page may spend waiting between its retries (Retry-After "
+                      "and back-off together); past that the page fails for this run "
                       "(default: %(default)s)")
   c.add_argument("--no-progress", action="store_true", help="no progress bar")
   q = sub.add_parser("parse", help="parse a saved kworb page and print its rows as CSV",
@@ -922,8 +917,8 @@ def main(argv=None) -> int:
     elif _TRACK_URL.search(args.url):
       df = parse_track_page(text, args.url)
     elif _ARTIST_SONGS_URL.search(args.url):
-      summary, df, updated = parse_artist_songs(text, args.url)
-      print(f"# {json.dumps(summary)}; last updated {updated}", file=sys.stderr)
+      totals, df, updated = parse_artist_songs(text, args.url)
+      print(f"# {json.dumps(totals)}; last updated {updated}", file=sys.stderr)
     else:
       raise SystemExit(f"--url {args.url!r} is not a kworb chart, track or artist songs URL")
     df.to_csv(sys.stdout, index=False)
@@ -931,22 +926,15 @@ def main(argv=None) -> int:
   regions = REGIONS if args.regions.strip().lower() == "all" else \
       [r for r in args.regions.split(",") if r.strip()]
   fetcher = Fetcher(os.path.join(args.raw, "cache", "kworb"), min_interval=args.min_interval,
-                    max_retry_after=args.max_retry_after)
+                    max_wait=args.max_wait)
   try:
     report = crawl(regions, args.raw, date=args.date,
                    periods=[p.strip() for p in args.periods.split(",") if p.strip()],
                    fetcher=fetcher, max_tracks=args.max_tracks, progress=not args.no_progress)
   except ValueError as e:  # bad arguments or an unreadable charts.csv: say so, no traceback
     raise SystemExit(f"kworb crawl: {e}") from None
-  t = report["track_pages"]
-  print(f"charts.csv: {report['rows']['total']} rows (+{report['rows']['added']}); chart pages "
-        f"{report['chart_pages']}; track pages {t}; report: "
-        f"{os.path.join(args.raw, 'crawl_report.json')}")
-  if report["failures"]:
-    print(f"{len(report['failures'])} page(s) failed (see the report); run again to retry them",
-          file=sys.stderr)
-    return 1
-  return 0
+  print(summary(report, os.path.join(args.raw, "crawl_report.json")))
+  return 1 if report["failures"] or report.get("stopped") else 0
 
 
 if __name__ == "__main__":

@@ -63,8 +63,9 @@ class RateLimited(HttpError):
     self.retry_after = retry_after
 
   def __str__(self):
-    return (f"rate limited (HTTP {self.status}, retry after {self.retry_after:.0f} s) for "
-            f"{self.url}" + (f": {self.detail}" if self.detail else ""))
+    status = f"HTTP {self.status}, " if self.status is not None else ""
+    return (f"rate limited ({status}retry after {self.retry_after:.0f} s) for {self.url}"
+            + (f": {self.detail}" if self.detail else ""))
 
 
 def describe(e: BaseException) -> str:
@@ -277,6 +278,19 @@ class Http:
                                                f"attempts")
     return resp
 
+  def back_off(self, url, retry=None, cause="") -> Retry | None:
+    """Waits before asking `url` again after a failure urllib3 cannot see (a throttle inside a
+    200 answer, a page cut short), on the adapter's schedule and under the same cap on one
+    request's waits. Start with retry=None and pass back what it returns; None means the
+    attempts or the cap are used up: give up."""
+    retry = retry if retry is not None else self.session.get_adapter(url).max_retries
+    try:
+      retry = retry.increment("GET", url, error=ResponseError(cause))
+    except MaxRetryError:
+      return None
+    retry.sleep()
+    return retry
+
   def full_url(self, url, params=None):
     return requests.Request("GET", url, params=params).prepare().url
 
@@ -301,7 +315,7 @@ class Http:
       with open(path, encoding="utf-8") as f:
         self.stats["cache_hit"] += 1
         return json.load(f)["body"], True
-    retry = self.session.get_adapter(full).max_retries
+    retry = None
     for attempt in range(self.max_tries):
       resp = self.request(full)
       if not 200 <= resp.status_code < 300:
@@ -315,12 +329,9 @@ class Http:
           atomic.write_json(path, {"url": full, "fetched": time.time(), "body": body},
                             indent=None, ensure_ascii=False)
         return body, False
-      if attempt + 1 < self.max_tries:
-        try:  # the adapter's own schedule and cap, as if the server had said 429
-          retry = retry.increment("GET", full, error=ResponseError("throttled (in the body)"))
-        except MaxRetryError:
-          break
-        retry.sleep()
+      retry = self.back_off(full, retry, "throttled (error in the answer's body)")
+      if retry is None:
+        break
     self.stats["failed"] += 1
     raise RateLimited(resp.status_code, full, 0.0, f"still throttled after {attempt + 1} "
                                                    f"attempts (error in the answer's body)")

@@ -15,7 +15,7 @@ import requests
 import responses
 
 from data_prep import kworb, tables
-from fakes import FakeTime
+from fakes import FakeTime, FaultServer
 
 FIX = os.path.join(os.path.dirname(__file__), "fixtures", "kworb")
 BASE = "https://kworb.net/spotify"
@@ -35,6 +35,7 @@ def fixture(name):
 def make_fetcher(tmp_path, **kw):
   t = FakeTime()
   kw.setdefault("min_interval", 0.0)
+  kw.setdefault("jitter", 0.0)
   f = kworb.Fetcher(str(tmp_path / "cache"), sleep=t.sleep, clock=t.clock, **kw)
   return f, t
 
@@ -227,6 +228,11 @@ def test_artist_songs_layout_errors():
 URL = f"{BASE}/track/{MANGU}.html"
 
 
+def waits(f):
+  """The waits between retries the fetcher planned (responses does not sleep them)."""
+  return [w for _, _, w in f.http.retries]
+
+
 @responses.activate
 def test_429_with_retry_after_then_success(tmp_path):
   responses.get(URL, status=429, headers={"Retry-After": "7"})
@@ -234,8 +240,8 @@ def test_429_with_retry_after_then_success(tmp_path):
   f, t = make_fetcher(tmp_path)
   page = f.get(URL)
   assert page.ok and page.text == "<html>ok</html>" and not page.from_cache
-  assert t.sleeps == [7.0]
-  assert len(responses.calls) == 2 and f.stats["retries"] == 1
+  assert waits(f) == [7.0]
+  assert len(responses.calls) == 2 and f.http.stats["retries"] == 1
 
 
 @responses.activate
@@ -245,24 +251,27 @@ def test_5xx_backs_off_exponentially_then_success(tmp_path):
   responses.get(URL, body="fine")
   f, t = make_fetcher(tmp_path, backoff=1.5)
   assert f.get(URL).text == "fine"
-  assert t.sleeps == [1.5, 3.0]
+  assert waits(f) == [1.5, 3.0]
 
 
 @responses.activate
-def test_connection_error_retried(tmp_path):
-  responses.get(URL, body=requests.ConnectionError("connection reset"))
+def test_network_error_is_a_failed_page_asked_again_next_time(tmp_path):
+  responses.get(URL, body=requests.exceptions.ContentDecodingError("broken gzip"))
   responses.get(URL, body="fine")
   f, t = make_fetcher(tmp_path)
-  assert f.get(URL).ok and t.sleeps == [2.0]
+  page = f.get(URL)
+  assert not page.ok and page.status is None and "ContentDecodingError" in page.reason
+  assert f.cached(URL) is None and f.stats["failed"] == 1
+  assert f.get(URL).text == "fine"
 
 
 @responses.activate
 def test_retry_after_above_cap_gives_up_with_reason(tmp_path):
   responses.get(URL, status=429, headers={"Retry-After": "3600"})
-  f, t = make_fetcher(tmp_path, max_retry_after=60)
+  f, t = make_fetcher(tmp_path, max_wait=60)
   page = f.get(URL)
   assert not page.ok and page.status == 429
-  assert "Retry-After 3600 s" in page.reason and "max_retry_after=60 s" in page.reason
+  assert "retry after 3600 s" in page.reason and "Retry-After above the cap" in page.reason
   assert t.sleeps == [] and len(responses.calls) == 1
   assert f.cached(URL) is None  # not cached: asked again next time
   assert f.stats["failed"] == 1
@@ -274,20 +283,60 @@ def test_retries_exhausted_and_4xx_not_retried(tmp_path):
     responses.get(URL, status=502)
   other = f"{BASE}/track/other.html"
   responses.get(other, status=403)
-  f, t = make_fetcher(tmp_path, max_retries=2, backoff=1.0)
+  f, t = make_fetcher(tmp_path, max_tries=3, backoff=1.0)
   page = f.get(URL)
-  assert page.status == 502 and page.reason == "HTTP 502, gave up after 3 attempts"
-  assert t.sleeps == [1.0, 2.0]
+  assert page.status == 502 and "gave up after 3 attempts" in page.reason
+  assert waits(f) == [1.0, 2.0]
   page = f.get(other)
-  assert page.status == 403 and "not retried" in page.reason and t.sleeps == [1.0, 2.0]
+  assert page.status == 403 and "not retried" in page.reason and waits(f) == [1.0, 2.0]
 
 
-def test_retry_after_http_date():
-  import email.utils
-  import time
-  value = email.utils.formatdate(time.time() + 30, usegmt=True)
-  assert 25 <= kworb._retry_after(value) <= 31
-  assert kworb._retry_after("12") == 12.0 and kworb._retry_after("soon") is None
+def chart_parser(text):
+  return kworb.parse_chart_page(text, DAILY_URL)
+
+
+@pytest.mark.parametrize("bad", ["truncated", "interstitial"])
+def test_incomplete_page_is_not_cached_and_fetched_again(tmp_path, bad):
+  # The reported defect: a chart page cut short (no Content-Length) or a 200 "Just a
+  # moment..." page was cached as good; reruns kept it and that day's rows were lost.
+  daily = fixture("us_daily.html")
+  answer = ({"status": 200, "body": daily, "truncate": daily.index("</table>")}
+            if bad == "truncated" else {"status": 200, "body": CLOUDFLARE})
+  with FaultServer() as srv:
+    path = "/spotify/country/us_daily.html"
+    srv.script(path, answer, answer, answer, {"status": 200, "body": daily})
+    f, t = make_fetcher(tmp_path, max_tries=3, backoff=5.0)
+    page = f.get(srv.url + path, parse=chart_parser)  # 3 tries in this run, all bad
+    assert not page.ok and "not cached" in page.reason and f.cached(srv.url + path) is None
+    assert srv.hits[path] == 3 and t.sleeps == [5.0, 10.0]
+    page = make_fetcher(tmp_path)[0].get(srv.url + path, parse=chart_parser)  # the next run
+    assert page.ok and not page.from_cache and len(page.parsed[1]) == 7
+    assert srv.hits[path] == 4
+    again = make_fetcher(tmp_path)[0].get(srv.url + path, parse=chart_parser)
+    assert again.from_cache and len(again.parsed[1]) == 7 and srv.hits[path] == 4
+
+
+def test_incomplete_page_then_good_one_in_the_same_run(tmp_path):
+  daily = fixture("us_daily.html")
+  with FaultServer() as srv:
+    path = "/spotify/country/us_daily.html"
+    srv.script(path, {"status": 200, "body": daily, "truncate": 2000},
+               {"status": 200, "body": daily})
+    f, t = make_fetcher(tmp_path, backoff=3.0)
+    page = f.get(srv.url + path, parse=chart_parser)
+    assert page.ok and len(page.parsed[1]) == 7 and srv.hits[path] == 2 and t.sleeps == [3.0]
+    assert f.cached(srv.url + path).text == daily
+
+
+@responses.activate
+def test_bad_page_cached_by_an_older_version_is_fetched_again(tmp_path):
+  daily = fixture("us_daily.html")
+  f, _ = make_fetcher(tmp_path)
+  f._store(DAILY_URL, DAILY_URL, 200, daily[:3000].encode(), "2026-02-14T00:00:00+00:00", "")
+  responses.get(DAILY_URL, body=daily)
+  page = f.get(DAILY_URL, parse=chart_parser)
+  assert page.ok and not page.from_cache and len(responses.calls) == 1
+  assert f.stats["refetched"] == 1 and f.cached(DAILY_URL).text == daily
 
 
 @responses.activate
@@ -344,13 +393,14 @@ class Site:
   `track_status`: {track_id: (status, headers)} overrides.
   """
 
-  def __init__(self, rsps, kill_at=None, track_status=None, broken_chart=None):
+  def __init__(self, rsps, kill_at=None, track_status=None, broken_chart=None, chart_body=None):
     self.kill_at, self.track_status = kill_at, track_status or {}
     self.requests, self.answered = 0, []
     for cc in ("us", "gb", "global"):
       for period, name in (("daily", "us_daily.html"), ("weekly", "gb_weekly.html")):
         url = kworb.chart_url(cc, period)
         body = fixture("daily_wrong_table_id.html" if url == broken_chart else name)
+        body = (chart_body or {}).get(url, body)
         answer = self._answer(lambda body=body: (200, {}, body))
         rsps.add_callback(responses.GET, url, callback=answer)
     rsps.add_callback(responses.GET, re.compile(re.escape(BASE) + r"/track/\w+\.html"),
@@ -391,7 +441,8 @@ def run_crawl(raw, site_kw=None, fetcher_kw=None, sites=None, **kw):
     if sites is not None:
       sites.append(site)
     t = FakeTime()
-    fetcher = kworb.Fetcher(os.path.join(raw, "cache", "kworb"), min_interval=0.0, sleep=t.sleep,
+    fetcher = kworb.Fetcher(os.path.join(raw, "cache", "kworb"), min_interval=0.0, jitter=0.0,
+                            sleep=t.sleep,
                             clock=t.clock, **(fetcher_kw or {}))
     kw.setdefault("date", "2026-02-15")
     report = kworb.crawl(["us", "gb"], raw, fetcher=fetcher, progress=False, **kw)
@@ -481,20 +532,46 @@ def test_failures_recorded_and_retried_next_run(tmp_path):
   report, site = run_crawl(
       raw, site_kw=dict(track_status={slow: (429, {"Retry-After": "86400"})},
                         broken_chart=kworb.chart_url("gb", "daily")),
-      fetcher_kw=dict(max_retry_after=600))
+      fetcher_kw=dict(max_wait=600))
   reasons = {f["url"]: f["reason"] for f in report["failures"]}
-  assert "Retry-After 86400 s" in reasons[kworb.track_url(slow)]
-  assert "max_retry_after=600 s" in reasons[kworb.track_url(slow)]
+  assert "retry after 86400 s" in reasons[kworb.track_url(slow)]
+  assert "Retry-After above the cap" in reasons[kworb.track_url(slow)]
   assert "no <table id='spotifydaily'>" in reasons[kworb.chart_url("gb", "daily")]
-  assert report["track_pages"]["failed"] == 1 and report["track_pages"]["remaining"] == 1
+  # kworb.net asked for a day: the host is blocked, the crawl stops instead of failing fast on
+  # every remaining page.
+  left = site.track_requests()[-1:] == [slow] and report["track_pages"]["remaining"]
+  assert report["track_pages"]["failed"] == 1 and left >= 1
+  assert f"stopped with {left - 1} track page(s) left" in report["stopped"]
   with open(os.path.join(raw, "crawl_report.json")) as f:
     assert len(json.load(f)["failures"]) == 2
-  # The next run asks for the failed track page again. The broken chart page is cached for
-  # this snapshot day, so it is parsed again (a fixed parser would need no refetch).
-  report, site = run_crawl(raw)
-  assert site.answered == [kworb.track_url(slow)]
+  # The next run asks for both failed pages again (a page that did not parse is never cached),
+  # and for the pages left.
+  report, site = run_crawl(raw, site_kw=dict(broken_chart=kworb.chart_url("gb", "daily")))
+  assert site.answered[:2] == [kworb.chart_url("gb", "daily"), kworb.track_url(slow)]
+  assert len(site.track_requests()) == left
   assert [f["url"] for f in report["failures"]] == [kworb.chart_url("gb", "daily")]
   assert report["track_pages"]["remaining"] == 0
+
+
+def test_chart_page_cut_short_loses_no_day(tmp_path):
+  # A chart page cut after 3 of 7 rows: not cached, the crawl fails that page (exit 1), and the
+  # next run the same day fetches it again and gets every row.
+  raw = str(tmp_path)
+  daily = fixture("us_daily.html")
+  cut = daily[:[m.start() for m in re.finditer("</tr>", daily)][3] + 5]
+  url = kworb.chart_url("us", "daily")
+  report, _ = run_crawl(raw, site_kw=dict(chart_body={url: cut}))
+  assert [f["url"] for f in report["failures"]] == [url]
+  assert "truncated download" in report["failures"][0]["reason"]
+  assert "fetches exactly those" in kworb.summary(report)
+  charts = kworb.read_charts(os.path.join(raw, "charts.csv"))
+  assert not ((charts["region"] == "us") & (charts["period"] == "daily")
+              & (charts["source"] == "kworb_chart")).any()
+  report, site = run_crawl(raw)
+  assert report["failures"] == [] and url in site.answered
+  charts = kworb.read_charts(os.path.join(raw, "charts.csv"))
+  assert ((charts["region"] == "us") & (charts["period"] == "daily")
+          & (charts["source"] == "kworb_chart")).sum() == 7
 
 
 def read_bytes(path):
@@ -603,7 +680,7 @@ def test_cli_help_explains_every_option():
                        capture_output=True, text=True, check=True,
                        cwd=os.path.dirname(os.path.dirname(__file__))).stdout
   for opt in ("--regions", "--raw", "--periods", "--min-interval", "--max-tracks", "--date",
-              "--max-retry-after", "--no-progress"):
+              "--max-wait", "--no-progress"):
     assert opt in out
   assert "us,gb,global" in out and "seconds between requests" in out
 
@@ -628,3 +705,175 @@ def test_cli_parse_prints_rows(capsys, tmp_path):
   assert "chart date 2026-02-14" in out.err
   with pytest.raises(SystemExit, match="regions must be"):
     kworb.main(["crawl", "--regions", "usa", "--raw", str(tmp_path), "--no-progress"])
+
+
+# ------------------------------------------------- parsers: impossible values, incomplete pages
+
+def assert_layout_error(parse, html, url, *parts, cls=None):
+  """parse(html, url) raises KworbLayoutError (or `cls`) whose message names the URL and parts."""
+  with pytest.raises(cls or kworb.KworbLayoutError) as e:
+    parse(html, url)
+  msg = str(e.value)
+  assert e.value.url == url and msg.startswith(f"{url}: ")
+  for part in parts:
+    assert part in msg, (part, msg)
+  return msg
+
+
+@pytest.mark.parametrize("bad", ["5.7", "0", "-3", "+5"])
+def test_chart_position_must_be_positive_digits(bad):
+  html = fixture("us_daily.html").replace("<tr><td>5</td>", f"<tr><td>{bad}</td>")
+  assert_layout_error(kworb.parse_chart_page, html, DAILY_URL,
+                      "table#spotifydaily row 6 column 'Pos': expected a position",
+                      f"found {bad!r}")
+
+
+@pytest.mark.parametrize("old, new, row, column, want", [
+    ("<td>1,133,247</td>", "<td>+5</td>", 3, "Streams", ">= 0 without sign, found '+5'"),
+    ("<td>905,112</td>", "<td>-905,112</td>", 5, "Streams", ">= 0 without sign, found '-905"),
+    ("<td>100,077,892</td>", "<td>-1</td>", 3, "Total", ">= 0 without sign, found '-1'"),
+    ("<td>8,342,999</td>", "<td>8,342,999.5</td>", 3, "7Day", ">= 0 without sign, found '8,"),
+    ("<td>38</td>", "<td>0</td>", 3, "Days", ">= 1 without sign, found '0'"),
+    ("<td>3</td><td>(x1)</td>", "<td>-3</td><td>(x1)</td>", 4, "Pk",
+     ">= 1 without sign, found '-3'"),
+    ("<td>+15,802</td>", "<td>+15,802.5</td>", 3, "Streams+",
+     "expected a whole number, found '+15,802.5'"),
+])
+def test_chart_impossible_numbers(old, new, row, column, want):
+  html = fixture("us_daily.html")
+  assert html.count(old) == 1
+  assert_layout_error(kworb.parse_chart_page, html.replace(old, new), DAILY_URL,
+                      f"table#spotifydaily row {row} column {column!r}: expected", want)
+
+
+def test_chart_signed_deltas_and_missing_values_still_accepted():
+  html = fixture("us_daily.html").replace("<td>+129,041</td>", "<td>-129,041</td>")
+  _, df = kworb.parse_chart_page(html.replace("<td>1,133,247</td>", "<td>--</td>"), DAILY_URL)
+  assert df["streams_7day_delta"][1] == -129041.0 and math.isnan(df["streams"][1])
+
+
+def test_chart_duplicate_and_missing_positions():
+  html = fixture("us_daily.html")
+  assert_layout_error(kworb.parse_chart_page, html.replace("<tr><td>5</td>", "<tr><td>4</td>"),
+                      DAILY_URL, "row 6 column 'Pos': position 4 twice, in rows 5 and 6")
+  assert_layout_error(kworb.parse_chart_page, html.replace("<tr><td>5</td>", "<tr><td>8</td>"),
+                      DAILY_URL, "column 'Pos': position 5 missing, row 6 has position 8",
+                      "positions 1..7 without gaps")
+  dropped = re.sub(r"<tr><td>3</td>.*?</tr>\n", "", html)  # a row lost from the middle
+  assert_layout_error(kworb.parse_chart_page, dropped, DAILY_URL,
+                      "position 3 missing, row 4 has position 4")
+
+
+def test_chart_same_track_twice():
+  html = fixture("us_daily.html")
+  twice = html.replace("0hVXuCcriWRGvwMV1r5Yn9", MANGU)
+  assert_layout_error(kworb.parse_chart_page, twice, DAILY_URL,
+                      "row 5 column 'Artist and Title': the same track twice, in rows 2 and 5",
+                      f"track id {MANGU}")
+  # Without track links the track is artist + title.
+  no_ids = html.replace(f'<a href="../track/{MANGU}.html">Mangu</a>', "Mangu").replace(
+      '<a href="../artist/4Ws0JmXZbxLmH4gyLXr1zq.html">Raim Laode</a> - '
+      '<a href="../track/2tnVG71enUj33Ic2nFN6kZ.html">Komang</a>', "Fourtwnty - Mangu")
+  assert_layout_error(kworb.parse_chart_page, no_ids, DAILY_URL,
+                      "row 8 column 'Artist and Title': the same track twice, in rows 2 and 8",
+                      "(Fourtwnty - Mangu)")
+
+
+def test_track_page_impossible_cells_and_duplicate_dates():
+  html = fixture("track.html")
+  for old, new in [('<span class="p">45</span>', '<span class="p">0</span>'),
+                   ("(310,220)", "(-310,220)")]:
+    cell = "0 (310,220)" if new.endswith("</span>") else "45 (-310,220)"
+    assert_layout_error(kworb.parse_track_page, html.replace(old, new), TRACK_URL,
+                        "weekly table row 4 column 'my': expected 'pos (streams)' with pos >= 1 "
+                        f"and streams >= 0, found {cell!r}")
+  assert_layout_error(kworb.parse_track_page, html.replace("2026/02/05", "2026/02/12"), TRACK_URL,
+                      "weekly table row 5 column 'Date': date 2026/02/12 twice, in rows 4 and 5")
+  assert_layout_error(kworb.parse_track_page, html.replace("2026/02/13", "2026/02/14"), TRACK_URL,
+                      "daily table row 5 column 'Date': date 2026/02/14 twice, in rows 4 and 5")
+
+
+def test_artist_songs_negative_numbers():
+  html = fixture("artist_songs.html")
+  assert_layout_error(kworb.parse_artist_songs, html.replace("12,345,678", "-12,345,678"),
+                      ARTIST_URL, "song table row 4 column 'Streams': expected a whole number "
+                                  ">= 0 without sign, found '-12,345,678'")
+  assert_layout_error(kworb.parse_artist_songs, html.replace("134,567,890", "-134,567,890"),
+                      ARTIST_URL, "summary table row 2 (Streams) column 'As feature': expected")
+
+
+def long_daily(n):
+  """us_daily.html with n rows, each like row 1 with its own position and track id."""
+  html = fixture("us_daily.html")
+  first = re.search(r"<tr><td>1</td>.*?</tr>\n", html).group(0)
+  rows = "".join(first.replace("<td>1</td>", f"<td>{p}</td>", 1).replace(MANGU, f"t{p:03d}")
+                 for p in range(1, n + 1))
+  return html[:html.index(first)] + rows + html[html.index("</tbody>"):]
+
+
+def test_chart_page_cut_short_is_incomplete():
+  html = long_daily(50)
+  assert len(kworb.parse_chart_page(html, DAILY_URL)[1]) == 50
+  cut = html[:html.index("<tr><td>31</td>") + 40]  # mid-row, after 30 complete rows
+  msg = assert_layout_error(kworb.parse_chart_page, cut, DAILY_URL, "incomplete kworb page",
+                            f"truncated download: the body ends after {len(cut.encode())} bytes "
+                            "without </html>", cls=kworb.KworbIncompletePage)
+  assert "unexpected kworb page layout" not in msg
+  at_row_end = html[:html.index("<tr><td>31</td>")]  # right after a complete </tr>
+  assert at_row_end.endswith("</tr>\n")
+  for cut in (at_row_end, at_row_end.rstrip("\n")):
+    assert_layout_error(kworb.parse_chart_page, cut, DAILY_URL, "truncated download",
+                        "without </html>", cls=kworb.KworbIncompletePage)
+  unclosed = fixture("us_daily.html").replace("</table>", "")
+  assert_layout_error(kworb.parse_chart_page, unclosed, DAILY_URL,
+                      "truncated download: <table id='spotifydaily'> is never closed",
+                      cls=kworb.KworbIncompletePage)
+  # Only the raw text ends the page: case and trailing whitespace do not matter.
+  ending = fixture("us_daily.html").replace("</html>", "</HTML >\r\n\n")
+  assert len(kworb.parse_chart_page(ending, DAILY_URL)[1]) == 7
+
+
+def test_track_and_artist_pages_cut_short_are_incomplete():
+  track = fixture("track.html")
+  assert_layout_error(kworb.parse_track_page, track[:track.index("</table>") + 8], TRACK_URL,
+                      "truncated download", cls=kworb.KworbIncompletePage)
+  songs = fixture("artist_songs.html")
+  assert_layout_error(kworb.parse_artist_songs, songs[:songs.rindex("<br>")], ARTIST_URL,
+                      "truncated download", cls=kworb.KworbIncompletePage)
+
+
+CLOUDFLARE = """<!DOCTYPE html><html lang="en-US"><head><title>Just a moment...</title>
+<meta http-equiv="Content-Type" content="text/html; charset=UTF-8">
+<meta name="robots" content="noindex,nofollow">
+<link href="/cdn-cgi/styles/challenges.css" rel="stylesheet"></head>
+<body class="no-js"><div class="main-wrapper" role="main"><div class="main-content">
+<h1 class="zone-name-title h1">kworb.net</h1>
+<noscript><div class="h2"><span id="challenge-error-text">Enable JavaScript and cookies to
+continue</span></div></noscript></div></div>
+<script>(function(){window._cf_chl_opt={cvId: '3',cZone: "kworb.net",cType: 'managed',
+cRay: '8f1e2d3c4b5a6978'};var cpo=document.createElement('script');
+cpo.src='/cdn-cgi/challenge-platform/h/g/orchestrate/chl_page/v1?ray=8f1e2d3c4b5a6978';
+document.getElementsByTagName('head')[0].appendChild(cpo);}());</script></body></html>
+"""
+
+
+@pytest.mark.parametrize("parse, url", [(kworb.parse_chart_page, DAILY_URL),
+                                        (kworb.parse_track_page, TRACK_URL),
+                                        (kworb.parse_artist_songs, ARTIST_URL)])
+def test_cloudflare_interstitial_is_incomplete(parse, url):
+  assert_layout_error(parse, CLOUDFLARE, url, "incomplete kworb page: anti-bot interstitial page",
+                      cls=kworb.KworbIncompletePage)
+  # Each marker alone is enough (the title, the challenge script, the no-script text).
+  for marker in ("<title>Just a moment...</title>", "window._cf_chl_opt={}",
+                 "Checking your browser before accessing kworb.net"):
+    page = f"<html><head>{marker}</head><body></body></html>"
+    assert_layout_error(parse, page, url, "anti-bot interstitial", cls=kworb.KworbIncompletePage)
+
+
+def test_cloudflare_script_on_a_real_page_is_not_an_interstitial():
+  """Cloudflare injects this script into ordinary pages: they still parse."""
+  jsd = ("<script>(function(){var a=document.createElement('script');"
+         "a.src='/cdn-cgi/challenge-platform/scripts/jsd/main.js';"
+         "document.getElementsByTagName('head')[0].appendChild(a);})();</script>")
+  html = fixture("us_daily.html").replace("</body>", jsd + "</body>")
+  assert len(kworb.parse_chart_page(html, DAILY_URL)[1]) == 7
