@@ -26,6 +26,7 @@ INSTALL_REQUIRES = [
     "scikit-learn>=1.3",  # baselines: extrinsic-features ridge regressor
     "spotipy>=2.24",
     "requests>=2.31",
+    "urllib3>=2.0",  # Retry(backoff_jitter=...)
     "lxml>=5.0",  # kworb.net pages (data_prep/kworb.py)
     "safetensors>=0.4",
     "matplotlib>=3.8",

@@ -74,12 +74,16 @@ def describe(e: BaseException) -> str:
   return f"{type(e).__name__}: {text}"[:300]
 
 
+_HEADER_PARSER = urllib3.util.Retry()
+_HEADER_PARSER.retry_after_max = float("inf")  # urllib3 >= 2.6 clips parsed values to this
+
+
 def retry_after_s(value) -> float | None:
   """Seconds from a Retry-After header (delta-seconds or HTTP-date); None if absent/unreadable."""
   if value is None or not str(value).strip():
     return None
   try:
-    return float(urllib3.util.Retry(retry_after_max=float("inf")).parse_retry_after(str(value)))
+    return float(_HEADER_PARSER.parse_retry_after(str(value)))
   except InvalidHeader:
     return None
 
