@@ -29,6 +29,7 @@ INSTALL_REQUIRES = [
     "urllib3>=2.0",  # Retry(backoff_jitter=...)
     "lxml>=5.0",  # kworb.net pages (data_prep/kworb.py)
     "safetensors>=0.4",
+    "flatbuffers>=24.3",  # jax.export serialization (mpjax.export)
     "matplotlib>=3.8",
     "tqdm>=4.66",
 ]

@@ -37,6 +37,7 @@ def get_config(arg: str | None = None):
   c.demo_data = demo
   # MP3 demo: when init_from is unset, train the MP2 demo into WORKDIR/mp2 first (mpjax.main).
   c.train_mp2_first = demo
+  c.export_bundle = demo  # then export the inference bundle into WORKDIR/bundle (mpjax.export)
 
   c.mp3 = ml_collections.ConfigDict(dict(
       prefix_steps=7 if kworb else 2,   # k observed steps given (0 = audio only)

@@ -103,9 +103,6 @@ def main(argv):
       with config.unlocked():
         config.data_dir = os.path.join(workdir, "data")
   ensure_data(config, workdir)  # every process: the manifest is there, or the same clear error
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
   if config.task not in ("mp2", "mp3"):
     raise ValueError(f"config.task={config.task!r}: unknown task (known: 'mp2', 'mp3')")
   from mpjax import train
@@ -115,6 +112,14 @@ def main(argv):
   result = train.train_and_evaluate(config, workdir)
   if jax.process_index() == 0:
     print({k: round(v, 4) for k, v in result.items() if "/" not in k[4:]}, flush=True)
+  if config.get("export_bundle"):
+    bundle = os.path.join(workdir, "bundle")
+    if jax.process_count() == 1:
+      from mpjax import export
+      export.export(workdir, bundle)
+    elif jax.process_index() == 0:
+      print(f"[export] several processes: export from one, after the run: python -m "
+            f"mpjax.export --workdir={workdir} --out={bundle}", flush=True)
 
 
 if __name__ == "__main__":

@@ -119,6 +119,20 @@ def model_config(config) -> ast_lib.ASTConfig:
                             **({"depth": m.depth} if m.get("depth") else {}))
 
 
+def build_model(config, manifest: dict, *, seed: int = 0, head_bias: float = 0.0):
+  """The task's model (MP2 or MP3) for a dataset with this manifest (regions, horizon)."""
+  cfg = model_config(config)
+  num_regions = len(manifest["regions"])
+  if config.task == "mp2":
+    return mp2_lib.MP2(cfg, num_regions, config.region_mode, rngs=nnx.Rngs(seed),
+                       head_bias=head_bias)
+  f = config.mp3
+  return mp3_lib.MP3(cfg, num_regions, config.region_mode, horizon=int(manifest["horizon"]),
+                     prefix_steps=f.prefix_steps, quantiles=forecast_lib.quantiles_of(config),
+                     audio=f.audio, dec_depth=f.dec_depth, dec_heads=f.dec_heads or None,
+                     freeze_encoder=f.freeze_encoder, level_init=head_bias, rngs=nnx.Rngs(seed))
+
+
 # ------------------------------------------------------------------------------------------------
 # Optimizer
 # ------------------------------------------------------------------------------------------------
@@ -279,6 +293,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   os.makedirs(workdir, exist_ok=True)
   jit_options = cpu_lib.setup()  # CPU backend only (malloc, C++ attention); None elsewhere
   is_main = jax.process_index() == 0
+  if is_main:  # what mpjax.export rebuilds the model from
+    atomic.write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
   log = summary.MetricLogger(workdir, tensorboard=config.tensorboard, is_main=is_main)
 
   # 1. Data ---------------------------------------------------------------------------------
@@ -297,23 +313,13 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
 
   # 2. Model: abstract shapes, shardings, jitted init ----------------------------------------
   cfg = model_config(config)
-  num_regions = len(manifest["regions"])
 
   # Start the head at the train split's mean target (manifest statistics: the same value, so
   # the same program, on every process): the first steps learn structure, not the offset.
   stats = pipeline.target_stats(data_dir, manifest)
   head_bias = stats["mp2_mean" if config.task == "mp2" else "series_mean"] or 0.0
 
-  def make_model(seed):
-    if config.task == "mp2":
-      return mp2_lib.MP2(cfg, num_regions, config.region_mode, rngs=nnx.Rngs(seed),
-                         head_bias=head_bias)
-    f = config.mp3
-    return mp3_lib.MP3(cfg, num_regions, config.region_mode, horizon=int(manifest["horizon"]),
-                       prefix_steps=f.prefix_steps, quantiles=forecast_lib.quantiles_of(config), audio=f.audio,
-                       dec_depth=f.dec_depth, dec_heads=f.dec_heads or None,
-                       freeze_encoder=f.freeze_encoder, level_init=head_bias,
-                       rngs=nnx.Rngs(seed))
+  make_model = lambda seed: build_model(config, manifest, seed=seed, head_bias=head_bias)  # noqa: E731
 
   abstract = nnx.eval_shape(lambda: make_model(config.seed))
   graphdef, abs_params = nnx.split(abstract, nnx.Param)

@@ -15,6 +15,7 @@ import responses
 import soundfile as sf
 
 from data_prep import audio, net
+from mpjax.audio import decode as decode_lib
 from fakes import FakeTime
 
 SR_IN = 44100
@@ -135,7 +136,7 @@ def test_missing_file(tmp_path):
 
 
 def test_m4a_without_ffmpeg_is_no_decoder(tmp_path, monkeypatch):
-  monkeypatch.setattr(audio, "ffmpeg_available", lambda: False)
+  monkeypatch.setattr(decode_lib, "ffmpeg_available", lambda: False)
   path = tmp_path / "preview.m4a"
   path.write_bytes(b"\x00\x00\x00\x20ftypM4A \x00\x00\x00\x00" + b"\x00" * 100)
   with pytest.raises(audio.AudioError) as e:

@@ -350,28 +350,31 @@ class ExampleSource:
 # ------------------------------------------------------------------------------------------------
 
 
-def _crop(fb16: np.ndarray, start: int, meta: _Meta) -> tuple[np.ndarray, int]:
-  """[tdim, mel] float32 normalised, and the number of real (non-padding) frames.
+def crop(fb16: np.ndarray, start: int, tdim: int, mean: float, std: float
+         ) -> tuple[np.ndarray, int]:
+  """[tdim, mel] float32 normalised, and the number of real (non-padding) frames. Also what
+  `mpjax.predict` feeds the model, so a song is cropped as in training.
 
   Bit-for-bit `fbank.normalize(fbank.pad_or_cut(crop, tdim), mean, std)` (zero padding in
   log-mel, then (x - mean) / (2 std)), fused into one buffer: float16 -> float32 conversion
   straight into the output, then in place (this runs for every example, twice with mixup).
   """
-  seg = fb16[start:start + meta.tdim]
+  seg = fb16[start:start + tdim]
   n = seg.shape[0]
-  x = np.empty((meta.tdim, fb16.shape[1]), np.float32)
+  x = np.empty((tdim, fb16.shape[1]), np.float32)
   x[:n] = seg
   x[n:] = 0.0
-  x -= meta.mean
-  x /= 2.0 * meta.std
+  x -= mean
+  x /= 2.0 * std
   return x, n
 
 
-def _centre_starts(frames: int, meta: _Meta) -> list[int]:
-  slack = max(frames - meta.tdim, 0)
-  if meta.crops == 1:
+def crop_starts(frames: int, tdim: int, crops: int) -> list[int]:
+  """Eval crops: the centre one, or `crops` evenly spaced from the start to the end."""
+  slack = max(frames - tdim, 0)
+  if crops == 1:
     return [slack // 2]
-  return [int(round(s)) for s in np.linspace(0, slack, meta.crops)]
+  return [int(round(s)) for s in np.linspace(0, slack, crops)]
 
 
 def _targets(ex: dict, rows: np.ndarray, slot_ids: np.ndarray, meta: _Meta) -> dict:
@@ -441,7 +444,8 @@ class EvalExample:
     if ex.get("corrupt"):
       return _pad_element(m, ex["record"])
     fb16 = ex["fbank16"]
-    crops = [_crop(fb16, s, m)[0] for s in _centre_starts(fb16.shape[0], m)]
+    crops = [crop(fb16, s, m.tdim, m.mean, m.std)[0]
+             for s in crop_starts(fb16.shape[0], m.tdim, m.crops)]
     fbank = crops[0] if m.crops == 1 else np.stack(crops)
     rows, ids = _eval_slots(ex, m)
     t = _targets(ex, rows, ids, m)
@@ -502,7 +506,8 @@ class TrainExamples(grain.MapDataset):
   def _cropped(self, ex: dict, rng) -> dict:
     total = ex["fbank16"].shape[0]
     start = int(rng.integers(0, total - self._meta.tdim + 1)) if total > self._meta.tdim else 0
-    x, frames = _crop(ex["fbank16"], start, self._meta)
+    m = self._meta
+    x, frames = crop(ex["fbank16"], start, m.tdim, m.mean, m.std)
     out = {k: v for k, v in ex.items() if k != "fbank16"}
     out["fbank"], out["frames"] = x, frames
     return out
