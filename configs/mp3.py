@@ -8,7 +8,8 @@ Demo (README command one; CPU, ~15 minutes on 2 cores; everything from nothing):
   fan_charts.png}. Expected: MP3 has the lowest MAE of log streams at the later steps, where the
   planted truth is driven by the audio (decay rate, TikTok second wave); at the first steps the
   last-value / drift baselines are as good (the level there is extrinsic and known from the
-  prefix).
+  prefix). Last, the inference bundle is exported into WORKDIR/bundle, ready for
+  `python -m mpjax.predict --model=WORKDIR/bundle song.mp3`.
 
 Real data, chart only (no audio): the kworb daily CSV as series per (country, song), forecast
 days k+1..k+28 from the first k = 7, split by debut date:

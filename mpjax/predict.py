@@ -201,7 +201,8 @@ def _short(n: float) -> str:
 def table(results: list[dict], meta: dict) -> str:
   lines = []
   if meta["task"] == "mp2":
-    window = f"first {meta['targets']['mp2_weeks']} chart {meta['targets']['period'][:-2]}s"
+    unit = "weeks" if meta["targets"]["period"] == "weekly" else "days"
+    window = f"first {meta['targets']['mp2_weeks']} chart {unit}"
     lines.append(f"{'file':30s} {'region':8s} {'streams (' + window + ')':>28s} "
                  f"{'log1p':>7s} {'percentile':>10s}")
     for res in results:

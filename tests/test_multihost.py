@@ -135,6 +135,10 @@ def test_two_processes_match_one_process_mp3(data, tmp_path):
   out, ranks = launch(2, 4, two, data, "configs/mp3.py:demo", *extra)
   assert "| band |" in out and "| band |" not in ranks[1]  # the report: process 0 prints it
   assert_same_run(one, two)
+  # The demo's bundle: exported by the one-process run; the two-process run says how instead.
+  assert os.path.exists(os.path.join(one, "bundle", "bundle.json"))
+  assert not os.path.exists(os.path.join(two, "bundle"))
+  assert f"python -m mpjax.export --workdir={two}" in out
   a = np.load(os.path.join(one, "forecast", "predictions.npz"))
   b = np.load(os.path.join(two, "forecast", "predictions.npz"))
   assert a.files == b.files
