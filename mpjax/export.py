@@ -414,25 +414,30 @@ def self_check(bundle: str, batch: int = 2, tolerance: float = 1e-3) -> dict:
 # CLI
 # ------------------------------------------------------------------------------------------------
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "training run directory (config.json, "
-                               "checkpoints/, metrics.jsonl)")
-_OUT = flags.DEFINE_string("out", None, "bundle directory to write (an existing bundle there "
-                           "is replaced)")
-_STEP = flags.DEFINE_string("step", "best", "which checkpoint: best (by the run's validation "
-                            "metric), latest, or a step number")
+
+def define_flags():
+  """The CLI's flags; defined only when run as a program (mpjax.main imports this
+  module and has flags of the same names)."""
+  flags.DEFINE_string("workdir", None, "training run directory (config.json, "
+                      "checkpoints/, metrics.jsonl)")
+  flags.DEFINE_string("out", None, "bundle directory to write (an existing bundle there "
+                      "is replaced)")
+  flags.DEFINE_string("step", "best", "which checkpoint: best (by the run's validation "
+                      "metric), latest, or a step number")
 
 
 def main(argv):
   logging.set_verbosity(logging.WARNING)  # Orbax logs every file operation at INFO
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
-  if not _WORKDIR.value or not _OUT.value:
+  if not flags.FLAGS.workdir or not flags.FLAGS.out:
     raise app.UsageError("--workdir and --out are required")
   try:
-    export(_WORKDIR.value, _OUT.value, _STEP.value)
+    export(flags.FLAGS.workdir, flags.FLAGS.out, flags.FLAGS.step)
   except (FileNotFoundError, FileExistsError, ValueError) as e:
     raise SystemExit(f"mpjax.export: {e}") from None
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -39,16 +39,20 @@ from mpjax.audio import decode as decode_lib
 from mpjax.audio import fbank as fbank_lib
 from mpjax.input import pipeline
 
-_MODEL = flags.DEFINE_string("model", None, "bundle directory written by `python -m mpjax.export`")
-_REGIONS = flags.DEFINE_list("regions", None, "regions to report (default: all of the bundle's)")
-_CROPS = flags.DEFINE_integer("crops", 3, "crops per song, evenly spaced; outputs are averaged")
-_PREFIX = flags.DEFINE_string("prefix", None, "MP3: CSV file,region,step,streams of the first "
-                              "k observed steps (raw stream counts)")
-_JSON = flags.DEFINE_string("json", None, "write every prediction to this JSON file")
-_PLOT = flags.DEFINE_string("plot", None, "write one PNG per song into this directory")
-_EMBEDDINGS = flags.DEFINE_string("embeddings", None, "write the pooled encoder embeddings "
-                                  "[files, hidden] to this .npy file")
-_BATCH = flags.DEFINE_integer("batch_size", 8, "crops per model call")
+
+def define_flags():
+  """The CLI's flags; defined only when run as a program (mpjax.main imports this
+  module and has flags of the same names)."""
+  flags.DEFINE_string("model", None, "bundle directory written by `python -m mpjax.export`")
+  flags.DEFINE_list("regions", None, "regions to report (default: all of the bundle's)")
+  flags.DEFINE_integer("crops", 3, "crops per song, evenly spaced; outputs are averaged")
+  flags.DEFINE_string("prefix", None, "MP3: CSV file,region,step,streams of the first "
+                      "k observed steps (raw stream counts)")
+  flags.DEFINE_string("json", None, "write every prediction to this JSON file")
+  flags.DEFINE_string("plot", None, "write one PNG per song into this directory")
+  flags.DEFINE_string("embeddings", None, "write the pooled encoder embeddings "
+                      "[files, hidden] to this .npy file")
+  flags.DEFINE_integer("batch_size", 8, "crops per model call")
 
 
 class InputError(ValueError):
@@ -248,8 +252,7 @@ def plot(res: dict, meta: dict, out_dir: str) -> str:
   else:
     t = meta["targets"]
     q = t["quantiles"] or [0.5]
-    fig, axes = plt.subplots(1, len(regions), figsize=(3.2 * len(regions), 3), squeeze=False,
-                             sharey=True)
+    fig, axes = plt.subplots(1, len(regions), figsize=(3.2 * len(regions), 3), squeeze=False)
     for ax, r in zip(axes[0], regions):
       e = res["regions"][r]
       c = np.expm1(np.asarray(e["log1p_streams"]))
@@ -342,18 +345,20 @@ def run(bundle: str, files: list[str], *, regions=None, crops=3, prefix=None, js
 def main(argv):
   logging.set_verbosity(logging.WARNING)  # Orbax logs every file operation at INFO
   files = argv[1:]
-  if not _MODEL.value or not files:
+  if not flags.FLAGS.model or not files:
     print("usage: python -m mpjax.predict --model=BUNDLE AUDIO [AUDIO ...] (see --help)",
           file=sys.stderr)
     return 2
+  f = flags.FLAGS
   try:
-    return run(_MODEL.value, files, regions=_REGIONS.value, crops=_CROPS.value,
-               prefix=_PREFIX.value, json_out=_JSON.value, plot_dir=_PLOT.value,
-               embeddings=_EMBEDDINGS.value, batch_size=_BATCH.value)
+    return run(f.model, files, regions=f.regions, crops=f.crops, prefix=f.prefix,
+               json_out=f.json, plot_dir=f.plot, embeddings=f.embeddings,
+               batch_size=f.batch_size)
   except (export_lib.BundleError, ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
