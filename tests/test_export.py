@@ -291,3 +291,49 @@ def test_predict_mp3_with_prefix_and_the_cli(runs, songs, tmp_path):
   (tmp_path / "bad.csv").write_text(f"file,region,step,streams\na.wav,us,{k},5\n")
   with pytest.raises(ValueError, match=f"step {k} outside"):
     predict.run(bundle, [wav], prefix=str(tmp_path / "bad.csv"), progress=False)
+
+
+# ------------------------------------------------------------------------------------------------
+# evaluate: a trained run scored on any dataset with its vocabulary, without training
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("task", ["mp2", "mp3"])
+def test_evaluate_reproduces_the_end_of_training_test_metrics(runs, task, tmp_path):
+  from mpjax import evaluate
+  work, _ = runs[task]
+  final = json.load(open(os.path.join(work, "final_metrics.json")))
+  assert final["step"] == 6
+  got = evaluate.evaluate(work, split="test", step="latest", out=str(tmp_path / "ev"))
+  expected = {k[len("test/"):]: v for k, v in final["metrics"].items() if k.startswith("test/")}
+  assert got and got.keys() == expected.keys()
+  np.testing.assert_equal(got, expected)  # exactly (NaN = NaN): the same program, same params
+  written = json.load(open(tmp_path / "ev" / "metrics.json"))
+  np.testing.assert_equal(written["metrics"], got)
+  assert written["step"] == 6 and written["split"] == "test"
+  if task == "mp3":
+    ref = open(os.path.join(work, "forecast", "forecast_table.md")).read()
+    assert open(tmp_path / "ev" / "forecast_table.md").read() == ref
+
+
+def test_evaluate_on_another_dataset_and_a_foreign_vocabulary(runs, tmp_path_factory):
+  from data_prep import build, synthetic
+  from mpjax import evaluate
+  work, _ = runs["mp3"]
+
+  def dataset(name, regions, seed):
+    raw = str(tmp_path_factory.mktemp(f"raw_{name}"))
+    out = str(tmp_path_factory.mktemp(name))
+    synthetic.generate(raw, seed=seed, n_songs=40, n_artists=10, regions=regions,
+                       clip_seconds=5.5, weeks=36)
+    build.build(build.BuildConfig(raw=raw, out=out, progress=False, records_per_shard=8))
+    return out
+
+  later = dataset("later", ("global", "us", "kr"), 7)
+  metrics = evaluate.evaluate(work, later, split="val")
+  out = os.path.join(work, "eval", f"{os.path.basename(later)}-val-step6")
+  assert metrics["n"] > 0 and os.path.exists(os.path.join(out, "forecast_table.md"))
+  assert json.load(open(os.path.join(out, "metrics.json")))["data_dir"] == later
+  other = dataset("other", ("global", "us"), 7)
+  with pytest.raises(ValueError, match="region vocabulary"):
+    evaluate.evaluate(work, other)

@@ -1,0 +1,134 @@
+"""Score a trained run on any dataset built with the same region vocabulary, without training.
+
+    python -m mpjax.evaluate --workdir=RUN [--data=DATASET] [--split=test] [--step=latest|best|N]
+        [--out=DIR]
+
+A later period or another country set, built by `data_prep.build` with the same regions (and,
+for MP3, the same horizon), is read with the run's own input settings and the fbank
+normalisation of the run's training data (not the new dataset's). Written to `--out` (default
+RUN/eval/<dataset>-<split>-step<N>/):
+  metrics.json   the model's metrics on the split (what training logs as test/... at its end)
+  MP3 also:      forecast_table.md, forecast_metrics.json, summary.json, predictions.npz,
+                 fan_charts.png (`mpjax.forecast.report`: the model against every baseline,
+                 the baselines fitted on DATASET's train split)
+Every process runs it (the evaluation is sharded over the run's mesh); process 0 writes.
+"""
+from __future__ import annotations
+
+import os
+
+from absl import app, flags, logging
+import jax
+import numpy as np
+from flax import nnx
+
+from mpjax import atomic
+from mpjax import checkpoint as ckpt_lib
+from mpjax import export as export_lib
+from mpjax import forecast as forecast_lib
+from mpjax import sharding
+from mpjax import train
+from mpjax.input import pipeline
+
+
+def check_compatible(run_manifest: dict, manifest: dict, task: str, data_dir: str):
+  """The model's region ids are positions in its vocabulary, and MP3's outputs are per step."""
+  if list(manifest["regions"]) != list(run_manifest["regions"]):
+    raise ValueError(f"{data_dir}: region vocabulary {manifest['regions']} differs from the "
+                     f"run's {run_manifest['regions']}; rebuild it with the same regions")
+  if task == "mp3" and int(manifest["horizon"]) != int(run_manifest["horizon"]):
+    raise ValueError(f"{data_dir}: horizon {manifest['horizon']} differs from the run's "
+                     f"{run_manifest['horizon']} (build with --horizon {run_manifest['horizon']})")
+  if manifest["fbank"]["mel_bins"] != run_manifest["fbank"]["mel_bins"]:
+    raise ValueError(f"{data_dir}: {manifest['fbank']['mel_bins']} mel bins, the run was "
+                     f"trained on {run_manifest['fbank']['mel_bins']}")
+
+
+def evaluate(workdir: str, data_dir: str | None = None, split: str = "test", step: str = "latest",
+             out: str | None = None) -> dict[str, float]:
+  """Scores the run's checkpoint on `split` of `data_dir`; returns the metrics (module doc)."""
+  config = export_lib.run_config(workdir)
+  run_manifest = pipeline.load_manifest(config.data_dir)
+  data_dir = data_dir or config.data_dir
+  manifest = pipeline.load_manifest(data_dir)
+  check_compatible(run_manifest, manifest, config.task, data_dir)
+  step_n, _ = export_lib.choose_step(workdir, str(step), config)
+  with config.unlocked():
+    config.data_dir = data_dir
+    if config.input.get("fbank_mean") is None and run_manifest["fbank"].get("mean") is not None:
+      config.input.fbank_mean = run_manifest["fbank"]["mean"]
+      config.input.fbank_std = run_manifest["fbank"]["std"]
+  if out is None:
+    name = os.path.basename(os.path.normpath(data_dir))
+    out = os.path.join(workdir, "eval", f"{name}-{split}-step{step_n}")
+
+  # The model as training built it, on the run's mesh, with the checkpoint's parameters.
+  n_dev = config.get("num_devices") or len(jax.devices())
+  mesh = sharding.make_mesh(config.mesh, devices=jax.devices()[:n_dev])
+  model = nnx.eval_shape(lambda: train.build_model(config, run_manifest))
+  graphdef, abs_params = nnx.split(model, nnx.Param)
+  param_sh = sharding.param_shardings(abs_params, mesh, [tuple(r) for r in config.sharding_rules])
+  values = ckpt_lib.read_checkpoint_params(os.path.join(workdir, "checkpoints"), step_n)
+  names = export_lib.param_names(abs_params)
+  missing = [n for n in names if n not in values]
+  if missing:
+    raise ValueError(f"checkpoint step {step_n} of {workdir} lacks {missing[:5]} of its model")
+  leaves = [np.asarray(values[n], x.dtype) for n, x in zip(names, jax.tree.leaves(abs_params))]
+  params = jax.device_put(
+      jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(abs_params), leaves), param_sh)
+  batch_sh = sharding.batch_sharding(mesh)
+
+  def eval_step(params, batch):
+    with sharding.tracing_mesh(mesh):
+      return train.forward(nnx.merge(graphdef, params), batch, config)
+
+  eval_fn = jax.jit(eval_step, in_shardings=(param_sh, batch_sh), out_shardings=batch_sh)
+  metrics = train.evaluate(eval_fn, params, data_dir, split, config, manifest, mesh)
+  is_main = jax.process_index() == 0
+  if is_main:
+    atomic.write_json(os.path.join(out, "metrics.json"),
+                      {"workdir": os.path.abspath(workdir), "step": step_n,
+                       "data_dir": os.path.abspath(data_dir), "split": split,
+                       "metrics": metrics}, indent=2, sort_keys=True)
+    print(f"{split} {step_n:6d}  " + train._headline(metrics, config)
+          + (f"  (n={int(metrics['n'])})" if "n" in metrics else ""), flush=True)
+  if config.task == "mp3":
+    table = forecast_lib.report(eval_fn, params, data_dir, config, manifest, mesh, out,
+                                split=split)
+    if is_main:
+      print(table, flush=True)
+  if is_main:
+    print(f"[evaluate] written to {out}", flush=True)
+  return metrics
+
+
+def define_flags():
+  """The CLI's flags (defined only when run as a program)."""
+  flags.DEFINE_string("workdir", None, "training run directory (config.json, checkpoints/)")
+  flags.DEFINE_string("data", None, "dataset directory (default: the run's own data_dir)")
+  flags.DEFINE_string("split", "test", "split of the dataset to score")
+  flags.DEFINE_string("step", "latest", "checkpoint: latest, best (by the run's validation "
+                      "metric) or a step number")
+  flags.DEFINE_string("out", None, "output directory (default RUN/eval/<data>-<split>-step<N>)")
+
+
+def main(argv):
+  logging.set_verbosity(logging.WARNING)  # Orbax logs every file operation at INFO
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  f = flags.FLAGS
+  if not f.workdir:
+    raise app.UsageError("--workdir is required")
+  from mpjax import distributed
+  settings = distributed.settings("auto", None, None, None)  # SLURM, MPI, TPU pods, MPJAX_*
+  if settings:
+    jax.distributed.initialize(**settings)
+  try:
+    evaluate(f.workdir, f.data, f.split, f.step, f.out)
+  except (FileNotFoundError, ValueError) as e:
+    raise SystemExit(f"mpjax.evaluate: {e}") from None
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)
