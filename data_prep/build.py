@@ -436,6 +436,22 @@ def _write_report(cfg, manifest, tg, skipped, elapsed, written, frames_total):
 # ------------------------------------------------------------------------------------------------
 
 
+def _window(s: str | None):
+  """'FROM,TO' with either end empty (open) -> (from, to) of ISO dates or ''."""
+  if not s:
+    return None
+  parts = [p.strip() for p in s.split(",")]
+  if len(parts) != 2 or not any(parts):
+    raise argparse.ArgumentTypeError(f"expected FROM,TO dates (one may be empty), got {s!r}")
+  for p in parts:
+    if p:
+      try:
+        dt.date.fromisoformat(p)
+      except ValueError:
+        raise argparse.ArgumentTypeError(f"{p!r} is not a YYYY-MM-DD date") from None
+  return tuple(parts)
+
+
 def _pair(s: str | None):
   if not s:
     return None
@@ -466,8 +482,10 @@ def main(argv=None):
                   help="train,val,test fractions for --split-by song (default 0.8,0.1,0.1)")
   ap.add_argument("--debut-cutoffs", type=_pair, default=None,
                   help="VAL_FROM,TEST_FROM dates for --split-by debut (e.g. 2025-10-01,2025-12-01)")
-  ap.add_argument("--window", type=_pair, default=None,
-                  help="FROM,TO: the chart data window; tracks charting at its start are left-censored")
+  ap.add_argument("--window", type=_window, default=None,
+                  help="FROM,TO: keep only debuts between these dates (inclusive; leave one end "
+                       "empty for an open end, e.g. 2025-09-01, ); chart rows outside the window "
+                       "still count as history for the extrinsic features")
   ap.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
   ap.add_argument("--records-per-shard", type=int, default=512, help="records per shard (default 512)")
   ap.add_argument("--max-seconds", type=float, default=30.0, help="cut audio longer than this (default 30)")

@@ -1,4 +1,5 @@
 """data_prep.build end to end: synthetic raw dir -> TFRecords -> read back and checked."""
+import argparse
 import glob
 import hashlib
 import json
@@ -207,3 +208,13 @@ def test_cli_help_and_one_command_demo(tmp_path, capsys):
                   "--clip-seconds", "5.5", "--weeks", "36", "--quiet", "--build", str(tmp_path / "ds")])
   man = json.loads((tmp_path / "ds" / "manifest.json").read_text())
   assert sum(c["records"] for c in man["counts"].values()) > 0
+
+
+def test_window_argument_takes_an_open_end():
+  # The targets take an open end ('' = open); the CLI used to reject it.
+  assert build._window("2025-09-01,") == ("2025-09-01", "")
+  assert build._window(",2025-12-31") == ("", "2025-12-31")
+  assert build._window("2025-09-01,2025-12-31") == ("2025-09-01", "2025-12-31")
+  for bad in (",", "2025-09-01", "2025-13-01,", "a,b"):
+    with pytest.raises(argparse.ArgumentTypeError):
+      build._window(bad)
