@@ -314,6 +314,93 @@ def extrinsic_regressor(train_extrinsic, train_series, train_mask, train_region_
   return f
 
 
+def mean_last(series, mask, k: int, window: int = 7) -> np.ndarray:
+  """Mean of the observed values among the last `window` prefix steps, repeated over the
+  horizon (EMPTY_PREFIX_VALUE for a row with none): the smoothed level a practitioner tries
+  first on daily charts (weekday effects average out over 7 days)."""
+  series, mask, k = _check_series(series, mask, k, min_k=1)
+  if isinstance(window, bool) or int(window) != window or window < 1:
+    raise ValueError(f"window must be a positive integer, got {window!r}")
+  lo = max(0, k - int(window))
+  obs = mask[:, lo:k]
+  cnt = obs.sum(axis=1)
+  val = np.where(obs, series[:, lo:k], 0.0).sum(axis=1) / np.maximum(cnt, 1)
+  val = np.where(cnt > 0, val, EMPTY_PREFIX_VALUE)
+  return np.repeat(val[:, None], series.shape[1] - k, axis=1)
+
+
+def prefix_features(series, mask, k: int, region_ids, num_regions: int) -> np.ndarray:
+  """[N, 2k + 3 + R] features of the prefix, as a global model on it sees them: the shape
+  relative to the last observed value (0 where unobserved), the observed flags, the level (last
+  observed value), the slope of a line through the observed prefix, whether any step was
+  observed, and the region one-hot."""
+  series, mask, k = _check_series(series, mask, k, min_k=1)
+  ids = _check_regions(region_ids, len(series), _check_num_regions(num_regions))
+  last, has = _last_observed(series, mask, k)
+  rel = np.where(mask[:, :k], series[:, :k] - last[:, None], 0.0)
+  _, _, slope, _ = _fit_line(np.arange(k, dtype=np.float64), series, mask, k)
+  return np.concatenate([rel, mask[:, :k].astype(np.float64), last[:, None], slope[:, None],
+                         has[:, None].astype(np.float64), np.eye(num_regions)[ids]], axis=1)
+
+
+def prefix_regressor(train_series, train_mask, train_region_ids, k: int, num_regions: int,
+                     make_model: Callable[[], object]) -> Callable[..., np.ndarray]:
+  """A global model on `prefix_features`, one per forecast step k + h, predicting the change
+  from the last observed value; fitted on the training rows with an observed prefix and an
+  observed step k + h. The forecast is last value + predicted change. Rows without an observed
+  prefix, and steps with fewer than 2 training rows, get `train_drift`'s forecast.
+
+  make_model: () -> an unfitted scikit-learn regressor (fit / predict).
+  Returns f(series [N, T], mask [N, T], region_ids [N]) -> [N, H].
+  """
+  num_regions = _check_num_regions(num_regions)
+  ys, ms, k = _check_series(train_series, train_mask, k, name="train_series",
+                            mask_name="train_mask", min_k=1)
+  n, t = ys.shape
+  ids = _check_regions(train_region_ids, n, num_regions, name="train_region_ids")
+  drift = train_drift(ys, ms, ids, k, num_regions)
+  x = prefix_features(ys, ms, k, ids, num_regions)
+  last, has = _last_observed(ys, ms, k)
+  models = []
+  for h in range(t - k):
+    rows = has & ms[:, k + h]
+    models.append(make_model().fit(x[rows], ys[rows, k + h] - last[rows])
+                  if rows.sum() >= 2 else None)
+
+  def f(series, mask, region_ids) -> np.ndarray:
+    s, msk, _ = _check_series(series, mask, k, min_k=1)
+    if s.shape[1] != t:
+      raise ValueError(f"series must have the training T = {t} steps, got shape {s.shape}")
+    r = _check_regions(region_ids, len(s), num_regions)
+    out = drift(s, msk, r)
+    lst, hs = _last_observed(s, msk, k)
+    if hs.any():
+      feats = prefix_features(s[hs], msk[hs], k, r[hs], num_regions)
+      for h, mdl in enumerate(models):
+        if mdl is not None:
+          out[hs, h] = lst[hs] + mdl.predict(feats)
+    return out
+
+  return f
+
+
+def prefix_ridge(train_series, train_mask, train_region_ids, k: int, num_regions: int,
+                 alpha: float = 1.0):
+  """`prefix_regressor` with a ridge regression (sklearn `Ridge(alpha)`, intercept)."""
+  from sklearn.linear_model import Ridge
+  return prefix_regressor(train_series, train_mask, train_region_ids, k, num_regions,
+                          lambda: Ridge(alpha=alpha))
+
+
+def prefix_boosted(train_series, train_mask, train_region_ids, k: int, num_regions: int,
+                   seed: int = 0):
+  """`prefix_regressor` with gradient-boosted trees (sklearn `HistGradientBoostingRegressor`,
+  default settings, `random_state=seed`)."""
+  from sklearn.ensemble import HistGradientBoostingRegressor
+  return prefix_regressor(train_series, train_mask, train_region_ids, k, num_regions,
+                          lambda: HistGradientBoostingRegressor(random_state=seed))
+
+
 # ----------------------------------------------------------------------------- all at once
 
 def _split(d, name):
@@ -330,8 +417,9 @@ def _split(d, name):
 def run_all(train: dict, test: dict, k: int, m: int, num_regions: int) -> dict[str, np.ndarray]:
   """All baselines on `test` (dicts with series, mask, region_ids and optional extrinsic).
 
-  Returns name -> [N_test, H]: seasonal_naive, last_value, exp_decay, power_decay (omitted for
-  k == 0: no prefix), train_drift and extrinsic_ridge (fitted on `train`).
+  Returns name -> [N_test, H]: seasonal_naive, last_value, mean_last7, exp_decay, power_decay,
+  and, fitted on `train`, prefix_ridge and prefix_boosted (all omitted for k == 0: no prefix),
+  train_drift and extrinsic_ridge (fitted on `train`).
   """
   trs, trm, tri, trx = _split(train, "train")
   tes, tem, tei, tex = _split(test, "test")
@@ -341,6 +429,9 @@ def run_all(train: dict, test: dict, k: int, m: int, num_regions: int) -> dict[s
     out["last_value"] = last_value(tes, tem, k)
     out["exp_decay"] = exp_decay(tes, tem, k)
     out["power_decay"] = power_decay(tes, tem, k)
+    out["mean_last7"] = mean_last(tes, tem, k, 7)
+    out["prefix_ridge"] = prefix_ridge(trs, trm, tri, k, num_regions)(tes, tem, tei)
+    out["prefix_boosted"] = prefix_boosted(trs, trm, tri, k, num_regions)(tes, tem, tei)
   out["train_drift"] = train_drift(trs, trm, tri, k, num_regions)(tes, tem, tei)
   out["extrinsic_ridge"] = extrinsic_regressor(trx, trs, trm, tri, k, num_regions)(tex, tei)
   return out

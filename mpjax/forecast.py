@@ -7,9 +7,11 @@
     report(...)          WORKDIR/forecast/: forecast_metrics.json, forecast_table.md (model vs
                          baselines: overall, per forecast step, per region), fan_charts.png
 
-Baselines are fitted on the train split's rows (`train_drift`, `extrinsic_ridge`) or on each
-series' own prefix (`seasonal_naive`, `last_value`, `exp_decay`, `power_decay`); see
-`mpjax.baselines`. MASE is relative to the seasonal naive forecast on the same points.
+Baselines are fitted on the train split's rows (`train_drift`, `extrinsic_ridge`, and the
+global models on the prefix `prefix_ridge`, `prefix_boosted`) or on each series' own prefix
+(`seasonal_naive`, `last_value`, `mean_last7`, `exp_decay`, `power_decay`); see
+`mpjax.baselines`. MASE is relative to the seasonal naive forecast on the same points; MAE is
+reported pooled over points and as the mean of per-series MAEs.
 """
 from __future__ import annotations
 
@@ -118,9 +120,10 @@ def report(eval_fn, params, data_dir, config, manifest, mesh, outdir, *, split="
     results[name] = metrics_lib.forecast(pred, target, tmask, test["region_ids"], names,
                                          naive=naive, k=k, bands=bands)
   period = manifest.get("period", "weekly")
+  scored = int((np.asarray(tmask) > 0).any(axis=1).sum())  # series with a point to score
   title = (f"MP3 on the {split} split: forecast steps {k + 1}..{manifest['horizon']} from the "
            f"first {k} ({period}; {'audio' if config.mp3.audio else 'no audio'}, "
-           f"{len(target)} series)")
+           f"{scored} scored series)")
   md = report_lib.write_forecast_report(outdir, results, title=title, k=k, period=period,
                                         quantiles=q)
   point = metrics_lib.point_from_quantiles(test["pred"], q) if q else test["pred"][..., 0]

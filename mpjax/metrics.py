@@ -73,6 +73,8 @@ def per_region(pred, target, weight, region_ids, region_names: Sequence[str]) ->
 #               forecast from the prefix (mpjax.baselines.seasonal_naive): the seasonal naive
 #               scores exactly 1, < 1 beats it. NaN if naive is None or its MAE is 0.
 #   n           number of scored points.
+#   mae_series  the mean over scored series of each series' own MAE (every series weighs the
+#               same, however many points it has); n_series = the number of scored series.
 # With quantile forecasts pred [N, H, Q] at levels `quantiles` (ascending):
 #   point       the 0.5 quantile if 0.5 is a level, else the mean over the Q levels; mae, rmse,
 #               smape and mase score this point forecast.
@@ -202,6 +204,11 @@ def forecast(pred, target, mask, region_ids, region_names: Sequence[str], *, qua
   def score(sel):
     out = _forecast_point_metrics(point[sel], target[sel],
                                   None if naive is None else naive[sel])
+    # Per-series mean MAE: every scored series weighs the same, however many points it has.
+    rows = sel.any(axis=1)
+    per_row = (np.abs(point - target) * sel).sum(axis=1)[rows] / sel.sum(axis=1)[rows]
+    out["mae_series"] = float(per_row.mean()) if rows.any() else float("nan")
+    out["n_series"] = int(rows.sum())
     if pq is not None:
       out |= _forecast_quantile_metrics(pq[sel], target[sel], q)
     return out

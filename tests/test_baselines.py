@@ -143,13 +143,58 @@ def test_run_all_keys_and_shapes():
   train, test = split(20), split(7)
   out = baselines.run_all(train, test, 3, 2, 3)
   assert sorted(out) == sorted(["seasonal_naive", "last_value", "exp_decay", "power_decay",
-                                "train_drift", "extrinsic_ridge"])
+                                "mean_last7", "prefix_ridge", "prefix_boosted", "train_drift",
+                                "extrinsic_ridge"])
   for v in out.values():
     assert v.shape == (7, 5) and v.dtype == np.float64 and np.all(np.isfinite(v))
   del test["extrinsic"], train["extrinsic"]
   out0 = baselines.run_all(train, test, 0, 2, 3)
   assert sorted(out0) == ["extrinsic_ridge", "train_drift"]
   assert all(v.shape == (7, 8) for v in out0.values())
+
+
+def test_mean_last_hand_values():
+  y = np.array([[1.0, 2.0, 3.0, 9.0, 9.0],
+                [4.0, 8.0, 5.0, 9.0, 9.0],
+                [7.0, 7.0, 7.0, 9.0, 9.0]])
+  m = np.array([[1, 1, 1, 1, 1], [1, 0, 1, 1, 1], [0, 0, 0, 1, 1]])
+  np.testing.assert_array_equal(baselines.mean_last(y, m, 3, 7), [[2.0] * 2, [4.5] * 2, [0.0] * 2])
+  np.testing.assert_array_equal(baselines.mean_last(y, m, 3, 2), [[2.5] * 2, [5.0] * 2, [0.0] * 2])
+  with pytest.raises(ValueError, match="window"):
+    baselines.mean_last(y, m, 3, 0)
+
+
+def test_prefix_features_hand_values():
+  y = np.array([[10.0, 12.0, 11.0]])
+  m = np.array([[1, 1, 1]])
+  f = baselines.prefix_features(y, m, 2, [1], 3)
+  # shape rel. to last (12): [-2, 0]; flags [1, 1]; level 12; slope 2; has 1; region one-hot
+  np.testing.assert_array_equal(f, [[-2.0, 0.0, 1.0, 1.0, 12.0, 2.0, 1.0, 0.0, 1.0, 0.0]])
+
+
+@pytest.mark.parametrize("fit", [baselines.prefix_ridge, baselines.prefix_boosted])
+def test_prefix_regressors_learn_a_shape_rule(fit):
+  # Every training curve drops by 1.5 per step after the prefix whatever its level: both
+  # global models forecast last value - 1.5 h (the ridge's slope on the level is shrunk to ~0;
+  # the trees split on nothing useful and predict the common change).
+  rng = np.random.default_rng(0)
+  n, k, t = 200, 3, 6
+  level = rng.uniform(8, 14, n)
+  y = level[:, None] + np.concatenate([rng.normal(0, 0.1, (n, k)),
+                                       -1.5 * np.arange(1, t - k + 1)[None, :].repeat(n, 0)
+                                       + rng.normal(0, 0.01, (n, t - k))], 1)
+  y[:, k:] += (y[:, k - 1] - level)[:, None]  # relative to the last prefix value
+  m = np.ones_like(y)
+  ids = rng.integers(0, 2, n)
+  f = fit(y, m, ids, k, 2)
+  test = np.array([[10.0, 10.2, 10.1, 0, 0, 0], [13.0, 12.8, 13.3, 0, 0, 0]])
+  pred = f(test, np.array([[1, 1, 1, 0, 0, 0]] * 2), np.array([0, 1]))
+  expect = test[:, 2:3] - 1.5 * np.arange(1, 4)[None, :]
+  np.testing.assert_allclose(pred, expect, atol=0.15)
+  # A row without an observed prefix gets train_drift's forecast (the mean level per step).
+  empty = f(np.zeros((1, t)), np.zeros((1, t)), np.array([0]))
+  drift = baselines.train_drift(y, m, ids, k, 2)(np.zeros((1, t)), np.zeros((1, t)), [0])
+  np.testing.assert_array_equal(empty, drift)
 
 
 def test_errors_name_the_argument():

@@ -149,3 +149,16 @@ def test_bands_pool_their_steps_only():
     assert out["per_band"][name]["n"] == sel.sum()
   with pytest.raises(ValueError, match=r"bands\['bad'\]"):
     metrics.forecast(pred, target, mask, np.zeros(5, int), NAMES, k=k, bands={"bad": (0, 3)})
+
+
+def test_per_series_mae_weighs_every_series_the_same():
+  # Series 0: errors 1, 1, 1 (MAE 1); series 1: one scored point, error 4; series 2 unscored.
+  pred = np.array([[1.0, 1.0, 1.0], [4.0, 0.0, 0.0], [9.0, 9.0, 9.0]])
+  target = np.zeros((3, 3))
+  mask = np.array([[1, 1, 1], [1, 0, 0], [0, 0, 0]])
+  r = metrics.forecast(pred, target, mask, [0, 1, 1], ["a", "b"])
+  assert r["overall"]["mae"] == pytest.approx(7 / 4)          # pooled over 4 points
+  assert r["overall"]["mae_series"] == pytest.approx(2.5)     # (1 + 4) / 2 series
+  assert r["overall"]["n_series"] == 2 and r["overall"]["n"] == 4
+  assert r["per_region"]["b"]["mae_series"] == 4.0 and r["per_region"]["b"]["n_series"] == 1
+  assert r["per_horizon"][1]["n_series"] == 1 and r["per_horizon"][1]["mae_series"] == 1.0

@@ -85,7 +85,7 @@ def write_forecast_report(outdir: str, results: dict[str, dict], *, title: str, 
            "naive forecast.", ""]
   if quantiles is not None:
     lines += [f"Quantile levels: {', '.join(_fmt(q, 2) for q in quantiles)}.", ""]
-  header = ["method", "MAE", "RMSE", "sMAPE", "MASE"]
+  header = ["method", "MAE", "MAE/series", "RMSE", "sMAPE", "MASE"]
   if has_q:
     nominal = next((results[n]["overall"].get("coverage_nominal") for n in names
                     if "coverage_nominal" in results[n]["overall"]), None)
@@ -96,12 +96,15 @@ def write_forecast_report(outdir: str, results: dict[str, dict], *, title: str, 
   for i, n in enumerate(names):
     o = results[n]["overall"]
     mae = _fmt(o.get("mae"))
-    rows.append([n, f"**{mae}**" if i == best else mae, _fmt(o.get("rmse")),
+    rows.append([n, f"**{mae}**" if i == best else mae, _fmt(o.get("mae_series")),
+                 _fmt(o.get("rmse")),
                  _fmt(o.get("smape"), 2), _fmt(o.get("mase"), 3)]
                 + ([_fmt(o.get("pinball")), _fmt(o.get("crps")), _fmt(o.get("coverage"), 3)]
                    if has_q else [])
                 + [str(o.get("n", "–"))])
-  lines += ["## Overall", ""] + _table(header, rows) + [""]
+  lines += ["## Overall", "",
+            "MAE pools every scored point; MAE/series averages each series' own MAE (every "
+            "series weighs the same).", ""] + _table(header, rows) + [""]
 
   band_names = list(next((results[n]["per_band"] for n in names if results[n].get("per_band")), {}))
   if band_names:
@@ -115,6 +118,16 @@ def write_forecast_report(outdir: str, results: dict[str, dict], *, title: str, 
       rows.append([band] + [f"**{_fmt(v)}**" if j == b else _fmt(v) for j, v in enumerate(vals)]
                   + [str(npts)])
     lines += _table(["band"] + names + ["n"], rows) + [""]
+    lines += [f"## Per-series mean MAE by horizon band (steps 1-based; {period})", ""]
+    rows = []
+    for band in band_names:
+      vals = [results[n].get("per_band", {}).get(band, {}).get("mae_series") for n in names]
+      nser = next((results[n]["per_band"][band].get("n_series", "–") for n in names
+                   if band in results[n].get("per_band", {})), "–")
+      b = _best_row(vals)
+      rows.append([band] + [f"**{_fmt(v)}**" if j == b else _fmt(v) for j, v in enumerate(vals)]
+                  + [str(nser)])
+    lines += _table(["band"] + names + ["series"], rows) + [""]
 
   h_len = max(len(results[n].get("per_horizon", [])) for n in names)
   if h_len:
