@@ -28,7 +28,6 @@ import datetime as dt
 import hashlib
 import json
 import os
-import subprocess
 import sys
 import time
 from typing import Sequence
@@ -39,7 +38,7 @@ from tqdm import tqdm
 
 from data_prep import tables
 from data_prep import targets as targets_lib
-from mpjax import atomic
+from mpjax import atomic, provenance
 from mpjax.audio import fbank as fbank_lib
 from mpjax.input import pipeline
 from mpjax.input import tfrecord
@@ -190,14 +189,6 @@ def _sha256_file(path: str) -> str:
     for chunk in iter(lambda: f.read(1 << 20), b""):
       h.update(chunk)
   return h.hexdigest()
-
-
-def _git_commit() -> str:
-  try:
-    return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                          cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
-  except Exception:  # provenance is best effort
-    return ""
 
 
 def _read_labels(raw: str) -> dict[str, dict[str, int]]:
@@ -380,7 +371,7 @@ def build(cfg: BuildConfig) -> dict:
                      "providers": provider_counts, "chart_sources": charts["source"].value_counts().to_dict(),
                      "build_args": {k: (list(v) if isinstance(v, tuple) else v)
                                     for k, v in dataclasses.asdict(cfg).items() if k != "progress"},
-                     "git_commit": _git_commit()},
+                     "git_commit": provenance.git_commit()},
   }
   atomic.write_json(os.path.join(cfg.out, "manifest.json"), manifest, indent=2, sort_keys=True)
   pd.DataFrame(skipped, columns=["clip_id", "reason", "detail"]).to_csv(

@@ -19,7 +19,6 @@ import os
 
 from absl import app, flags, logging
 import jax
-import numpy as np
 from flax import nnx
 
 from mpjax import atomic
@@ -73,9 +72,7 @@ def evaluate(workdir: str, data_dir: str | None = None, split: str = "test", ste
   missing = [n for n in names if n not in values]
   if missing:
     raise ValueError(f"checkpoint step {step_n} of {workdir} lacks {missing[:5]} of its model")
-  leaves = [np.asarray(values[n], x.dtype) for n, x in zip(names, jax.tree.leaves(abs_params))]
-  params = jax.device_put(
-      jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(abs_params), leaves), param_sh)
+  params = jax.device_put(export_lib.params_tree(abs_params, values), param_sh)
   batch_sh = sharding.batch_sharding(mesh)
 
   def eval_step(params, batch):

@@ -31,7 +31,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 
 from absl import app, flags, logging
 import jax
@@ -43,6 +42,7 @@ from flax import nnx
 from mpjax import atomic
 from mpjax import checkpoint as ckpt_lib
 from mpjax import forecast as forecast_lib
+from mpjax import provenance
 from mpjax import sharding
 from mpjax.audio import decode as decode_lib
 from mpjax.input import pipeline
@@ -133,25 +133,6 @@ def _region_distribution(data_dir: str, manifest: dict) -> dict[str, list[float]
           for r, v in values.items()}
 
 
-def _git_commit() -> str:
-  try:
-    return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                          cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
-  except Exception:  # provenance is best effort
-    return ""
-
-
-def _versions() -> dict:
-  from importlib import metadata
-  out = {}
-  for pkg in ("mpjax", "jax", "jaxlib", "flax", "orbax-checkpoint"):
-    try:
-      out[pkg] = metadata.version(pkg)
-    except metadata.PackageNotFoundError:
-      out[pkg] = None
-  return out
-
-
 # ------------------------------------------------------------------------------------------------
 # The model and its program
 # ------------------------------------------------------------------------------------------------
@@ -176,6 +157,12 @@ def abstract_model(meta: dict):
 
 def param_names(abs_params) -> list[str]:
   return [sharding.path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(abs_params)]
+
+
+def params_tree(abs_params, flat: dict):
+  """The model's parameter state (the structure of `abs_params`) from {name: array}."""
+  return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(abs_params),
+                                      [flat[n] for n in param_names(abs_params)])
 
 
 def infer(model, fbank, regions, prefix=None, prefix_mask=None) -> dict:
@@ -208,11 +195,9 @@ def export_program(meta: dict, platforms=PLATFORMS) -> bytes:
   """The serialized `jax.export` program: (params {name: array}, *inputs) -> outputs."""
   graphdef, abs_params = abstract_model(meta)
   names = param_names(abs_params)
-  treedef = jax.tree_util.tree_structure(abs_params)
 
   def program(params, *inputs):
-    state = jax.tree_util.tree_unflatten(treedef, [params[n] for n in names])
-    return infer(nnx.merge(graphdef, state), *inputs)
+    return infer(nnx.merge(graphdef, params_tree(abs_params, params)), *inputs)
 
   param_specs = {n: jax.ShapeDtypeStruct(x.shape, x.dtype)
                  for n, x in zip(names, jax.tree.leaves(abs_params))}
@@ -272,9 +257,9 @@ def describe(workdir: str, config, manifest: dict, step: int, metrics: dict) -> 
                   "outputs": ["prediction", "embedding [b, hidden] (pooled audio encoder)"]},
       "provenance": {"workdir": os.path.abspath(workdir), "step": step, "val_metrics": metrics,
                      "data_dir": os.path.abspath(data_dir), "data_manifest_sha256": manifest_sha,
-                     "git_commit": _git_commit(),
+                     "git_commit": provenance.git_commit(),
                      "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")},
-      "versions": _versions(),
+      "versions": provenance.versions(),
   }
 
 
@@ -378,9 +363,7 @@ def load(bundle: str, mesh: jax.sharding.Mesh | None = None):
   except Exception as e:  # orbax raises several types for a missing / mismatched tree
     raise BundleError(f"{path}: cannot restore the parameters for this bundle's model "
                       f"({type(e).__name__}: {str(e)[:300]})") from None
-  state = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(abs_params),
-                                       [params[n] for n in names])
-  return nnx.merge(graphdef, state), meta
+  return nnx.merge(graphdef, params_tree(abs_params, params)), meta
 
 
 def self_check(bundle: str, batch: int = 2, tolerance: float = 1e-3) -> dict:

@@ -95,10 +95,7 @@ def training_model(work):
   manifest = pipeline.load_manifest(config.data_dir)
   model = train.build_model(config, manifest)
   params = ckpt_lib.read_checkpoint_params(os.path.join(work, "checkpoints"))
-  state = nnx.state(model, nnx.Param)
-  names = export.param_names(state)
-  nnx.update(model, jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(state),
-                                                 [params[n] for n in names]))
+  nnx.update(model, export.params_tree(nnx.state(model, nnx.Param), params))
   return model, config
 
 
