@@ -57,6 +57,10 @@ class BuildConfig:
   split_by: str = "song"  # 'song' (seeded hash of song_id) or 'debut' (by first debut date)
   fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
   debut_cutoffs: tuple[str, str] | None = None  # (val_from, test_from) for split_by='debut'
+  # Time split for forecasting (split_by='cutoff'): train/val see only chart dates before it
+  # (series cut there); test = songs debuting on or after it. See `cutoff_targets`.
+  cutoff: str | None = None
+  val_days: int = 28  # cutoff split: val = first debuts in the val_days before cutoff - horizon
   seed: int = 0
   records_per_shard: int = 512
   chart_only: bool = False
@@ -66,8 +70,16 @@ class BuildConfig:
   progress: bool = True
 
   def check(self):
-    if self.split_by not in ("song", "debut"):
-      raise ValueError(f"--split-by {self.split_by!r}: choose 'song' or 'debut'")
+    if self.split_by not in ("song", "debut", "cutoff"):
+      raise ValueError(f"--split-by {self.split_by!r}: choose 'song', 'debut' or 'cutoff'")
+    if (self.split_by == "cutoff") != bool(self.cutoff):
+      raise ValueError("--cutoff DATE sets the split (by time); it cannot be combined with "
+                       "--split-by song/debut" if self.cutoff else
+                       "split_by='cutoff' needs cutoff=YYYY-MM-DD")
+    if self.cutoff:
+      dt.date.fromisoformat(self.cutoff)
+      if self.val_days < 1:
+        raise ValueError(f"--val-days {self.val_days}: must be >= 1")
     if self.split_by == "debut" and not self.debut_cutoffs:
       raise ValueError("--split-by debut needs --debut-cutoffs VAL_FROM,TEST_FROM (YYYY-MM-DD)")
     if len(self.fractions) != 3 or any(f < 0 for f in self.fractions) or not np.isclose(sum(self.fractions), 1):
@@ -97,6 +109,48 @@ def split_by_debut(first_debut: str, cutoffs: Sequence[str]) -> str:
   if first_debut < cutoffs[0]:
     return "train"
   return "val" if first_debut < cutoffs[1] else "test"
+
+
+def _shift(day: str, days: int) -> str:
+  return (dt.date.fromisoformat(day) + dt.timedelta(days=days)).isoformat()
+
+
+def cutoff_val_window(cfg: BuildConfig) -> tuple[str, str]:
+  """[from, to) first-debut dates of the validation songs of a cutoff split: the `val_days`
+  before cutoff - horizon, so their whole series lies before the cutoff."""
+  span = cfg.horizon * (7 if cfg.period == "weekly" else 1)
+  to = _shift(cfg.cutoff, -span)
+  return _shift(to, -cfg.val_days), to
+
+
+def split_by_cutoff(first_debut: str, cfg: BuildConfig) -> str:
+  if first_debut >= cfg.cutoff:
+    return "test"
+  lo, hi = cutoff_val_window(cfg)
+  return "val" if lo <= first_debut < hi else "train"
+
+
+def cutoff_targets(charts: pd.DataFrame, cfg: BuildConfig) -> targets_lib.Targets:
+  """Targets of a time split at `cfg.cutoff`: pairs debuting before it computed from the chart
+  rows before it only (steps from the cutoff on are unknown, extrinsic features and targets see
+  nothing later), pairs debuting on or after it from every row. `cfg.window` still bounds the
+  debuts (its end = the end of the test period)."""
+  lo, hi = cfg.window or ("", "")
+  last_before = _shift(cfg.cutoff, -1)
+  kw = dict(period=cfg.period, horizon=cfg.horizon, mp2_weeks=cfg.mp2_weeks)
+  before = charts[charts["date"].astype(str) < cfg.cutoff]
+  parts = []
+  if len(before) and (not lo or lo <= last_before):
+    parts.append(targets_lib.build_targets(before, window=(lo, last_before), **kw))
+  if not hi or hi >= cfg.cutoff:
+    parts.append(targets_lib.build_targets(charts, window=(max(lo, cfg.cutoff), hi), **kw))
+  if not parts:
+    raise ValueError(f"--cutoff {cfg.cutoff} with --window {lo},{hi}: no debut can fall in it")
+  tg = targets_lib.concat(parts)
+  tg.definitions["cutoff"] = (
+      f"{cfg.cutoff}: pairs debuting before it are computed from chart rows before it only "
+      "(steps on or after it unknown); pairs debuting on or after it from all rows")
+  return tg
 
 
 # ------------------------------------------------------------------------------------------------
@@ -129,6 +183,7 @@ def make_example(*, clip_id, track_id, song_id, source, fbank16, rows, tg, label
       "mp2_observed_steps": t["mp2_observed_steps"].to_numpy(np.int64)[rows],
       "series": tg.series[rows],
       "series_mask": tg.series_mask[rows].astype(np.int64),
+      "series_known": tg.series_known[rows].astype(np.int64),
       "extrinsic": tg.extrinsic[rows],
   }
   for name, value in labels.items():
@@ -230,8 +285,11 @@ def build(cfg: BuildConfig) -> dict:
   charts_path = os.path.join(raw, "charts.csv")
   charts = tables.read(charts_path, "charts")
   log(f"[build] {len(charts):,} chart rows from {charts_path}")
-  tg = targets_lib.build_targets(charts, period=cfg.period, horizon=cfg.horizon,
-                                 mp2_weeks=cfg.mp2_weeks, window=cfg.window)
+  if cfg.cutoff:
+    tg = cutoff_targets(charts, cfg)
+  else:
+    tg = targets_lib.build_targets(charts, period=cfg.period, horizon=cfg.horizon,
+                                   mp2_weeks=cfg.mp2_weeks, window=cfg.window)
   groups = _track_targets(tg)
   log(f"[build] targets for {len(tg.table):,} (track, region) pairs, {len(groups):,} tracks")
   labels = _read_labels(raw)
@@ -256,7 +314,9 @@ def build(cfg: BuildConfig) -> dict:
   split_of = {}
   for sid in song_first:
     split_of[sid] = (split_of_song(sid, cfg.seed, cfg.fractions) if cfg.split_by == "song"
+                     else split_by_cutoff(song_first[sid], cfg) if cfg.split_by == "cutoff"
                      else split_by_debut(song_first[sid], cfg.debut_cutoffs))
+  debut_dates = tg.table["debut"].to_numpy().astype(str)
 
   writers = {s: SplitWriter(cfg.out, s, cfg.records_per_shard) for s in SPLITS}
   skipped: list[dict] = []
@@ -296,6 +356,14 @@ def build(cfg: BuildConfig) -> dict:
         fb16 = fb.astype(np.float16)
       split = split_of[c.song_id]
       rows = groups[c.track_id]
+      if cfg.cutoff:
+        # A song first charting before the cutoff trains (or validates); its debuts in other
+        # regions on or after the cutoff hold later data and are dropped, not tested.
+        rows = rows[(debut_dates[rows] >= cfg.cutoff) == (split == "test")]
+        if not len(rows):
+          skipped.append({"clip_id": c.clip_id, "reason": "after_cutoff",
+                          "detail": "the song's debuts here are after --cutoff, its first before"})
+          continue
       ex = make_example(clip_id=c.clip_id, track_id=c.track_id, song_id=c.song_id,
                         source=c.provider, fbank16=fb16, rows=rows, tg=tg,
                         labels=_labels_for(labels, c.track_id, c.song_id))
@@ -354,10 +422,14 @@ def build(cfg: BuildConfig) -> dict:
           "fbank": "bytes: float16 [frames, mel_bins], C order", "fbank_shape": "int64 [2]",
           "regions": "bytes [R]", "debut": "bytes [R] YYYY-MM-DD", "mp2_target": "float [R]",
           "mp2_observed_steps": "int64 [R]", "series": "float [R*horizon] log1p streams",
-          "series_mask": "int64 [R*horizon] 1 = observed", "extrinsic": "float [R*F]",
+          "series_mask": "int64 [R*horizon] 1 = observed",
+          "series_known": "int64 [R*horizon] 1 = the region's chart that step is in the data",
+          "extrinsic": "float [R*F]",
           **{f"label/{n}": "int64 [1]: -1 unknown, 0, 1" for n in sorted(labels)}},
       "split": {"method": cfg.split_by, "seed": cfg.seed, "fractions": list(cfg.fractions),
                 "debut_cutoffs": list(cfg.debut_cutoffs) if cfg.debut_cutoffs else None,
+                "cutoff": cfg.cutoff,
+                "val_debuts": list(cutoff_val_window(cfg)) if cfg.cutoff else None,
                 "group_key": "song_id"},
       "shards": shards,
       "target_stats": pipeline.summarise_targets(target_sums),
@@ -443,6 +515,13 @@ def _window(s: str | None):
   return tuple(parts)
 
 
+def _date(s: str) -> str:
+  try:
+    return dt.date.fromisoformat(s).isoformat()
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"{s!r} is not a YYYY-MM-DD date") from None
+
+
 def _pair(s: str | None):
   if not s:
     return None
@@ -468,7 +547,15 @@ def main(argv=None):
   ap.add_argument("--mp2-weeks", type=int, default=6,
                   help="MP2 target = log1p(streams summed over the first N chart weeks) (default 6)")
   ap.add_argument("--split-by", default="song", choices=("song", "debut"),
-                  help="'song': seeded hash of song_id; 'debut': by the song's first debut date")
+                  help="'song': seeded hash of song_id; 'debut': by the song's first debut date "
+                       "(for a forecast evaluated on later songs, prefer --cutoff)")
+  ap.add_argument("--cutoff", default=None, type=_date,
+                  help="time split: train and val see only chart dates before DATE (series cut "
+                       "there, unknown after); test = songs whose first debut is on or after it, "
+                       "up to the --window end; val = first debuts in the --val-days before "
+                       "DATE - horizon")
+  ap.add_argument("--val-days", type=int, default=28,
+                  help="with --cutoff: days of first debuts in the validation split (default 28)")
   ap.add_argument("--split", default="0.8,0.1,0.1",
                   help="train,val,test fractions for --split-by song (default 0.8,0.1,0.1)")
   ap.add_argument("--debut-cutoffs", type=_pair, default=None,
@@ -490,8 +577,11 @@ def main(argv=None):
     fractions = tuple(float(x) for x in a.split.split(","))
   except ValueError:
     ap.error(f"--split {a.split!r}: expected three numbers like 0.8,0.1,0.1")
+  if a.cutoff and (a.split_by != "song" or a.debut_cutoffs):
+    ap.error("--cutoff sets the split by time: drop --split-by/--debut-cutoffs")
   cfg = BuildConfig(raw=a.raw, out=a.out, period=a.period, horizon=a.horizon,
-                    mp2_weeks=a.mp2_weeks, split_by=a.split_by, fractions=fractions,
+                    mp2_weeks=a.mp2_weeks, split_by="cutoff" if a.cutoff else a.split_by,
+                    fractions=fractions, cutoff=a.cutoff, val_days=a.val_days,
                     debut_cutoffs=a.debut_cutoffs, seed=a.seed,
                     records_per_shard=a.records_per_shard, chart_only=a.chart_only,
                     max_seconds=a.max_seconds, window=a.window, skip_clipped=a.skip_clipped,

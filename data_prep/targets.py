@@ -129,6 +129,18 @@ class Targets:
                    dict(self.definitions), known)
 
 
+def concat(parts: list["Targets"]) -> "Targets":
+  """The pairs of several `build_targets` results (same period, horizon and features) as one,
+  table re-indexed 0..n-1; the definitions of the first."""
+  parts = [p for p in parts if len(p.table)] or parts[:1]
+  known = [p.series_known if p.series_known is not None else p.series_mask for p in parts]
+  return Targets(pd.concat([p.table for p in parts], ignore_index=True),
+                 np.concatenate([p.series for p in parts]),
+                 np.concatenate([p.series_mask for p in parts]),
+                 np.concatenate([p.extrinsic for p in parts]), list(parts[0].feature_names),
+                 dict(parts[0].definitions), np.concatenate(known))
+
+
 def definitions(period: str, horizon: int, mp2_weeks: int, window, min_history_days: int,
                 new_only: bool) -> dict:
   step = ("chart week k after debut: the 7 days starting debut + 7k (step 0 = the debut week)"

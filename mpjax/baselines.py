@@ -7,6 +7,13 @@ Data layout (per (song, region) row):
   k              the observed prefix is steps 0..k-1; steps k..T-1 (H = T - k) are forecast.
   region_ids [N] int in [0, num_regions).
   extrinsic [N, F] float features known at debut (F may be 0).
+  known  [N, T]  optional: 1 = the region's chart for that step exists in the data; 0 = no data
+                 (a missing chart day, or after the data end). An unobserved step is off the
+                 chart (censored) only where known = 1, missing where known = 0; None = every
+                 step known. Only the prefix models (`prefix_features` and the regressors on
+                 it) read it; the other baselines skip every unobserved step, i.e. they already
+                 treat unknown steps as missing.
+  weekday [N]    optional int: weekday of the debut date, 0 = Monday .. 6 = Sunday, -1 = unknown.
 
 Every baseline returns a float64 point forecast [N, H] for steps k..T-1 that is finite
 everywhere, the same shape as a model's median forecast, so one evaluator
@@ -71,6 +78,30 @@ def _check_num_regions(num_regions):
   if isinstance(num_regions, bool) or int(num_regions) != num_regions or num_regions < 1:
     raise ValueError(f"num_regions must be a positive integer, got {num_regions!r}")
   return int(num_regions)
+
+
+def _check_known(known, shape, *, name="known"):
+  kn = np.asarray(known)
+  if kn.shape != tuple(shape):
+    raise ValueError(f"{name} must have the shape of the series [N, T] = {tuple(shape)}, "
+                     f"got {kn.shape}")
+  if kn.size and not (kn.dtype == bool or np.issubdtype(kn.dtype, np.number)):
+    raise ValueError(f"{name} must be bool or 0/1, got dtype {kn.dtype}")
+  return kn > 0
+
+
+def _check_weekday(weekday, n, *, name="weekday"):
+  wd = np.asarray(weekday)
+  if wd.shape != (n,):
+    raise ValueError(f"{name} must be [N] = [{n}], got shape {wd.shape}")
+  if wd.size and not np.issubdtype(wd.dtype, np.integer):
+    if not (np.issubdtype(wd.dtype, np.number) and np.all(wd == np.round(wd))):
+      raise ValueError(f"{name} must be integers, got dtype {wd.dtype}")
+  wd = wd.astype(np.int64)
+  if wd.size and (wd.min() < -1 or wd.max() > 6):
+    raise ValueError(f"{name} must lie in [-1, 6] (0 = Monday, -1 = unknown), "
+                     f"got range [{wd.min()}, {wd.max()}]")
+  return wd
 
 
 def _check_extrinsic(extrinsic, n=None, *, name="extrinsic", f=None):
@@ -329,37 +360,61 @@ def mean_last(series, mask, k: int, window: int = 7) -> np.ndarray:
   return np.repeat(val[:, None], series.shape[1] - k, axis=1)
 
 
-def prefix_features(series, mask, k: int, region_ids, num_regions: int) -> np.ndarray:
-  """[N, 2k + 3 + R] features of the prefix, as a global model on it sees them: the shape
-  relative to the last observed value (0 where unobserved), the observed flags, the level (last
-  observed value), the slope of a line through the observed prefix, whether any step was
-  observed, and the region one-hot."""
+def prefix_features(series, mask, k: int, region_ids, num_regions: int, known=None,
+                    weekday=None) -> np.ndarray:
+  """[N, 2k + 3 + R (+ k with known) (+ 7 with weekday)] features of the prefix, as a global
+  model on it sees them, in this column order: the shape relative to the last observed value
+  (0 where unobserved), the observed flags, the level (last observed value), the slope of a
+  line through the observed prefix, whether any step was observed, the region one-hot; then,
+  when `known` [N, T] is given, the off-chart flags known & ~mask of the prefix steps (so a
+  step is observed, off chart, or unknown = both flags 0); then, when `weekday` [N] is given,
+  the one-hot of the debut weekday (0 = Monday .. 6 = Sunday; all zeros for -1 = unknown).
+  Without known / weekday the columns are exactly the first 2k + 3 + R."""
   series, mask, k = _check_series(series, mask, k, min_k=1)
   ids = _check_regions(region_ids, len(series), _check_num_regions(num_regions))
   last, has = _last_observed(series, mask, k)
   rel = np.where(mask[:, :k], series[:, :k] - last[:, None], 0.0)
   _, _, slope, _ = _fit_line(np.arange(k, dtype=np.float64), series, mask, k)
-  return np.concatenate([rel, mask[:, :k].astype(np.float64), last[:, None], slope[:, None],
-                         has[:, None].astype(np.float64), np.eye(num_regions)[ids]], axis=1)
+  cols = [rel, mask[:, :k].astype(np.float64), last[:, None], slope[:, None],
+          has[:, None].astype(np.float64), np.eye(num_regions)[ids]]
+  # New columns go last, so the layout without them is unchanged.
+  if known is not None:
+    kn = _check_known(known, series.shape)
+    cols.append((kn[:, :k] & ~mask[:, :k]).astype(np.float64))
+  if weekday is not None:
+    wd = _check_weekday(weekday, len(series))
+    # Row 7 of the padded identity is all zeros: -1 (unknown) indexes it.
+    cols.append(np.eye(8, 7)[np.where(wd < 0, 7, wd)])
+  return np.concatenate(cols, axis=1)
 
 
 def prefix_regressor(train_series, train_mask, train_region_ids, k: int, num_regions: int,
-                     make_model: Callable[[], object]) -> Callable[..., np.ndarray]:
+                     make_model: Callable[[], object], train_known=None,
+                     train_weekday=None) -> Callable[..., np.ndarray]:
   """A global model on `prefix_features`, one per forecast step k + h, predicting the change
   from the last observed value; fitted on the training rows with an observed prefix and an
   observed step k + h. The forecast is last value + predicted change. Rows without an observed
   prefix, and steps with fewer than 2 training rows, get `train_drift`'s forecast.
 
   make_model: () -> an unfitted scikit-learn regressor (fit / predict).
-  Returns f(series [N, T], mask [N, T], region_ids [N]) -> [N, H].
+  train_known [N, T] / train_weekday [N]: optional, add the off-chart flags / the debut-weekday
+  one-hot to the features (see `prefix_features`).
+  Returns f(series [N, T], mask [N, T], region_ids [N], known=None, weekday=None) -> [N, H];
+  known (weekday) is required if and only if the model was fitted with train_known
+  (train_weekday).
   """
   num_regions = _check_num_regions(num_regions)
   ys, ms, k = _check_series(train_series, train_mask, k, name="train_series",
                             mask_name="train_mask", min_k=1)
   n, t = ys.shape
   ids = _check_regions(train_region_ids, n, num_regions, name="train_region_ids")
+  use_known, use_weekday = train_known is not None, train_weekday is not None
+  if use_known:
+    train_known = _check_known(train_known, ys.shape, name="train_known")
+  if use_weekday:
+    train_weekday = _check_weekday(train_weekday, n, name="train_weekday")
   drift = train_drift(ys, ms, ids, k, num_regions)
-  x = prefix_features(ys, ms, k, ids, num_regions)
+  x = prefix_features(ys, ms, k, ids, num_regions, train_known, train_weekday)
   last, has = _last_observed(ys, ms, k)
   models = []
   for h in range(t - k):
@@ -367,15 +422,28 @@ def prefix_regressor(train_series, train_mask, train_region_ids, k: int, num_reg
     models.append(make_model().fit(x[rows], ys[rows, k + h] - last[rows])
                   if rows.sum() >= 2 else None)
 
-  def f(series, mask, region_ids) -> np.ndarray:
+  def f(series, mask, region_ids, known=None, weekday=None) -> np.ndarray:
     s, msk, _ = _check_series(series, mask, k, min_k=1)
     if s.shape[1] != t:
       raise ValueError(f"series must have the training T = {t} steps, got shape {s.shape}")
     r = _check_regions(region_ids, len(s), num_regions)
+    # The fitted models expect exactly the training feature columns.
+    if use_known != (known is not None):
+      raise ValueError("known must be given if and only if the model was fitted with "
+                       f"train_known (fitted with train_known: {use_known})")
+    if use_weekday != (weekday is not None):
+      raise ValueError("weekday must be given if and only if the model was fitted with "
+                       f"train_weekday (fitted with train_weekday: {use_weekday})")
+    if use_known:
+      known = _check_known(known, s.shape)
+    if use_weekday:
+      weekday = _check_weekday(weekday, len(s))
     out = drift(s, msk, r)
     lst, hs = _last_observed(s, msk, k)
     if hs.any():
-      feats = prefix_features(s[hs], msk[hs], k, r[hs], num_regions)
+      feats = prefix_features(s[hs], msk[hs], k, r[hs], num_regions,
+                              None if known is None else known[hs],
+                              None if weekday is None else weekday[hs])
       for h, mdl in enumerate(models):
         if mdl is not None:
           out[hs, h] = lst[hs] + mdl.predict(feats)
@@ -385,20 +453,21 @@ def prefix_regressor(train_series, train_mask, train_region_ids, k: int, num_reg
 
 
 def prefix_ridge(train_series, train_mask, train_region_ids, k: int, num_regions: int,
-                 alpha: float = 1.0):
+                 alpha: float = 1.0, train_known=None, train_weekday=None):
   """`prefix_regressor` with a ridge regression (sklearn `Ridge(alpha)`, intercept)."""
   from sklearn.linear_model import Ridge
   return prefix_regressor(train_series, train_mask, train_region_ids, k, num_regions,
-                          lambda: Ridge(alpha=alpha))
+                          lambda: Ridge(alpha=alpha), train_known, train_weekday)
 
 
 def prefix_boosted(train_series, train_mask, train_region_ids, k: int, num_regions: int,
-                   seed: int = 0):
+                   seed: int = 0, train_known=None, train_weekday=None):
   """`prefix_regressor` with gradient-boosted trees (sklearn `HistGradientBoostingRegressor`,
   default settings, `random_state=seed`)."""
   from sklearn.ensemble import HistGradientBoostingRegressor
   return prefix_regressor(train_series, train_mask, train_region_ids, k, num_regions,
-                          lambda: HistGradientBoostingRegressor(random_state=seed))
+                          lambda: HistGradientBoostingRegressor(random_state=seed),
+                          train_known, train_weekday)
 
 
 # ----------------------------------------------------------------------------- all at once
@@ -415,14 +484,21 @@ def _split(d, name):
 
 
 def run_all(train: dict, test: dict, k: int, m: int, num_regions: int) -> dict[str, np.ndarray]:
-  """All baselines on `test` (dicts with series, mask, region_ids and optional extrinsic).
+  """All baselines on `test` (dicts with series, mask, region_ids and optional extrinsic,
+  known [N, T] and weekday [N]).
 
   Returns name -> [N_test, H]: seasonal_naive, last_value, mean_last7, exp_decay, power_decay,
   and, fitted on `train`, prefix_ridge and prefix_boosted (all omitted for k == 0: no prefix),
-  train_drift and extrinsic_ridge (fitted on `train`).
+  train_drift and extrinsic_ridge (fitted on `train`). known and weekday are features of
+  prefix_ridge / prefix_boosted only (see `prefix_features`), each used only when both `train`
+  and `test` have it (not None); present on one side only, it is ignored for both.
   """
   trs, trm, tri, trx = _split(train, "train")
   tes, tem, tei, tex = _split(test, "test")
+  # A prefix model needs the same feature columns at fit and at predict time.
+  opt = {key: (train[key], test[key]) if train.get(key) is not None
+         and test.get(key) is not None else (None, None) for key in ("known", "weekday")}
+  (trk, tek), (trw, tew) = opt["known"], opt["weekday"]
   out = {}
   if k > 0:
     out["seasonal_naive"] = seasonal_naive(tes, tem, k, m)
@@ -430,8 +506,10 @@ def run_all(train: dict, test: dict, k: int, m: int, num_regions: int) -> dict[s
     out["exp_decay"] = exp_decay(tes, tem, k)
     out["power_decay"] = power_decay(tes, tem, k)
     out["mean_last7"] = mean_last(tes, tem, k, 7)
-    out["prefix_ridge"] = prefix_ridge(trs, trm, tri, k, num_regions)(tes, tem, tei)
-    out["prefix_boosted"] = prefix_boosted(trs, trm, tri, k, num_regions)(tes, tem, tei)
+    out["prefix_ridge"] = prefix_ridge(trs, trm, tri, k, num_regions, train_known=trk,
+                                       train_weekday=trw)(tes, tem, tei, tek, tew)
+    out["prefix_boosted"] = prefix_boosted(trs, trm, tri, k, num_regions, train_known=trk,
+                                           train_weekday=trw)(tes, tem, tei, tek, tew)
   out["train_drift"] = train_drift(trs, trm, tri, k, num_regions)(tes, tem, tei)
   out["extrinsic_ridge"] = extrinsic_regressor(trx, trs, trm, tri, k, num_regions)(tex, tei)
   return out

@@ -1,8 +1,9 @@
 """MP3 evaluation: the model and every baseline scored by one evaluator on the same series.
 
     rows = collect(data_dir, split, config, eval_fn=..., params=..., mesh=...)
-        one row per (record, region it charted in): series [N, T], mask [N, T], region_ids [N],
-        extrinsic [N, F], record [N], and the model's output pred [N, H, Q] (when eval_fn given)
+        one row per (record, region it charted in): series [N, T], mask [N, T] (observed),
+        known [N, T] (chart in the data), weekday [N], region_ids [N], extrinsic [N, F],
+        record [N], and the model's output pred [N, H, Q] (when eval_fn given)
     model_metrics(...)   flat {mae, rmse, smape, pinball, coverage, n, <region>/mae} (val logs)
     report(...)          WORKDIR/forecast/: forecast_metrics.json, forecast_table.md (model vs
                          baselines: overall, per forecast step, per region), fan_charts.png
@@ -49,7 +50,8 @@ def collect(data_dir, split, config, *, eval_fn=None, params=None, mesh=None) ->
   record order, gathered from every process (a collective: every process calls it)."""
   ds = pipeline.make_dataset(data_dir, split, cfg=config.input, augment=None, seed=config.seed,
                              train=False)
-  keys = ("series", "series_mask", "region_ids", "extrinsic", "record", "keep")
+  keys = ("series", "series_mask", "series_known", "weekday", "region_ids", "extrinsic", "record",
+          "keep")
   parts = {k: [] for k in keys + ("pred",)}
   for batch in ds:
     b, v = batch["region_ids"].shape
@@ -59,6 +61,8 @@ def collect(data_dir, split, config, *, eval_fn=None, params=None, mesh=None) ->
     parts["keep"].append(((batch["valid"][:, None] > 0) & (batch["region_mask"] > 0)).reshape(-1))
     parts["series"].append(batch["series"].reshape(b * v, -1))
     parts["series_mask"].append(batch["series_mask"].reshape(b * v, -1))
+    parts["series_known"].append(batch["series_known"].reshape(b * v, -1))
+    parts["weekday"].append(batch["weekday"].reshape(-1))
     parts["region_ids"].append(batch["region_ids"].reshape(-1))
     parts["extrinsic"].append(batch["extrinsic"].reshape(b * v, -1))
     parts["record"].append(np.repeat(batch["record"], v))
@@ -71,6 +75,7 @@ def collect(data_dir, split, config, *, eval_fn=None, params=None, mesh=None) ->
   order = keep[np.argsort(rows["record"][keep], kind="stable")]
   rows = {k: v[order] for k, v in rows.items()}
   rows["mask"] = rows.pop("series_mask")
+  rows["known"] = rows.pop("series_known")
   rows.setdefault("pred", None)
   return rows
 

@@ -130,7 +130,8 @@ def build_model(config, manifest: dict, *, seed: int = 0, head_bias: float = 0.0
   return mp3_lib.MP3(cfg, num_regions, config.region_mode, horizon=int(manifest["horizon"]),
                      prefix_steps=f.prefix_steps, quantiles=forecast_lib.quantiles_of(config),
                      audio=f.audio, dec_depth=f.dec_depth, dec_heads=f.dec_heads or None,
-                     freeze_encoder=f.freeze_encoder, level_init=head_bias, rngs=nnx.Rngs(seed))
+                     freeze_encoder=f.freeze_encoder, level_init=head_bias,
+                     weekday=f.get("weekday_input", False), rngs=nnx.Rngs(seed))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -209,8 +210,10 @@ def forward(model, batch, config, fbank=None, patchout_key=None):
   if config.task == "mp2":
     return model(fbank, batch["region_ids"], patchout_key=patchout_key)
   k = config.mp3.prefix_steps
+  known = batch.get("series_known")
   return model(fbank, batch["region_ids"], batch["series"][..., :k], batch["series_mask"][..., :k],
-               patchout_key=patchout_key)
+               patchout_key=patchout_key, prefix_known=None if known is None else known[..., :k],
+               weekday=batch.get("weekday"))
 
 
 def task_loss(out, batch, config):
@@ -220,7 +223,8 @@ def task_loss(out, batch, config):
   return mp3_lib.forecast_loss(out, batch["series"], batch["series_mask"],
                                prefix_steps=f.prefix_steps,
                                quantiles=forecast_lib.quantiles_of(config),
-                               censored_weight=f.censored_weight)
+                               censored_weight=f.censored_weight,
+                               series_known=batch.get("series_known"))
 
 
 def make_steps(graphdef, tx, mesh, config):

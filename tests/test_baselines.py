@@ -221,3 +221,168 @@ def test_errors_name_the_argument():
   with pytest.raises(ValueError, match="train_extrinsic"):
     baselines.extrinsic_regressor(np.zeros((2, 2)), TR_SERIES, TR_MASK, TR_REG, 2, 2)
   assert math.isfinite(g(np.full((3, 2), np.nan), TR_REG).sum())
+
+
+# ----------------------------------------------------------------------------- known / weekday
+
+def test_prefix_features_known_and_weekday_hand_values():
+  # k = 3, T = 5, R = 2. Row 0: all observed, Friday. Row 1: step 1 off chart (known, unobserved),
+  # Monday. Row 2: step 0 missing (unknown), step 2 off chart, weekday unknown (-1).
+  y = np.array([[10.0, 11.0, 12.0, 0.0, 0.0],
+                [8.0, 5.0, 6.0, 0.0, 0.0],
+                [7.0, 9.0, 3.0, 0.0, 0.0]])
+  m = np.array([[1, 1, 1, 0, 0], [1, 0, 1, 0, 0], [0, 1, 0, 0, 0]])
+  known = np.array([[1, 1, 1, 1, 0], [1, 1, 1, 0, 0], [0, 1, 1, 1, 1]], bool)
+  f = baselines.prefix_features(y, m, 3, [0, 1, 0], 2, known=known, weekday=[4, 0, -1])
+  # rel (3) | observed (3) | level, slope, has | region (2) | off chart (3) | weekday (7)
+  want = [[-2, -1, 0, 1, 1, 1, 12, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0],
+          [2, 0, 0, 1, 0, 1, 6, -1, 1, 0, 1, 0, 1, 0, 1, 0, 0, 0, 0, 0, 0],
+          [0, 0, 0, 0, 1, 0, 9, 0, 1, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0]]
+  np.testing.assert_array_equal(f, np.array(want, np.float64))
+  # 0/1 ints work like bools; each new block alone sits after the old columns.
+  np.testing.assert_array_equal(
+      baselines.prefix_features(y, m, 3, [0, 1, 0], 2, known=known.astype(int)), f[:, :14])
+  np.testing.assert_array_equal(
+      baselines.prefix_features(y, m, 3, [0, 1, 0], 2, weekday=[4, 0, -1]),
+      np.concatenate([f[:, :11], f[:, 14:]], axis=1))
+
+
+def _random_split(rng, n, t=8, regions=3):
+  return {"series": rng.normal(5, 1, size=(n, t)), "mask": rng.random((n, t)) > 0.3,
+          "region_ids": rng.integers(0, regions, size=n), "extrinsic": rng.normal(size=(n, 2)),
+          "known": rng.random((n, t)) > 0.3, "weekday": rng.integers(-1, 7, size=n)}
+
+
+def test_defaults_keep_the_old_features_and_forecasts():
+  from sklearn.linear_model import Ridge
+  rng = np.random.default_rng(2)
+  train, test = _random_split(rng, 40, t=5), _random_split(rng, 9, t=5)  # H = 2: fewer fits
+  k, r = 3, 3
+  ys, ms, ids = train["series"], train["mask"], train["region_ids"]
+  old = baselines.prefix_features(ys, ms, k, ids, r)
+  assert old.shape == (40, 2 * k + 3 + r)
+  new = baselines.prefix_features(ys, ms, k, ids, r, train["known"], train["weekday"])
+  assert new.shape == (40, 3 * k + 3 + r + 7)
+  np.testing.assert_array_equal(new[:, :old.shape[1]], old)
+  # prefix_ridge without the new args = a ridge per step on the old 2k + 3 + R columns.
+  tes, tem, tei = test["series"], test["mask"], test["region_ids"]
+  pred = baselines.prefix_ridge(ys, ms, ids, k, r)(tes, tem, tei)
+  last, has = baselines._last_observed(ys, ms, k)
+  lt, ht = baselines._last_observed(tes, tem, k)
+  want = baselines.train_drift(ys, ms, ids, k, r)(tes, tem, tei)
+  xt = baselines.prefix_features(tes[ht], tem[ht], k, tei[ht], r)
+  assert xt.shape[1] == 2 * k + 3 + r
+  for h in range(ys.shape[1] - k):
+    rows = has & ms[:, k + h]
+    mdl = Ridge(alpha=1.0).fit(old[rows], ys[rows, k + h] - last[rows])
+    want[ht, h] = lt[ht] + mdl.predict(xt)
+  np.testing.assert_array_equal(pred, want)
+  # run_all: without the keys, or with a key on one side only (ignored), the same forecasts;
+  # with both keys on both sides only the prefix models change.
+  bare = [{key: v for key, v in d.items() if key not in ("known", "weekday")}
+          for d in (train, test)]
+  out = baselines.run_all(*bare, k, 2, r)
+  np.testing.assert_array_equal(out["prefix_ridge"], pred)
+  np.testing.assert_array_equal(
+      out["prefix_boosted"], baselines.prefix_boosted(ys, ms, ids, k, r)(tes, tem, tei))
+  one_sided = baselines.run_all(dict(bare[0], known=train["known"]),
+                                dict(bare[1], weekday=test["weekday"]), k, 2, r)
+  with_none = baselines.run_all(dict(bare[0], known=None, weekday=None),
+                                dict(bare[1], known=test["known"], weekday=None), k, 2, r)
+  full = baselines.run_all(train, test, k, 2, r)
+  for name in out:
+    np.testing.assert_array_equal(one_sided[name], out[name])
+    np.testing.assert_array_equal(with_none[name], out[name])
+    if not name.startswith("prefix_"):
+      np.testing.assert_array_equal(full[name], out[name])
+  assert not np.array_equal(full["prefix_ridge"], out["prefix_ridge"])
+  kw = dict(train_known=train["known"], train_weekday=train["weekday"])
+  for name, fit in (("prefix_ridge", baselines.prefix_ridge),
+                    ("prefix_boosted", baselines.prefix_boosted)):
+    np.testing.assert_array_equal(
+        full[name], fit(ys, ms, ids, k, r, **kw)(tes, tem, tei, test["known"], test["weekday"]))
+
+
+def test_off_chart_vs_missing_prefix_day():
+  # k = 3, T = 6. Prefix step 1 is observed, off the chart (known, unobserved) or missing
+  # (unknown) in equal thirds; off-chart rows drop by 3 after the prefix, the others stay level.
+  rng = np.random.default_rng(3)
+  n, k, t = 300, 3, 6
+  level = rng.uniform(8, 14, n)
+  y = level[:, None] + rng.normal(0, 0.05, (n, t))
+  kind = np.arange(n) % 3  # 0 observed, 1 off chart, 2 missing
+  m = np.ones((n, t), bool)
+  m[kind > 0, 1] = False
+  known = np.ones((n, t), bool)
+  known[kind == 2, 1] = False
+  y[:, k:] = y[:, k - 1:k] - 3.0 * (kind == 1)[:, None] + rng.normal(0, 0.05, (n, t - k))
+  ids = np.zeros(n, int)
+  test = np.array([[10.0, 0.0, 10.0, 0, 0, 0]] * 2)
+  tm = np.array([[1, 0, 1, 0, 0, 0]] * 2)
+  tk = np.array([[1, 1, 1, 1, 1, 1], [1, 0, 1, 1, 1, 1]])  # row 0 off chart, row 1 missing
+  feats = baselines.prefix_features(test, tm, k, [0, 0], 1, known=tk)
+  assert not np.array_equal(feats[0], feats[1])
+  np.testing.assert_array_equal(feats[:, -k:], [[0, 1, 0], [0, 0, 0]])
+  # Without `known` the two rows look the same.
+  plain = baselines.prefix_features(test, tm, k, [0, 0], 1)
+  np.testing.assert_array_equal(plain[0], plain[1])
+  pred = baselines.prefix_ridge(y, m, ids, k, 1, train_known=known)(test, tm, [0, 0], tk)
+  np.testing.assert_allclose(pred[0], 7.0, atol=0.2)   # off chart: drop by 3
+  np.testing.assert_allclose(pred[1], 10.0, atol=0.2)  # missing: no drop
+  assert np.all(pred[1] - pred[0] > 2.7)
+  # A ridge without `known` cannot tell them apart and predicts the mix for both.
+  blind = baselines.prefix_ridge(y, m, ids, k, 1)(test, tm, [0, 0])
+  np.testing.assert_array_equal(blind[0], blind[1])
+  np.testing.assert_allclose(blind[0], 8.5, atol=0.2)
+
+
+def test_weekday_effect_is_recovered():
+  # Debuts on a Friday (4) drift +1.0 more than the others (including unknown -1).
+  rng = np.random.default_rng(4)
+  n, k, t = 400, 3, 7
+  wd = rng.integers(-1, 7, n)
+  level = rng.uniform(8, 14, n)
+  y = level[:, None] + rng.normal(0, 0.05, (n, t))
+  h = np.arange(1, t - k + 1)
+  y[:, k:] = (y[:, k - 1:k] - 0.5 * h[None, :] + 1.0 * (wd == 4)[:, None]
+              + rng.normal(0, 0.05, (n, t - k)))
+  ids = rng.integers(0, 2, n)
+  f = baselines.prefix_ridge(y, np.ones_like(y), ids, k, 2, train_weekday=wd)
+  test = np.array([[11.0, 11.0, 11.0, 0, 0, 0, 0]] * 3)
+  tm = np.array([[1, 1, 1, 0, 0, 0, 0]] * 3)
+  pred = f(test, tm, [0, 1, 0], weekday=[4, 2, -1])
+  np.testing.assert_allclose(pred[0] - pred[1], 1.0, atol=0.1)
+  np.testing.assert_allclose(pred[1] - pred[2], 0.0, atol=0.1)
+  np.testing.assert_allclose(pred[1], 11.0 - 0.5 * h, atol=0.15)
+
+
+def test_known_and_weekday_errors():
+  y, m = TR_SERIES, TR_MASK
+  with pytest.raises(ValueError, match="known"):
+    baselines.prefix_features(y, m, 2, TR_REG, 2, known=np.ones((3, 3)))
+  with pytest.raises(ValueError, match="known"):
+    baselines.prefix_features(y, m, 2, TR_REG, 2, known=np.full((3, 4), "x"))
+  with pytest.raises(ValueError, match="weekday"):
+    baselines.prefix_features(y, m, 2, TR_REG, 2, weekday=np.zeros((3, 1), int))
+  with pytest.raises(ValueError, match="weekday"):
+    baselines.prefix_features(y, m, 2, TR_REG, 2, weekday=[0, 7, 1])
+  with pytest.raises(ValueError, match="weekday"):
+    baselines.prefix_features(y, m, 2, TR_REG, 2, weekday=[0, 1.5, 1])
+  with pytest.raises(ValueError, match="train_known"):
+    baselines.prefix_ridge(y, m, TR_REG, 2, 2, train_known=np.ones((2, 4)))
+  with pytest.raises(ValueError, match="train_weekday"):
+    baselines.prefix_boosted(y, m, TR_REG, 2, 2, train_weekday=[0, 1])
+  known = np.ones_like(m)
+  f = baselines.prefix_ridge(y, m, TR_REG, 2, 2, train_known=known, train_weekday=[0, 1, -1])
+  assert f(y, m, TR_REG, known, [2, 3, 4]).shape == (3, 2)
+  with pytest.raises(ValueError, match="known"):
+    f(y, m, TR_REG, weekday=[2, 3, 4])
+  with pytest.raises(ValueError, match="weekday"):
+    f(y, m, TR_REG, known)
+  with pytest.raises(ValueError, match="known"):
+    f(y, m, TR_REG, known[:, :3], [2, 3, 4])
+  g = baselines.prefix_ridge(y, m, TR_REG, 2, 2)
+  with pytest.raises(ValueError, match="known"):
+    g(y, m, TR_REG, known)
+  with pytest.raises(ValueError, match="weekday"):
+    g(y, m, TR_REG, weekday=[0, 0, 0])

@@ -218,3 +218,131 @@ def test_window_argument_takes_an_open_end():
   for bad in (",", "2025-09-01", "2025-13-01,", "a,b"):
     with pytest.raises(argparse.ArgumentTypeError):
       build._window(bad)
+
+
+# ------------------------------------------------------------------------------------------------
+# Daily chart-only data: known days and the time split (--cutoff)
+# ------------------------------------------------------------------------------------------------
+
+MISSING_DAY = "2025-03-10"  # 'kr' published no chart that day
+
+
+def daily_charts(days=90, n_tracks=60, seed=0):
+  """Daily top-10 charts of two regions, tracks entering every day or so and staying 5-30 days;
+  region 'kr' has no chart on MISSING_DAY."""
+  rs = np.random.RandomState(seed)
+  start = pd.Timestamp("2025-02-01")
+  life = {i: (int(rs.randint(0, days - 5)), int(rs.randint(5, 30))) for i in range(n_tracks)}
+  rows = []
+  for region in ("jp", "kr"):
+    for d in range(days):
+      date = (start + pd.Timedelta(days=d)).date().isoformat()
+      if region == "kr" and date == MISSING_DAY:
+        continue
+      on = [i for i, (a, n) in life.items() if a <= d < a + n][:10]
+      for pos, i in enumerate(on, 1):
+        rows.append(dict(region=region, period="daily", date=date, pos=pos, track_id="",
+                         artist=f"artist{i % 17}", title=f"song {i}", featured="", artist_id="",
+                         streams=float(10000 * (11 - pos) + d), movement="", on_chart=np.nan,
+                         peak=np.nan, source="kworb_csv"))
+  return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="module")
+def daily_raw(tmp_path_factory):
+  d = tmp_path_factory.mktemp("daily_raw")
+  tables.write(daily_charts(), str(d / "charts.csv"), "charts")
+  return str(d)
+
+
+def _steps(rec):
+  """[(region, debut, step day, mask, known)] of a record, one per region and step."""
+  h = len(rec["series_mask"]) // len(rec["regions"])
+  out = []
+  for j, (r, debut) in enumerate(zip(rec["regions"], rec["debut"])):
+    d0 = pd.Timestamp(debut.decode())
+    for t in range(h):
+      out.append((r.decode(), debut.decode(), (d0 + pd.Timedelta(days=t)).date().isoformat(),
+                  int(rec["series_mask"][j * h + t]), int(rec["series_known"][j * h + t])))
+  return out
+
+
+def test_series_known_written_and_read(daily_raw, tmp_path):
+  from mpjax.input import pipeline
+  out = tmp_path / "ds"
+  man = run(daily_raw, out, chart_only=True, period="daily", horizon=14)
+  assert "series_known" in man["record_schema"]
+  steps = [s for sp in build.SPLITS for rec in records(str(out), sp) for s in _steps(rec)]
+  last_day = "2025-05-01"  # the data end: 2025-02-01 + 89 days
+  seen_missing = 0
+  for region, debut, day, mask, known in steps:
+    assert mask <= known
+    expect = day <= last_day and not (region == "kr" and day == MISSING_DAY)
+    assert known == expect, (region, debut, day)
+    seen_missing += region == "kr" and day == MISSING_DAY
+  assert seen_missing >= 3  # several kr series cross the missing chart day
+  # Read back by the input pipeline: the same flags, per region of the vocabulary.
+  src = pipeline.make_dataset(str(out), "train", cfg=_input_cfg(), augment=None, seed=0,
+                              train=False)
+  batch = next(iter(src))
+  assert batch["series_known"].shape == batch["series_mask"].shape
+  assert np.all(batch["series_mask"] <= batch["series_known"])
+  assert set(np.unique(batch["weekday"])) <= set(range(-1, 7))
+  real = batch["region_mask"] > 0
+  assert np.all(batch["weekday"][real] >= 0) and np.all(batch["weekday"][~real] == -1)
+
+
+def _input_cfg():
+  from configs import mp3 as mp3_config
+  c = mp3_config.get_config("kworb").input
+  c.batch_size = c.eval_batch_size = 8
+  return c
+
+
+def test_records_without_series_known_fall_back_to_the_last_observation():
+  from mpjax.input import pipeline
+  mask = np.array([[1, 0, 1, 0, 0], [0, 0, 0, 0, 0]], bool)
+  np.testing.assert_array_equal(pipeline.known_before_last_observed(mask),
+                                [[1, 1, 1, 0, 0], [0, 0, 0, 0, 0]])
+
+
+def test_cutoff_leaves_no_later_value_in_training(daily_raw, tmp_path):
+  cutoff = "2025-04-01"
+  out = tmp_path / "ds"
+  man = run(daily_raw, out, chart_only=True, period="daily", horizon=14, split_by="cutoff",
+            cutoff=cutoff, val_days=10)
+  assert man["split"]["cutoff"] == cutoff
+  assert man["split"]["val_debuts"] == ["2025-03-08", "2025-03-18"]  # 10 days before cutoff - 14
+  assert all(man["counts"][s]["records"] for s in build.SPLITS)
+  cut_short = 0
+  for split in ("train", "val"):
+    for rec in records(str(out), split):
+      for region, debut, day, mask, known in _steps(rec):
+        assert debut < cutoff
+        if day >= cutoff:
+          assert mask == 0 and known == 0, (split, region, debut, day)
+          cut_short += split == "train"
+        if split == "val":
+          assert "2025-03-08" <= debut < "2025-03-18" or debut >= "2025-03-18"
+  assert cut_short > 0  # series crossing the cutoff exist, and were cut there
+  for rec in records(str(out), "test"):
+    assert all(d.decode() >= cutoff for d in rec["debut"])
+  # The same data without a cutoff: those late steps are known (the cut is the build's doing).
+  full = tmp_path / "full"
+  run(daily_raw, full, chart_only=True, period="daily", horizon=14)
+  late = [s for sp in build.SPLITS for rec in records(str(full), sp) for s in _steps(rec)
+          if s[1] < cutoff <= s[2]]
+  assert late and any(known for *_, known in late)
+
+
+def test_cutoff_cli_is_named_when_misused(daily_raw, tmp_path, capsys):
+  with pytest.raises(SystemExit):
+    build.main(["--raw", daily_raw, "--out", str(tmp_path / "x"), "--chart-only", "--cutoff",
+                "2025-13-01"])
+  assert "2025-13-01" in capsys.readouterr().err
+  with pytest.raises(SystemExit):
+    build.main(["--raw", daily_raw, "--out", str(tmp_path / "x"), "--chart-only", "--cutoff",
+                "2025-04-01", "--split-by", "debut"])
+  assert "--cutoff sets the split" in capsys.readouterr().err
+  with pytest.raises(ValueError, match="cutoff"):
+    run(daily_raw, tmp_path / "y", chart_only=True, split_by="cutoff")

@@ -137,6 +137,56 @@ def test_censored_term_penalises_only_gaps_before_the_last_observation():
   assert float(cens - base) == pytest.approx(4.0)
 
 
+def test_censored_term_with_known_days_ignores_missing_charts_not_late_drops():
+  k = 1
+  series = jnp.asarray([[[10.0, 9.0, 0.0, 8.0, 0.0, 0.0]]])
+  mask = jnp.asarray([[[1.0, 1.0, 0.0, 1.0, 0.0, 0.0]]])
+  high = jnp.full((1, 1, 5, 1), 12.0)  # above the floor (8) everywhere
+  loss = lambda known, w: mp3.forecast_loss(high, series, mask, prefix_steps=k, quantiles=None,
+                                            censored_weight=w, series_known=jnp.asarray(known))
+  base = loss([[[1, 1, 1, 1, 1, 1]]], 0.0)
+  # Step 2 had no chart (unknown): not off-chart; steps 4 and 5 after the last observation are
+  # known and off the chart: censored, hinge 4 each.
+  assert float(loss([[[1, 1, 0, 1, 1, 1]]], 1.0) - base) == pytest.approx(4.0)
+  # Step 5 unknown too (the data end): only step 4 counts, still a mean hinge of 4.
+  assert float(loss([[[1, 1, 0, 1, 1, 0]]], 1.0) - base) == pytest.approx(4.0)
+  # Nothing known beyond the observed steps: no censored term at all.
+  assert float(loss([[[1, 1, 0, 1, 0, 0]]], 1.0) - base) == 0.0
+  # The fitted (uncensored) part never depends on known.
+  assert float(loss([[[1, 1, 0, 1, 0, 0]]], 0.0)) == float(base)
+
+
+def test_missing_prefix_day_is_not_an_off_chart_day():
+  model = randomize(make(audio=False, prefix_steps=3, horizon=6))
+  model.prefix_proj.kernel[...] = jnp.asarray(
+      np.random.RandomState(2).randn(*model.prefix_proj.kernel.shape), jnp.float32)
+  _, ids, prefix, _ = inputs(k=3)
+  pmask = jnp.asarray(np.array([1.0, 0.0, 1.0])[None, None].repeat(2, 0).repeat(2, 1))
+  off = model(None, ids, prefix, pmask, prefix_known=jnp.ones_like(pmask))
+  missing = model(None, ids, prefix, pmask, prefix_known=pmask)
+  default = model(None, ids, prefix, pmask)
+  np.testing.assert_array_equal(np.asarray(default), np.asarray(off))  # None: every day known
+  assert np.abs(np.asarray(off) - np.asarray(missing)).max() > 1e-3
+  # The value of an unobserved day is never read, known or not.
+  garbage = jnp.where(pmask > 0, prefix, 1e6)
+  np.testing.assert_array_equal(np.asarray(model(None, ids, garbage, pmask, prefix_known=pmask)),
+                                np.asarray(missing))
+
+
+def test_weekday_input_conditions_the_forecast():
+  model = randomize(mp3.MP3(CFG, 3, "cls_token", horizon=6, prefix_steps=2, quantiles=Q,
+                            audio=False, dec_depth=1, weekday=True, rngs=nnx.Rngs(0)))
+  _, ids, prefix, pmask = inputs()
+  fri = model(None, ids, prefix, pmask, weekday=jnp.full(ids.shape, 4, jnp.int32))
+  mon = model(None, ids, prefix, pmask, weekday=jnp.zeros(ids.shape, jnp.int32))
+  unknown = model(None, ids, prefix, pmask)
+  assert np.abs(np.asarray(fri) - np.asarray(mon)).max() > 1e-4
+  np.testing.assert_array_equal(
+      np.asarray(unknown), np.asarray(model(None, ids, prefix, pmask,
+                                            weekday=jnp.full(ids.shape, -1, jnp.int32))))
+  assert make().weekday_embed is None  # off unless asked for
+
+
 # ------------------------------------------------------------------------------------------------
 # With the train loop: MP2 checkpoint -> MP3 encoder; demo config end to end
 # ------------------------------------------------------------------------------------------------

@@ -263,6 +263,8 @@ def mixup(a: Mapping[str, Any], b: Mapping[str, Any], lam: float) -> dict:
   examples without `regions` are treated as having the same region list), per region:
     mp2, series          mixed in the linear stream domain (`mix_log1p`)
     series_mask          observed only where both are observed
+    series_known         known only where both are known
+    weekday              a's
     mp2_observed_steps   the minimum of the two
     extrinsic            lam a + (1 - lam) b (the features are counts/positions; a linear mix
                          is the only consistent choice)
@@ -296,6 +298,11 @@ def mixup(a: Mapping[str, Any], b: Mapping[str, Any], lam: float) -> dict:
   if "series_mask" in a and "series_mask" in b:
     ma, mb = np.asarray(a["series_mask"])[ia], np.asarray(b["series_mask"])[ib]
     out["series_mask"] = (ma.astype(bool) & mb.astype(bool)).astype(ma.dtype)
+  if "series_known" in a and "series_known" in b:
+    ka, kb = np.asarray(a["series_known"])[ia], np.asarray(b["series_known"])[ib]
+    out["series_known"] = (ka.astype(bool) & kb.astype(bool)).astype(ka.dtype)
+  if "weekday" in a:
+    out["weekday"] = np.asarray(a["weekday"])[ia]
   if "mp2_observed_steps" in a and "mp2_observed_steps" in b:
     out["mp2_observed_steps"] = np.minimum(np.asarray(a["mp2_observed_steps"])[ia],
                                            np.asarray(b["mp2_observed_steps"])[ib])

@@ -48,6 +48,11 @@ vocabulary size V in eval, H = manifest horizon, F = number of extrinsic feature
                                      require_full_mp2, all N weeks observed on the chart)
     series        float32 [B, R, H]  log1p(streams) per step; 0 where not observed
     series_mask   float32 [B, R, H]  1 = observed on the chart (censoring: see DESIGN.md 3)
+    series_known  float32 [B, R, H]  1 = the region's chart that step is in the data, so an
+                                     unobserved known step is off the chart (censored) and an
+                                     unknown one is missing (records without it: every step up
+                                     to the last observed one, `known_before_last_observed`)
+    weekday       int32   [B, R]     weekday of the debut date (0 = Monday), -1 unknown
     extrinsic     float32 [B, R, F]  features known at debut (manifest feature_names)
     labels        int32   [B, L]     manifest labels, -1 unknown / 0 / 1
     record        int32   [B]        index of the record in the split (-1 for eval padding)
@@ -66,6 +71,7 @@ and skipped (train) or returned as a `valid = 0` element (eval, keeping the batc
 """
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import math
@@ -330,6 +336,11 @@ class ExampleSource:
       raise ValueError(f"region(s) {unknown} not in the manifest vocabulary {m.regions}")
     r = len(codes)
     f = len(m.feature_names)
+    smask = np.asarray(ex["series_mask"]).reshape(r, m.horizon).astype(bool)
+    if len(ex.get("series_known", [])):
+      known = np.asarray(ex["series_known"]).reshape(r, m.horizon).astype(bool) | smask
+    else:
+      known = known_before_last_observed(smask)
     return {
         "record": i,
         "fbank16": fb.reshape(shape),
@@ -337,7 +348,9 @@ class ExampleSource:
         "mp2": np.asarray(ex["mp2_target"], np.float32).reshape(r),
         "mp2_observed_steps": np.asarray(ex["mp2_observed_steps"], np.int64).reshape(r),
         "series": np.asarray(ex["series"], np.float32).reshape(r, m.horizon),
-        "series_mask": np.asarray(ex["series_mask"]).reshape(r, m.horizon).astype(bool),
+        "series_mask": smask,
+        "series_known": known,
+        "weekday": _weekdays(ex.get("debut", []), r),
         "extrinsic": (np.asarray(ex["extrinsic"], np.float32).reshape(r, f) if f
                       else np.zeros((r, 0), np.float32)),
         "labels": np.asarray([int(ex[f"label/{n}"][0]) if len(ex.get(f"label/{n}", [])) else -1
@@ -348,6 +361,22 @@ class ExampleSource:
 # ------------------------------------------------------------------------------------------------
 # Per-example processing
 # ------------------------------------------------------------------------------------------------
+
+
+def known_before_last_observed(series_mask: np.ndarray) -> np.ndarray:
+  """`series_known` of a record built before it was written: every step up to the last observed
+  one (a gap there is off-chart), nothing after it (the data may have ended) -- the rule the
+  censored loss applied to such records."""
+  t = np.arange(series_mask.shape[-1])
+  last = np.where(series_mask, t, -1).max(-1, initial=-1)
+  return t <= last[..., None]
+
+
+def _weekdays(debuts, r: int) -> np.ndarray:
+  """Weekday of each region's debut date, 0 = Monday .. 6 = Sunday; -1 when not recorded."""
+  if len(debuts) != r:
+    return np.full(r, -1, np.int32)
+  return np.asarray([datetime.date.fromisoformat(d.decode()).weekday() for d in debuts], np.int32)
 
 
 def crop(fb16: np.ndarray, start: int, tdim: int, mean: float, std: float
@@ -389,10 +418,13 @@ def _targets(ex: dict, rows: np.ndarray, slot_ids: np.ndarray, meta: _Meta) -> d
     steps = np.where(real, ex["mp2_observed_steps"][r], 0)
     series = ex["series"][r]
     smask = ex["series_mask"][r].astype(bool)
+    known = ex["series_known"][r]
+    weekday = ex["weekday"][r]
     extr = ex["extrinsic"][r]
   else:
     mp2, steps = np.full(len(rows), np.nan), np.zeros(len(rows), np.int64)
     series, smask = np.zeros((len(rows), h), np.float32), np.zeros((len(rows), h), bool)
+    known, weekday = np.zeros((len(rows), h), bool), np.full(len(rows), -1, np.int32)
     extr = np.zeros((len(rows), f), np.float32)
   ok = real & np.isfinite(mp2)
   if meta.require_full:
@@ -405,6 +437,8 @@ def _targets(ex: dict, rows: np.ndarray, slot_ids: np.ndarray, meta: _Meta) -> d
       "mp2_weight": ok.astype(np.float32),
       "series": np.where(smask, series, 0.0).astype(np.float32),
       "series_mask": smask.astype(np.float32),
+      "series_known": (known & real[:, None]).astype(np.float32),
+      "weekday": np.where(real, weekday, -1).astype(np.int32),
       "extrinsic": np.where(real[:, None], extr, 0.0).astype(np.float32),
   }
 

@@ -1,9 +1,11 @@
 """MP3: encoder-decoder forecaster of a song's chart curve after its debut, per region.
 
-`model(fbank [B, T, F], regions [B, R], prefix [B, R, k], prefix_mask [B, R, k])
-   -> [B, R, H, Q]`: Q quantiles (or Q = 1, a point forecast) of log1p(streams) for the
-H = horizon - k steps k .. horizon-1 after the debut, given the first k observed steps
-(k = 0: audio only).
+`model(fbank [B, T, F], regions [B, R], prefix [B, R, k], prefix_mask [B, R, k],
+       prefix_known [B, R, k], weekday [B, R]) -> [B, R, H, Q]`: Q quantiles (or Q = 1, a point
+forecast) of log1p(streams) for the H = horizon - k steps k .. horizon-1 after the debut, given
+the first k steps (k = 0: audio only). prefix_mask: 1 = observed on the chart; prefix_known:
+1 = the chart of that step exists, so known and unobserved = off the chart, unknown = missing
+(None: every step known); weekday: of the debut, 0 = Monday, -1 unknown (with `weekday=True`).
 
 Encoder: the MP2 AST (+ region CLS tokens / region embedding, `mpjax.models.mp2` semantics),
 with the same parameter paths as `MP2` (`encoder/...`, `regions/table`) so `init_from` an MP2
@@ -14,8 +16,8 @@ the tokens of the region-conditioned pass; for `none` the audio tokens.
 region only.
 
 Decoder: direct multi-horizon decoding, one learned query per forecast step (step embedding +
-region vector), plus one token per prefix step (its value and observed flag, projected, plus
-a prefix-position embedding). Pre-LN blocks: self-attention over prefix + query tokens
+region vector + debut-weekday embedding), plus one token per prefix step (its value, observed
+and off-chart flags, projected, plus a prefix-position embedding). Pre-LN blocks: self-attention over prefix + query tokens
 (bidirectional), cross-attention from all of them to the memory, MLP. Each query token's
 output goes through LayerNorm + Linear(Q).
 Why direct rather than autoregressive: the targets are censored (off-chart steps have no value
@@ -73,13 +75,15 @@ class MP3(nnx.Module):
   def __init__(self, cfg: ast_lib.ASTConfig, num_regions: int, region_mode: str = "cls_token",
                *, horizon: int, prefix_steps: int = 0, quantiles: Sequence[float] | None = (0.1, 0.5, 0.9),
                audio: bool = True, dec_depth: int = 2, dec_heads: int | None = None,
-               freeze_encoder: bool = False, level_init: float = 0.0, rngs: nnx.Rngs):
+               freeze_encoder: bool = False, level_init: float = 0.0, weekday: bool = False,
+               rngs: nnx.Rngs):
     """cfg: the encoder's AST config (its `hidden` is the decoder width, audio or not).
     horizon: series length T of the dataset; forecasts cover steps prefix_steps..T-1.
     quantiles: increasing levels in (0, 1), or None for a point forecast (MSE).
     freeze_encoder: no gradient flows into the encoder (its memory is a constant), so its
       backward pass is not computed; the optimizer must leave it alone too (the train loop does).
-    level_init: initial per-region level for k = 0 (e.g. the training mean of the series)."""
+    level_init: initial per-region level for k = 0 (e.g. the training mean of the series).
+    weekday: condition every token on the debut's weekday (daily charts: release-day effects)."""
     regions_lib.check_mode(region_mode)
     if num_regions < 1:
       raise ValueError(f"num_regions={num_regions}: need at least one region")
@@ -111,10 +115,12 @@ class MP3(nnx.Module):
     n_out = horizon - prefix_steps
     self.step_embed = nnx.Param(_init(rngs.params(), (n_out, d)))
     if prefix_steps:
-      self.prefix_proj = nnx.Linear(2, d, kernel_init=_init, rngs=rngs)
+      self.prefix_proj = nnx.Linear(3, d, kernel_init=_init, rngs=rngs)
       self.prefix_pos = nnx.Param(_init(rngs.params(), (prefix_steps, d)))
     else:
       self.prefix_proj = self.prefix_pos = None
+    # Row 0: weekday unknown; rows 1..7: Monday..Sunday.
+    self.weekday_embed = nnx.Param(_init(rngs.params(), (8, d))) if weekday else None
     self.level = nnx.Param(jnp.full((num_regions,), level_init, jnp.float32))
     dtype = jnp.dtype(cfg.dtype)
     self.blocks = nnx.List([DecoderBlock(d, heads, 4 * d, cross=audio, dtype=dtype, rngs=rngs)
@@ -150,7 +156,8 @@ class MP3(nnx.Module):
 
   # -- forward ---------------------------------------------------------------------------------
 
-  def __call__(self, fbank, regions, prefix=None, prefix_mask=None, patchout_key=None):
+  def __call__(self, fbank, regions, prefix=None, prefix_mask=None, patchout_key=None, *,
+               prefix_known=None, weekday=None):
     if regions.ndim == 1:
       regions = regions[:, None]
     b, r = regions.shape
@@ -174,6 +181,11 @@ class MP3(nnx.Module):
     queries = jnp.broadcast_to(self.step_embed[...], (b, r, self.num_outputs, d))
     if self.regions is not None:
       queries = queries + self.regions(regions)[:, :, None, :]
+    context = 0.0
+    if self.weekday_embed is not None:
+      wd = jnp.full((b, r), -1, jnp.int32) if weekday is None else weekday.reshape(b, r)
+      context = jnp.take(self.weekday_embed[...], jnp.clip(wd + 1, 0, 7), axis=0)[:, :, None, :]
+    queries = queries + context
     tokens = queries
     if k:
       pm = prefix_mask.astype(jnp.float32)
@@ -182,8 +194,10 @@ class MP3(nnx.Module):
       last = jnp.take_along_axis(prefix, jnp.maximum(idx, 0)[..., None], -1)[..., 0]
       anchor = jnp.where(idx >= 0, last, level)
       rel = jnp.where(pm > 0, prefix - anchor[..., None], 0.0)
-      feats = jnp.stack([rel, pm], axis=-1)  # [B, R, k, 2]
-      ptok = self.prefix_proj(feats) + self.prefix_pos[...]
+      known = 1.0 if prefix_known is None else prefix_known.astype(jnp.float32)
+      off = known * (1.0 - pm)  # off the chart; 0 for a day with no chart in the data
+      feats = jnp.stack([rel, pm, off], axis=-1)  # [B, R, k, 3]
+      ptok = self.prefix_proj(feats) + self.prefix_pos[...] + context
       tokens = jnp.concatenate([ptok, queries], axis=2)
     x = tokens.reshape(b * r, tokens.shape[2], d)
     for blk in self.blocks:
@@ -217,16 +231,19 @@ def pinball(pred, target, quantiles):
   return jnp.maximum(q * err, (q - 1) * err)
 
 
-def forecast_loss(out, series, series_mask, *, prefix_steps: int, quantiles, censored_weight=0.0):
+def forecast_loss(out, series, series_mask, *, prefix_steps: int, quantiles, censored_weight=0.0,
+                  series_known=None):
   """Masked loss over the observed forecast steps, plus an optional censoring term.
 
   out: [B, R, H, Q]; series, series_mask: [B, R, horizon]. Pinball (quantiles) or MSE (point),
   averaged over observed (example, region, step) points only: unobserved steps contribute zero
   loss and zero gradient. censored_weight > 0 adds, for off-chart steps, a hinge
   `relu(median - floor)` with floor = the lowest observed value of that series: the track was
-  below the chart floor there, and the floor is at most its lowest charted value. Only gaps
-  BEFORE the series' last observed step count as off-chart (the data window may end earlier,
-  and an unobserved step after it may just be unknown).
+  below the chart floor there, and the floor is at most its lowest charted value. Off-chart =
+  unobserved where `series_known` is 1 (the chart exists in the data), also after the last
+  observed step; a step with no chart in the data is missing and never counts. Without
+  `series_known` only gaps before the series' last observed step count (the data may end
+  earlier).
   """
   k = prefix_steps
   y = series[..., k:]
@@ -242,9 +259,12 @@ def forecast_loss(out, series, series_mask, *, prefix_steps: int, quantiles, cen
   if censored_weight:
     full = series_mask.astype(jnp.float32)
     t = jnp.arange(full.shape[-1])
-    last_obs = jnp.where(full > 0, t, -1).max(-1, keepdims=True)
     floor = jnp.where(full > 0, series, jnp.inf).min(-1, keepdims=True)
-    off = (m == 0) & (t[k:] < last_obs) & jnp.isfinite(floor)
+    if series_known is None:
+      last_obs = jnp.where(full > 0, t, -1).max(-1, keepdims=True)
+      off = (m == 0) & (t[k:] < last_obs) & jnp.isfinite(floor)
+    else:
+      off = (m == 0) & (series_known[..., k:] > 0) & jnp.isfinite(floor)
     hinge = jnp.where(off, jax.nn.relu(mid - jnp.where(jnp.isfinite(floor), floor, 0.0)), 0.0)
     loss = loss + censored_weight * hinge.sum() / jnp.maximum(off.sum(), 1.0)
   return loss
