@@ -75,10 +75,8 @@ def evaluate(workdir: str, data_dir: str | None = None, split: str = "test", ste
   params = jax.device_put(export_lib.params_tree(abs_params, values), param_sh)
   batch_sh = sharding.batch_sharding(mesh)
 
-  def eval_step(params, batch):
-    with sharding.tracing_mesh(mesh):
-      return train.forward(nnx.merge(graphdef, params), batch, config)
-
+  window = forecast_lib.window_of(config, run_manifest) if config.task == "mp3" else None
+  _, eval_step = train.make_steps(graphdef, None, mesh, config, window=window)
   eval_fn = jax.jit(eval_step, in_shardings=(param_sh, batch_sh), out_shardings=batch_sh)
   metrics = train.evaluate(eval_fn, params, data_dir, split, config, manifest, mesh)
   is_main = jax.process_index() == 0

@@ -267,9 +267,11 @@ def export(workdir: str, out: str, step: str = "best", *, platforms=PLATFORMS) -
   """Writes the bundle of run `workdir` into `out` (replacing a bundle there); returns
   bundle.json's content."""
   config = run_config(workdir)
-  if config.task == "mp3" and config.mp3.get("weekday_input", False):
-    # The bundle's program takes no weekday (nor known-day) input yet.
-    raise ValueError(f"{workdir}: an MP3 with mp3.weekday_input=True cannot be exported yet")
+  if config.task == "mp3" and (config.mp3.get("weekday_input", False)
+                               or config.mp3.get("origins", 0) or config.mp3.get("window", 0)):
+    # The bundle's program takes no weekday, origin or known-day input yet.
+    raise ValueError(f"{workdir}: an MP3 with mp3.weekday_input, origins or window set cannot "
+                     "be exported yet")
   manifest = pipeline.load_manifest(config.data_dir)
   step_n, metrics = choose_step(workdir, str(step), config)
   print(f"[export] {workdir}: step {step_n} ({step}); "

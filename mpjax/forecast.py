@@ -34,6 +34,13 @@ def quantiles_of(config):
   return tuple(float(v) for v in q) if q else None
 
 
+def window_of(config, manifest: dict) -> int:
+  """Series length the model sees, prefix included: mp3.window, or the dataset's horizon when 0.
+  A longer stored series serves the later forecast origins of training (mp3.origins)."""
+  w = int(config.mp3.get("window", 0) or 0)
+  return w or int(manifest["horizon"])
+
+
 def horizon_bands(k: int, horizon: int, manifest: dict) -> dict[str, tuple[int, int]]:
   """Early vs late forecast steps. Weekly: split after the MP2 window (`mp2_weeks`: in the
   synthetic truth the level there is extrinsic, the decay after it audio-driven); daily: after
@@ -59,9 +66,11 @@ def collect(data_dir, split, config, *, eval_fn=None, params=None, mesh=None) ->
       out = pipeline.to_host(eval_fn(params, pipeline.to_global(batch, mesh)), mesh)
       parts["pred"].append(out.reshape(b * v, *out.shape[2:]))
     parts["keep"].append(((batch["valid"][:, None] > 0) & (batch["region_mask"] > 0)).reshape(-1))
-    parts["series"].append(batch["series"].reshape(b * v, -1))
-    parts["series_mask"].append(batch["series_mask"].reshape(b * v, -1))
-    parts["series_known"].append(batch["series_known"].reshape(b * v, -1))
+    # The forecast window from the debut (eval origin 0): the stored series may be longer.
+    w = window_of(config, pipeline.load_manifest(data_dir))
+    parts["series"].append(batch["series"][..., :w].reshape(b * v, -1))
+    parts["series_mask"].append(batch["series_mask"][..., :w].reshape(b * v, -1))
+    parts["series_known"].append(batch["series_known"][..., :w].reshape(b * v, -1))
     parts["weekday"].append(batch["weekday"].reshape(-1))
     parts["region_ids"].append(batch["region_ids"].reshape(-1))
     parts["extrinsic"].append(batch["extrinsic"].reshape(b * v, -1))
@@ -115,7 +124,8 @@ def report(eval_fn, params, data_dir, config, manifest, mesh, outdir, *, split="
   os.makedirs(outdir, exist_ok=True)
   names = manifest["regions"]
   fc = baselines.run_all(train, test, k, m, len(names))
-  bands = horizon_bands(k, int(manifest["horizon"]), manifest)
+  w = window_of(config, manifest)
+  bands = horizon_bands(k, w, manifest)
   target, tmask = test["series"][:, k:], test["mask"][:, k:]
   naive = fc.get("seasonal_naive")
   results = {"mp3": metrics_lib.forecast(test["pred"] if q else test["pred"][..., 0], target,
@@ -126,7 +136,7 @@ def report(eval_fn, params, data_dir, config, manifest, mesh, outdir, *, split="
                                          naive=naive, k=k, bands=bands)
   period = manifest.get("period", "weekly")
   scored = int((np.asarray(tmask) > 0).any(axis=1).sum())  # series with a point to score
-  title = (f"MP3 on the {split} split: forecast steps {k + 1}..{manifest['horizon']} from the "
+  title = (f"MP3 on the {split} split: forecast steps {k + 1}..{w} from the "
            f"first {k} ({period}; {'audio' if config.mp3.audio else 'no audio'}, "
            f"{scored} scored series)")
   md = report_lib.write_forecast_report(outdir, results, title=title, k=k, period=period,

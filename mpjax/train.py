@@ -103,6 +103,8 @@ def check_config(config):
       bad("mp3.dec_depth", f"{f.dec_depth} must be >= 1")
     if f.censored_weight < 0:
       bad("mp3.censored_weight", f"{f.censored_weight} must be >= 0")
+    if f.get("origins", 0) < 0 or f.get("window", 0) < 0:
+      bad("mp3.origins", f"origins={f.get('origins')}, window={f.get('window')}: must be >= 0")
     if f.freeze_encoder and not f.audio:
       bad("mp3.freeze_encoder", "needs mp3.audio=True (there is no encoder to freeze)")
     if config.input.get("eval_crops", 1) != 1:
@@ -127,7 +129,8 @@ def build_model(config, manifest: dict, *, seed: int = 0, head_bias: float = 0.0
     return mp2_lib.MP2(cfg, num_regions, config.region_mode, rngs=nnx.Rngs(seed),
                        head_bias=head_bias)
   f = config.mp3
-  return mp3_lib.MP3(cfg, num_regions, config.region_mode, horizon=int(manifest["horizon"]),
+  return mp3_lib.MP3(cfg, num_regions, config.region_mode,
+                     horizon=forecast_lib.window_of(config, manifest), max_origin=f.get("origins", 0),
                      prefix_steps=f.prefix_steps, quantiles=forecast_lib.quantiles_of(config),
                      audio=f.audio, dec_depth=f.dec_depth, dec_heads=f.dec_heads or None,
                      freeze_encoder=f.freeze_encoder, level_init=head_bias,
@@ -203,9 +206,38 @@ def mp2_loss(pred, batch):
   return sq.sum() / jnp.maximum(w.sum(), 1.0)
 
 
+def forecast_window(batch, config, window: int | None, origin_key=None):
+  """MP3's view of the series: steps [o, o + window) of the stored ones, with o = 0 (evaluation),
+  or, given origin_key and mp3.origins = O > 0 (training augmentation), a random origin per
+  (example, region), uniform over the o in [0, O] whose prefix holds an observed step (0 when
+  none does). Returns the batch with series / series_mask / series_known replaced and 'origin'
+  [B, R] int32 (steps since the debut of the first prefix step)."""
+  out = dict(batch)
+  s, m = batch["series"], batch["series_mask"]
+  known = batch.get("series_known", m)
+  window = window or s.shape[-1]
+  o_max = int(config.mp3.get("origins", 0) or 0)
+  if origin_key is None or not o_max:
+    origin = jnp.zeros(s.shape[:-1], jnp.int32)
+    out.update(series=s[..., :window], series_mask=m[..., :window],
+               series_known=known[..., :window], origin=origin)
+    return out
+  k = max(config.mp3.prefix_steps, 1)
+  obs = jnp.cumsum(jnp.pad(m, [(0, 0)] * (m.ndim - 1) + [(1, 0)]), axis=-1)
+  o = jnp.arange(o_max + 1)
+  valid = (obs[..., o + k] - obs[..., o]) > 0  # [B, R, O + 1]: prefix at o has a chart value
+  logits = jnp.where(valid, 0.0, -jnp.inf)
+  logits = jnp.where(valid.any(-1, keepdims=True), logits, jnp.where(o == 0, 0.0, -jnp.inf))
+  origin = jax.random.categorical(origin_key, logits).astype(jnp.int32)
+  idx = origin[..., None] + jnp.arange(window)
+  take = lambda x: jnp.take_along_axis(x, idx, axis=-1)
+  out.update(series=take(s), series_mask=take(m), series_known=take(known), origin=origin)
+  return out
+
+
 def forward(model, batch, config, fbank=None, patchout_key=None):
-  """The model's output for a batch: MP2 [B, R]; MP3 [B, R, H, Q] (from the first k steps).
-  patchout_key: training steps only (None: every patch, as at eval)."""
+  """The model's output for a batch (MP3: after `forecast_window`): MP2 [B, R]; MP3 [B, R, H, Q]
+  (from the first k steps). patchout_key: training steps only (None: every patch, as at eval)."""
   fbank = batch["fbank"] if fbank is None else fbank
   if config.task == "mp2":
     return model(fbank, batch["region_ids"], patchout_key=patchout_key)
@@ -213,7 +245,7 @@ def forward(model, batch, config, fbank=None, patchout_key=None):
   known = batch.get("series_known")
   return model(fbank, batch["region_ids"], batch["series"][..., :k], batch["series_mask"][..., :k],
                patchout_key=patchout_key, prefix_known=None if known is None else known[..., :k],
-               weekday=batch.get("weekday"))
+               weekday=batch.get("weekday"), origin=batch.get("origin"))
 
 
 def task_loss(out, batch, config):
@@ -227,13 +259,18 @@ def task_loss(out, batch, config):
                                series_known=batch.get("series_known"))
 
 
-def make_steps(graphdef, tx, mesh, config):
+def make_steps(graphdef, tx, mesh, config, window: int | None = None):
+  """(train_step, eval_step). window: MP3's series length (`forecast.window_of`; None = the
+  batch's)."""
   m = config.model
   patchout = bool(m.patchout_time or m.patchout_freq)
 
   def train_step(state, batch):
     # One patchout draw per step, from (seed, step): a resumed run draws the same patches.
     key = jax.random.fold_in(jax.random.key(config.seed), state["step"]) if patchout else None
+    if config.task == "mp3":  # forecast origins likewise from (seed, step)
+      origin_key = jax.random.fold_in(jax.random.key(config.seed + 7919), state["step"])
+      batch = forecast_window(batch, config, window, origin_key)
 
     def loss_fn(params):
       model = nnx.merge(graphdef, params)
@@ -251,6 +288,8 @@ def make_steps(graphdef, tx, mesh, config):
     return new, {"loss": loss, "grad_norm": optax.tree.norm(grads), "finite": finite}
 
   def eval_step(params, batch):
+    if config.task == "mp3":
+      batch = forecast_window(batch, config, window)
     with sharding.tracing_mesh(mesh):
       return forward(nnx.merge(graphdef, params), batch, config)
 
@@ -304,6 +343,12 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   # 1. Data ---------------------------------------------------------------------------------
   data_dir = config.data_dir
   manifest = pipeline.load_manifest(data_dir)
+  if config.task == "mp3":
+    w, o = forecast_lib.window_of(config, manifest), config.mp3.get("origins", 0)
+    if w + o > int(manifest["horizon"]) or w <= config.mp3.prefix_steps:
+      raise ValueError(f"config.mp3: window {w} + origins {o} must fit the dataset's horizon "
+                       f"{manifest['horizon']} ({data_dir}), and the window exceed prefix_steps "
+                       f"{config.mp3.prefix_steps}; build with --horizon {w + o} or lower them")
   n_dev = config.get("num_devices") or len(jax.devices())
   mesh = sharding.make_mesh(config.mesh, devices=jax.devices()[:n_dev])
   if is_main:
@@ -343,7 +388,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     state = jax.jit(init_state, static_argnums=0, out_shardings=state_sh)(config.seed)
 
   # 3/4. Steps ------------------------------------------------------------------------------
-  train_step, eval_step = make_steps(graphdef, tx, mesh, config)
+  train_step, eval_step = make_steps(
+      graphdef, tx, mesh, config,
+      window=forecast_lib.window_of(config, manifest) if config.task == "mp3" else None)
   batch_sh = sharding.batch_sharding(mesh)
   train_step = jax.jit(train_step, in_shardings=(state_sh, batch_sh),
                        out_shardings=(state_sh, None), donate_argnums=0,

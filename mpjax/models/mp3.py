@@ -5,7 +5,8 @@
 forecast) of log1p(streams) for the H = horizon - k steps k .. horizon-1 after the debut, given
 the first k steps (k = 0: audio only). prefix_mask: 1 = observed on the chart; prefix_known:
 1 = the chart of that step exists, so known and unobserved = off the chart, unknown = missing
-(None: every step known); weekday: of the debut, 0 = Monday, -1 unknown (with `weekday=True`).
+(None: every step known); weekday: of the debut, 0 = Monday, -1 unknown (with `weekday=True`);
+origin: steps from the debut to the first prefix step (with `max_origin` > 0; None = 0).
 
 Encoder: the MP2 AST (+ region CLS tokens / region embedding, `mpjax.models.mp2` semantics),
 with the same parameter paths as `MP2` (`encoder/...`, `regions/table`) so `init_from` an MP2
@@ -76,14 +77,16 @@ class MP3(nnx.Module):
                *, horizon: int, prefix_steps: int = 0, quantiles: Sequence[float] | None = (0.1, 0.5, 0.9),
                audio: bool = True, dec_depth: int = 2, dec_heads: int | None = None,
                freeze_encoder: bool = False, level_init: float = 0.0, weekday: bool = False,
-               rngs: nnx.Rngs):
+               max_origin: int = 0, rngs: nnx.Rngs):
     """cfg: the encoder's AST config (its `hidden` is the decoder width, audio or not).
     horizon: series length T of the dataset; forecasts cover steps prefix_steps..T-1.
     quantiles: increasing levels in (0, 1), or None for a point forecast (MSE).
     freeze_encoder: no gradient flows into the encoder (its memory is a constant), so its
       backward pass is not computed; the optimizer must leave it alone too (the train loop does).
     level_init: initial per-region level for k = 0 (e.g. the training mean of the series).
-    weekday: condition every token on the debut's weekday (daily charts: release-day effects)."""
+    weekday: condition every token on the debut's weekday (daily charts: release-day effects).
+    max_origin: > 0: forecasts may start up to this many steps after the debut (training on
+      later origins); every token is conditioned on the origin (0 = from the debut)."""
     regions_lib.check_mode(region_mode)
     if num_regions < 1:
       raise ValueError(f"num_regions={num_regions}: need at least one region")
@@ -121,6 +124,8 @@ class MP3(nnx.Module):
       self.prefix_proj = self.prefix_pos = None
     # Row 0: weekday unknown; rows 1..7: Monday..Sunday.
     self.weekday_embed = nnx.Param(_init(rngs.params(), (8, d))) if weekday else None
+    self.origin_embed = (nnx.Param(_init(rngs.params(), (max_origin + 1, d))) if max_origin
+                         else None)
     self.level = nnx.Param(jnp.full((num_regions,), level_init, jnp.float32))
     dtype = jnp.dtype(cfg.dtype)
     self.blocks = nnx.List([DecoderBlock(d, heads, 4 * d, cross=audio, dtype=dtype, rngs=rngs)
@@ -157,7 +162,7 @@ class MP3(nnx.Module):
   # -- forward ---------------------------------------------------------------------------------
 
   def __call__(self, fbank, regions, prefix=None, prefix_mask=None, patchout_key=None, *,
-               prefix_known=None, weekday=None):
+               prefix_known=None, weekday=None, origin=None):
     if regions.ndim == 1:
       regions = regions[:, None]
     b, r = regions.shape
@@ -185,6 +190,11 @@ class MP3(nnx.Module):
     if self.weekday_embed is not None:
       wd = jnp.full((b, r), -1, jnp.int32) if weekday is None else weekday.reshape(b, r)
       context = jnp.take(self.weekday_embed[...], jnp.clip(wd + 1, 0, 7), axis=0)[:, :, None, :]
+    if self.origin_embed is not None:
+      o = jnp.zeros((b, r), jnp.int32) if origin is None else origin.reshape(b, r)
+      n = self.origin_embed.shape[0]
+      context = context + jnp.take(self.origin_embed[...], jnp.clip(o, 0, n - 1),
+                                   axis=0)[:, :, None, :]
     queries = queries + context
     tokens = queries
     if k:
