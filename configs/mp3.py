@@ -48,8 +48,9 @@ def get_config(arg: str | None = None):
       dec_depth=2, dec_heads=0,         # 0 = the encoder's head count
       censored_weight=0.0,              # > 0: hinge keeping off-chart gaps below the floor
       weekday_input=kworb,              # condition on the debut's weekday (daily charts)
-      window=0,                         # series length seen (prefix included); 0 = dataset horizon
-      origins=0,                        # > 0: train also from origins up to this many steps
+      calibrate=kworb,                  # test report: band widths calibrated on val
+      window=35 if kworb else 0,        # series length seen (prefix included); 0 = dataset horizon
+      origins=56 if kworb else 0,       # > 0: train also from origins up to this many steps
                                         #   after the debut (needs horizon >= window + origins)
       freeze_encoder=False))
 

@@ -61,6 +61,7 @@ class BuildConfig:
   # (series cut there); test = songs debuting on or after it. See `cutoff_targets`.
   cutoff: str | None = None
   val_days: int = 28  # cutoff split: val = first debuts in the val_days before cutoff - horizon
+  val_horizon: int = 0  # steps of a val series that lie before the cutoff (0 = horizon)
   seed: int = 0
   records_per_shard: int = 512
   chart_only: bool = False
@@ -117,8 +118,9 @@ def _shift(day: str, days: int) -> str:
 
 def cutoff_val_window(cfg: BuildConfig) -> tuple[str, str]:
   """[from, to) first-debut dates of the validation songs of a cutoff split: the `val_days`
-  before cutoff - horizon, so their whole series lies before the cutoff."""
-  span = cfg.horizon * (7 if cfg.period == "weekly" else 1)
+  before cutoff - val_horizon steps (default: the horizon), so the part of their series that is
+  evaluated lies before the cutoff."""
+  span = (cfg.val_horizon or cfg.horizon) * (7 if cfg.period == "weekly" else 1)
   to = _shift(cfg.cutoff, -span)
   return _shift(to, -cfg.val_days), to
 
@@ -556,6 +558,10 @@ def main(argv=None):
                        "DATE - horizon")
   ap.add_argument("--val-days", type=int, default=28,
                   help="with --cutoff: days of first debuts in the validation split (default 28)")
+  ap.add_argument("--val-horizon", type=int, default=0,
+                  help="with --cutoff: val = first debuts in the --val-days before DATE - this "
+                       "many steps (default: --horizon; set it to MP3's mp3.window when the "
+                       "series are stored longer for training origins)")
   ap.add_argument("--split", default="0.8,0.1,0.1",
                   help="train,val,test fractions for --split-by song (default 0.8,0.1,0.1)")
   ap.add_argument("--debut-cutoffs", type=_pair, default=None,
@@ -582,6 +588,7 @@ def main(argv=None):
   cfg = BuildConfig(raw=a.raw, out=a.out, period=a.period, horizon=a.horizon,
                     mp2_weeks=a.mp2_weeks, split_by="cutoff" if a.cutoff else a.split_by,
                     fractions=fractions, cutoff=a.cutoff, val_days=a.val_days,
+                    val_horizon=a.val_horizon,
                     debut_cutoffs=a.debut_cutoffs, seed=a.seed,
                     records_per_shard=a.records_per_shard, chart_only=a.chart_only,
                     max_seconds=a.max_seconds, window=a.window, skip_clipped=a.skip_clipped,

@@ -46,7 +46,10 @@ def define_flags():
                             "--set=total_steps=1200")
   flags.DEFINE_integer("test_days", 0, "days of test debuts after each cutoff (0: up to the "
                        "next cutoff; 30 for the last)")
-  flags.DEFINE_integer("horizon", 35, "series length in days, prefix included")
+  flags.DEFINE_integer("horizon", 91, "stored series length in days: the config's mp3.window "
+                       "(35: 7 given + 28 forecast) + mp3.origins (56)")
+  flags.DEFINE_integer("window", 35, "days of a series that are evaluated (the config's "
+                       "mp3.window): validation songs' first debuts end this long before a cutoff")
   flags.DEFINE_integer("val_days", 28, "days of first debuts in each validation split")
 
 
@@ -68,7 +71,8 @@ def test_windows(cutoffs: list[str], test_days: int = 0) -> list[tuple[str, str]
   return out
 
 
-def build_data(raw: str, out: str, cutoff: str, end: str, horizon: int, val_days: int) -> None:
+def build_data(raw: str, out: str, cutoff: str, end: str, horizon: int, val_days: int,
+               window: int) -> None:
   if os.path.exists(os.path.join(out, "manifest.json")):
     return
   from data_prep import build
@@ -77,7 +81,8 @@ def build_data(raw: str, out: str, cutoff: str, end: str, horizon: int, val_days
     shutil.rmtree(out)
   build.build(build.BuildConfig(raw=raw, out=out, chart_only=True, period="daily",
                                 horizon=horizon, split_by="cutoff", cutoff=cutoff,
-                                val_days=val_days, window=("", end), progress=False))
+                                val_days=val_days, val_horizon=window, window=("", end),
+                                progress=False))
 
 
 def train_command(config: str, workdir: str, data: str, seed: str, overrides: list[str]):
@@ -93,7 +98,7 @@ def read_run(workdir: str) -> dict | None:
     return None
   with open(path) as f:
     res = json.load(f)
-  return {name: r["overall"] for name, r in res.items()}
+  return {name: r["overall"] for name, r in res["results"].items()}
 
 
 def summarise(results: dict) -> dict:
@@ -189,7 +194,7 @@ def main(argv):
     data = os.path.join(F.workdir, c, "data")
     print(f"[backtest] cutoff {c}: test debuts {windows[c][0]}..{windows[c][1]} -> {data}",
           flush=True)
-    build_data(F.raw, data, c, windows[c][1], F.horizon, F.val_days)
+    build_data(F.raw, data, c, windows[c][1], F.horizon, F.val_days, F.window)
     results[c] = {}
     for s in F.seeds:
       i += 1

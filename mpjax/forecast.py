@@ -22,10 +22,12 @@ import os
 import jax
 import numpy as np
 
+from mpjax import atomic
 from mpjax import baselines
 from mpjax import metrics as metrics_lib
 from mpjax.analysis import report as report_lib
 from mpjax.input import pipeline
+from mpjax.models.mp3 import median_index
 
 
 def quantiles_of(config):
@@ -110,15 +112,56 @@ def model_metrics(eval_fn, params, data_dir, split, config, manifest, mesh) -> d
   return _flat(res)
 
 
+def band_coverage(pred_q, series, mask, k: int) -> float:
+  """Share of the observed forecast points inside [lowest, highest] quantile."""
+  y, m = np.asarray(series)[:, k:], np.asarray(mask)[:, k:] > 0
+  inside = (y >= pred_q[..., 0]) & (y <= pred_q[..., -1])
+  return float(inside[m].mean()) if m.any() else float("nan")
+
+
+def scale_bands(pred_q, quantiles, scale: float):
+  """Quantile forecasts with their distances from the median multiplied by `scale` (the
+  median, hence every point metric, unchanged; monotone for scale > 0)."""
+  med = pred_q[..., median_index(quantiles)][..., None]
+  return med + scale * (pred_q - med)
+
+
+def band_scale(pred_q, series, mask, k: int, quantiles) -> float:
+  """The factor for `scale_bands` (from 1/4 to 8) that brings the outer band's coverage of the
+  given (validation) rows nearest its nominal level: conformal-style calibration of a model
+  whose bands come out too narrow (or wide) on unseen songs."""
+  nominal = quantiles[-1] - quantiles[0]
+  grid = np.exp(np.linspace(np.log(0.25), np.log(8.0), 301))
+  cov = np.array([band_coverage(scale_bands(pred_q, quantiles, g), series, mask, k)
+                  for g in grid])
+  if not np.isfinite(cov).any():
+    return 1.0
+  return float(grid[np.nanargmin(np.abs(cov - nominal))])
+
+
 def report(eval_fn, params, data_dir, config, manifest, mesh, outdir, *, split="test") -> str:
   """Scores the model and every baseline on `split`; writes the files; returns the markdown.
-  Every process calls it (the evaluation is sharded); process 0 alone scores and writes."""
+  Every process calls it (the evaluation is sharded); process 0 alone scores and writes.
+  With mp3.calibrate (quantile models), the band scale is chosen on the val split
+  (`band_scale`) and applied to `split`'s quantiles: calibration.json says by how much."""
   k, m = config.mp3.prefix_steps, config.mp3.season
   q = quantiles_of(config)
   test = collect(data_dir, split, config, eval_fn=eval_fn, params=params, mesh=mesh)
   if not test:
     return f"(no {split} rows to evaluate)"
   train = collect(data_dir, "train", config)
+  calib = None
+  if q and len(q) > 1 and config.mp3.get("calibrate", False) and split != "val":
+    val = collect(data_dir, "val", config, eval_fn=eval_fn, params=params, mesh=mesh)
+    if val:
+      scale = band_scale(val["pred"], val["series"], val["mask"], k, q)
+      calib = {"scale": scale, "chosen_on": "val",
+               "val_coverage_raw": band_coverage(val["pred"], val["series"], val["mask"], k),
+               "val_coverage": band_coverage(scale_bands(val["pred"], q, scale), val["series"],
+                                             val["mask"], k),
+               f"{split}_coverage_raw": band_coverage(test["pred"], test["series"],
+                                                      test["mask"], k)}
+      test["pred"] = scale_bands(test["pred"], q, scale)
   if jax.process_index() != 0:
     return ""
   os.makedirs(outdir, exist_ok=True)
@@ -138,7 +181,10 @@ def report(eval_fn, params, data_dir, config, manifest, mesh, outdir, *, split="
   scored = int((np.asarray(tmask) > 0).any(axis=1).sum())  # series with a point to score
   title = (f"MP3 on the {split} split: forecast steps {k + 1}..{w} from the "
            f"first {k} ({period}; {'audio' if config.mp3.audio else 'no audio'}, "
-           f"{scored} scored series)")
+           f"{scored} scored series"
+           + (f"; quantile bands x{calib['scale']:.2f}, calibrated on val" if calib else "") + ")")
+  if calib:
+    atomic.write_json(os.path.join(outdir, "calibration.json"), calib, indent=2)
   md = report_lib.write_forecast_report(outdir, results, title=title, k=k, period=period,
                                         quantiles=q)
   point = metrics_lib.point_from_quantiles(test["pred"], q) if q else test["pred"][..., 0]

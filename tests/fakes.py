@@ -5,6 +5,9 @@ import http.server
 import socket
 import threading
 
+import numpy as np
+import pandas as pd
+
 
 class FakeTime:
   """Injected sleep/clock: records every wait, advances a fake clock instead of sleeping."""
@@ -131,3 +134,27 @@ def closed_port_url() -> str:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
   return f"http://127.0.0.1:{port}/x"
+
+
+MISSING_DAY = "2025-03-10"  # 'kr' published no chart that day
+
+
+def daily_charts(days=90, n_tracks=60, seed=0):
+  """Daily top-10 charts of two regions, tracks entering every day or so and staying 5-30 days;
+  region 'kr' has no chart on MISSING_DAY."""
+  rs = np.random.RandomState(seed)
+  start = pd.Timestamp("2025-02-01")
+  life = {i: (int(rs.randint(0, days - 5)), int(rs.randint(5, 30))) for i in range(n_tracks)}
+  rows = []
+  for region in ("jp", "kr"):
+    for d in range(days):
+      date = (start + pd.Timedelta(days=d)).date().isoformat()
+      if region == "kr" and date == MISSING_DAY:
+        continue
+      on = [i for i, (a, n) in life.items() if a <= d < a + n][:10]
+      for pos, i in enumerate(on, 1):
+        rows.append(dict(region=region, period="daily", date=date, pos=pos, track_id="",
+                         artist=f"artist{i % 17}", title=f"song {i}", featured="", artist_id="",
+                         streams=float(10000 * (11 - pos) + d), movement="", on_chart=np.nan,
+                         peak=np.nan, source="kworb_csv"))
+  return pd.DataFrame(rows)

@@ -13,6 +13,8 @@ import pytest
 from data_prep import build, synthetic, tables
 from mpjax.input import tfrecord
 
+from fakes import MISSING_DAY, daily_charts
+
 SMALL = dict(n_songs=40, n_artists=12, regions=("global", "us", "kr"), clip_seconds=5.5, weeks=40)
 
 
@@ -224,30 +226,6 @@ def test_window_argument_takes_an_open_end():
 # Daily chart-only data: known days and the time split (--cutoff)
 # ------------------------------------------------------------------------------------------------
 
-MISSING_DAY = "2025-03-10"  # 'kr' published no chart that day
-
-
-def daily_charts(days=90, n_tracks=60, seed=0):
-  """Daily top-10 charts of two regions, tracks entering every day or so and staying 5-30 days;
-  region 'kr' has no chart on MISSING_DAY."""
-  rs = np.random.RandomState(seed)
-  start = pd.Timestamp("2025-02-01")
-  life = {i: (int(rs.randint(0, days - 5)), int(rs.randint(5, 30))) for i in range(n_tracks)}
-  rows = []
-  for region in ("jp", "kr"):
-    for d in range(days):
-      date = (start + pd.Timedelta(days=d)).date().isoformat()
-      if region == "kr" and date == MISSING_DAY:
-        continue
-      on = [i for i, (a, n) in life.items() if a <= d < a + n][:10]
-      for pos, i in enumerate(on, 1):
-        rows.append(dict(region=region, period="daily", date=date, pos=pos, track_id="",
-                         artist=f"artist{i % 17}", title=f"song {i}", featured="", artist_id="",
-                         streams=float(10000 * (11 - pos) + d), movement="", on_chart=np.nan,
-                         peak=np.nan, source="kworb_csv"))
-  return pd.DataFrame(rows)
-
-
 @pytest.fixture(scope="module")
 def daily_raw(tmp_path_factory):
   d = tmp_path_factory.mktemp("daily_raw")
@@ -346,3 +324,13 @@ def test_cutoff_cli_is_named_when_misused(daily_raw, tmp_path, capsys):
   assert "--cutoff sets the split" in capsys.readouterr().err
   with pytest.raises(ValueError, match="cutoff"):
     run(daily_raw, tmp_path / "y", chart_only=True, split_by="cutoff")
+
+
+def test_cutoff_val_window_ends_a_val_horizon_before_the_cutoff():
+  cfg = lambda **kw: build.BuildConfig(raw="r", out="o", period="daily", horizon=91,  # noqa: E731
+                                       split_by="cutoff", cutoff="2025-11-01", **kw)
+  assert build.cutoff_val_window(cfg()) == ("2025-07-05", "2025-08-02")
+  assert build.cutoff_val_window(cfg(val_horizon=35)) == ("2025-08-30", "2025-09-27")
+  weekly = build.BuildConfig(raw="r", out="o", horizon=4, split_by="cutoff", cutoff="2025-11-01",
+                             val_days=7)
+  assert build.cutoff_val_window(weekly) == ("2025-09-27", "2025-10-04")

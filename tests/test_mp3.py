@@ -284,3 +284,63 @@ def test_bad_mp3_config_fails_at_start(data, tmp_path, field, value, match):
   target[leaf] = value
   with pytest.raises(ValueError, match=match):
     train.train_and_evaluate(c, str(tmp_path))
+
+
+def _origin_config(origins, k=2):
+  import ml_collections
+  return ml_collections.ConfigDict({"mp3": {"prefix_steps": k, "origins": origins}})
+
+
+def test_forecast_window_from_the_debut_in_evaluation():
+  from mpjax import train
+  rs = np.random.RandomState(0)
+  batch = {"series": jnp.asarray(rs.rand(3, 2, 10), jnp.float32),
+           "series_mask": jnp.asarray(rs.rand(3, 2, 10) > 0.3, jnp.float32),
+           "series_known": jnp.ones((3, 2, 10), jnp.float32)}
+  out = train.forecast_window(batch, _origin_config(4), 6)  # no key: evaluation
+  np.testing.assert_array_equal(np.asarray(out["series"]), np.asarray(batch["series"][..., :6]))
+  np.testing.assert_array_equal(np.asarray(out["origin"]), 0)
+
+
+def test_forecast_origins_are_uniform_over_charted_prefixes():
+  from mpjax import train
+  k, o_max, w = 2, 4, 5
+  t = w + o_max
+  series = jnp.broadcast_to(jnp.arange(t, dtype=jnp.float32), (1, 3, t))
+  mask = np.zeros((1, 3, t), np.float32)
+  mask[0, 0, [0, 5]] = 1  # prefixes [o, o+2) holding step 0 or 5: o in {0, 4}
+  mask[0, 1, :] = 1       # every origin 0..4
+  mask[0, 2, 7:] = 1      # no origin's prefix holds a value: origin 0
+  batch = {"series": series, "series_mask": jnp.asarray(mask),
+           "series_known": jnp.ones_like(series)}
+  seen = {0: set(), 1: set(), 2: set()}
+  counts = np.zeros(o_max + 1)
+  for i in range(400):
+    out = train.forecast_window(batch, _origin_config(o_max, k), w, jax.random.key(i))
+    o = np.asarray(out["origin"])[0]
+    for r in range(3):
+      seen[r].add(int(o[r]))
+      # The window is the stored series from the origin on, mask and known alike.
+      np.testing.assert_array_equal(np.asarray(out["series"])[0, r], np.arange(o[r], o[r] + w))
+      np.testing.assert_array_equal(np.asarray(out["series_mask"])[0, r], mask[0, r, o[r]:o[r] + w])
+    counts[o[1]] += 1
+  assert seen == {0: {0, 4}, 1: {0, 1, 2, 3, 4}, 2: {0}}
+  assert counts.min() > 50  # roughly uniform: 80 expected each
+
+
+def test_band_calibration_on_validation():
+  from mpjax import forecast
+  rs = np.random.RandomState(0)
+  q = (0.1, 0.5, 0.9)
+  n, t, k = 400, 8, 2
+  series = rs.randn(n, t) * 2.0  # true sd 2: the 80 % band is +-2.56
+  mask = np.ones((n, t))
+  narrow = np.stack([np.full((n, t - k), v) for v in (-0.64, 0.0, 0.64)], -1)  # a quarter too narrow
+  assert forecast.band_coverage(narrow, series, mask, k) < 0.3
+  s = forecast.band_scale(narrow, series, mask, k, q)
+  assert 3.5 < s < 4.5
+  cal = forecast.scale_bands(narrow, q, s)
+  assert abs(forecast.band_coverage(cal, series, mask, k) - 0.8) < 0.02
+  np.testing.assert_array_equal(cal[..., 1], narrow[..., 1])  # the median is untouched
+  mask[:, k:] = 0
+  assert forecast.band_scale(narrow, series, mask, k, q) == 1.0  # nothing to calibrate on
