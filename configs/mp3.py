@@ -12,11 +12,15 @@ Demo (README command one; CPU, ~15 minutes on 2 cores; everything from nothing):
   `python -m mpjax.predict --model=WORKDIR/bundle song.mp3`.
 
 Real data, chart only (no audio): the kworb daily CSV as series per (country, song), forecast
-days k+1..k+28 from the first k = 7, split by debut date:
+days 8..35 from the first 7 (mp3.window = 35), trained also from origins up to day 56 after the
+debut (mp3.origins; stored horizon 35 + 56 = 91), time split at a cutoff:
   python -m data_prep.kworb_csv ../shared/data/kworb_daily_top50_2025-06_2026-02.csv.gz --raw RAW
-  python -m data_prep.build --raw RAW --out DATA --chart-only --period daily --horizon 35 \
-      --split-by debut --debut-cutoffs 2025-12-01,2026-01-01
+  python -m data_prep.build --raw RAW --out DATA --chart-only --period daily --horizon 91 \
+      --cutoff 2025-12-01 --val-horizon 35 --window ,2025-12-31
   python -m mpjax.main --config=configs/mp3.py:kworb --workdir=/tmp/mp3_kworb --config.data_dir=DATA
+  Rolling-origin backtest over several cutoffs (mpjax/backtest.py):
+  python -m mpjax.backtest --raw=RAW --workdir=/tmp/backtest --seeds=0,1 \
+      --cutoffs=2025-09-01,2025-10-01,2025-11-01,2025-12-01,2026-01-01
 
 Accelerators (default): AST-Base encoder from an MP2 checkpoint, weekly series:
   python -m mpjax.main --config=configs/mp3.py --workdir=/ckpt/mp3 \
@@ -49,6 +53,8 @@ def get_config(arg: str | None = None):
       censored_weight=0.0,              # > 0: hinge keeping off-chart gaps below the floor
       weekday_input=kworb,              # condition on the debut's weekday (daily charts)
       calibrate=kworb,                  # test report: band widths calibrated on val
+      extrinsic_input=False,            # condition on the debut-time extrinsic features
+      loss_per_series=False,            # every series weighs the same in the loss (not points)
       window=35 if kworb else 0,        # series length seen (prefix included); 0 = dataset horizon
       origins=56 if kworb else 0,       # > 0: train also from origins up to this many steps
                                         #   after the debut (needs horizon >= window + origins)

@@ -11,7 +11,10 @@ Steps: chart rows -> `targets.build_targets` (debut, MP2, MP3 series + mask, ext
 per (track, region)) -> for each usable clip: decode (`audio.check`), Kaldi fbank
 (`mpjax.audio.fbank.fbank_np`), float16 -> one `tf.train.Example` with the targets of every
 region the track charted in (DESIGN.md §3) -> shards `{split}-00003-of-00016.tfrecord` + `.idx`.
-Splits are by song (`song_id`), never by clip: by a seeded hash, or by debut date.
+Splits are by song (`song_id`), never by clip: by a seeded hash, by debut date, or by time
+(`--cutoff DATE`, `cutoff_targets`: train and val built from the chart rows before DATE only,
+test = songs first charting from DATE on). Records carry `series_known` beside `series_mask`
+(a missing chart day is not an off-chart day).
 `manifest.json` records the region vocabulary, feature names and definitions, fbank mean/std
 over the TRAIN split only, counts and provenance; `build_report.md` is the human summary
 (skipped clips and why, per-region counts, throughput).

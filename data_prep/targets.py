@@ -88,6 +88,8 @@ FEATURE_NAMES = [
     "n_featured",
     "artist_on_chart_at_debut",
     "artist_tracks_on_chart_at_debut",
+    "debut_periods_on_source_chart",
+    "debut_prior_log_streams",
 ]
 WEEKS_CAP = 52.0
 MIN_CHART_DAYS_PER_WEEK = 4
@@ -209,6 +211,12 @@ def definitions(period: str, horizon: int, mp2_weeks: int, window, min_history_d
                                   "chart (region, date) as the debut, else 0",
       "artist_tracks_on_chart_at_debut": "number of other tracks of the lead artist on the debut "
                                          "chart (region, date)",
+      "debut_periods_on_source_chart": "on_chart - 1 at the debut row: days/weeks the source's "
+                                       "(possibly longer) chart had the track before this debut "
+                                       "(0 when unknown)",
+      "debut_prior_log_streams": "log1p(total - streams) at the debut row: streams the source "
+                                 "counted for the track before the debut day, when it gives a "
+                                 "cumulative total (the kworb CSV); 0 otherwise",
       "history": "artist history = rows of this region from its first chart date in the data, "
                  "strictly before the debut date",
   }
@@ -447,6 +455,12 @@ def build_targets(charts: pd.DataFrame, *, period: str = "weekly", horizon: int 
   peak = np.where(has_prior, np.log1p(np.nan_to_num(a_cummax[prev], nan=0.0)), 0.0)
   at_debut = a_count[np.minimum(ai, len(akeys) - 1)] - 1  # akeys[ai] == q: the track itself is there
   featured = src["featured"].to_numpy(dtype=object)[starts[sel]]
+  # The source's own history of the track before this debut: periods on its (possibly longer)
+  # chart, and the streams it counted there (the kworb CSV's cumulative `total`).
+  on_chart0 = pd.to_numeric(src["on_chart"], errors="coerce").to_numpy(np.float64)[starts[sel]]
+  streams0 = pd.to_numeric(src["streams"], errors="coerce").to_numpy(np.float64)[starts[sel]]
+  total0 = (pd.to_numeric(src["total"], errors="coerce").to_numpy(np.float64)[starts[sel]]
+            if "total" in src.columns else np.full(len(streams0), np.nan))
   n_feat = np.array([len([x for x in f.split(";") if x.strip()]) for f in featured], np.float64)
   extrinsic = np.stack([
       pos[starts[sel]].astype(np.float64),
@@ -457,6 +471,8 @@ def build_targets(charts: pd.DataFrame, *, period: str = "weekly", horizon: int 
       n_feat,
       (at_debut > 0).astype(np.float64),
       at_debut.astype(np.float64),
+      np.maximum(np.nan_to_num(on_chart0 - 1.0, nan=0.0), 0.0),
+      np.log1p(np.maximum(np.nan_to_num(total0 - streams0, nan=0.0), 0.0)),
   ], axis=1) if n else np.zeros((0, F))
 
   # -- Table -----------------------------------------------------------------------------------

@@ -7,9 +7,10 @@
 For each cutoff C: `data_prep.build --chart-only --cutoff C` builds W/C/data (train and val see
 only chart dates before C, val = first debuts in the 28 days before C - horizon; test = songs
 first charting from C up to the next cutoff, or C + test_days when set or for the last cutoff:
-30 days), then one `python -m mpjax.main` run per seed trains MP3 into W/C/seed<S> (chosen on
-validation: the best checkpoint by val MAE) and scores it and every baseline on the test songs
-(`mpjax.forecast.report`: the baselines are fitted on the same train split). Finished pieces are
+30 days), then one `python -m mpjax.main` run per seed trains MP3 into W/C/seed<S> and scores
+its last step and every baseline on the test songs (`mpjax.forecast.report`: the baselines are
+fitted on the same train split; the quantile bands are calibrated on val). Nothing is chosen on
+the test songs: the config is fixed before, and the val split serves calibration. Finished pieces are
 skipped, so rerunning the command resumes.
 
 Written: W/backtest.json (every method's test metrics per cutoff and seed) and W/backtest.md:

@@ -134,7 +134,9 @@ def build_model(config, manifest: dict, *, seed: int = 0, head_bias: float = 0.0
                      prefix_steps=f.prefix_steps, quantiles=forecast_lib.quantiles_of(config),
                      audio=f.audio, dec_depth=f.dec_depth, dec_heads=f.dec_heads or None,
                      freeze_encoder=f.freeze_encoder, level_init=head_bias,
-                     weekday=f.get("weekday_input", False), rngs=nnx.Rngs(seed))
+                     weekday=f.get("weekday_input", False),
+                     num_extrinsic=len(manifest["feature_names"]) if f.get("extrinsic_input") else 0,
+                     rngs=nnx.Rngs(seed))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -245,7 +247,8 @@ def forward(model, batch, config, fbank=None, patchout_key=None):
   known = batch.get("series_known")
   return model(fbank, batch["region_ids"], batch["series"][..., :k], batch["series_mask"][..., :k],
                patchout_key=patchout_key, prefix_known=None if known is None else known[..., :k],
-               weekday=batch.get("weekday"), origin=batch.get("origin"))
+               weekday=batch.get("weekday"), origin=batch.get("origin"),
+               extrinsic=batch.get("extrinsic"))
 
 
 def task_loss(out, batch, config):
@@ -256,7 +259,8 @@ def task_loss(out, batch, config):
                                prefix_steps=f.prefix_steps,
                                quantiles=forecast_lib.quantiles_of(config),
                                censored_weight=f.censored_weight,
-                               series_known=batch.get("series_known"))
+                               series_known=batch.get("series_known"),
+                               per_series=f.get("loss_per_series", False))
 
 
 def make_steps(graphdef, tx, mesh, config, window: int | None = None):

@@ -344,3 +344,26 @@ def test_band_calibration_on_validation():
   np.testing.assert_array_equal(cal[..., 1], narrow[..., 1])  # the median is untouched
   mask[:, k:] = 0
   assert forecast.band_scale(narrow, series, mask, k, q) == 1.0  # nothing to calibrate on
+
+
+def test_extrinsic_input_conditions_the_forecast_and_is_required():
+  model = randomize(mp3.MP3(CFG, 3, "cls_token", horizon=6, prefix_steps=2, quantiles=Q,
+                            audio=False, dec_depth=1, num_extrinsic=4, rngs=nnx.Rngs(0)))
+  _, ids, prefix, pmask = inputs()
+  a = model(None, ids, prefix, pmask, extrinsic=jnp.zeros(ids.shape + (4,)))
+  b = model(None, ids, prefix, pmask, extrinsic=jnp.full(ids.shape + (4,), 30.0))
+  assert np.abs(np.asarray(a) - np.asarray(b)).max() > 1e-4
+  with pytest.raises(ValueError, match="extrinsic"):
+    model(None, ids, prefix, pmask)
+
+
+def test_per_series_loss_weighs_every_series_the_same():
+  k = 1
+  series = jnp.asarray([[[5.0, 1.0, 1.0, 1.0, 1.0]], [[5.0, 2.0, 0.0, 0.0, 0.0]]])
+  mask = jnp.asarray([[[1.0, 1.0, 1.0, 1.0, 1.0]], [[1.0, 1.0, 0.0, 0.0, 0.0]]])
+  zero = jnp.zeros((2, 1, 4, 1))
+  loss = lambda per: float(mp3.forecast_loss(zero, series, mask, prefix_steps=k, quantiles=None,  # noqa: E731
+                                             per_series=per))
+  # Squared errors: series 0 has 4 points of 1, series 1 one point of 4.
+  assert loss(False) == pytest.approx((4 * 1.0 + 4.0) / 5)  # pooled over 5 points
+  assert loss(True) == pytest.approx((1.0 + 4.0) / 2)        # mean of the 2 series' means

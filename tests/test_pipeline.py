@@ -65,7 +65,8 @@ def test_train_batch_shapes_and_dtypes(data, manifest):
   expect = {"fbank": ((4, TDIM, 128), np.float32), "region_ids": ((4, 2), np.int32),
             "region_mask": ((4, 2), np.float32), "mp2": ((4, 2), np.float32),
             "mp2_weight": ((4, 2), np.float32), "series": ((4, 2, H), np.float32),
-            "series_mask": ((4, 2, H), np.float32), "extrinsic": ((4, 2, F), np.float32),
+            "series_mask": ((4, 2, H), np.float32), "series_known": ((4, 2, H), np.float32),
+            "weekday": ((4, 2), np.int32), "extrinsic": ((4, 2, F), np.float32),
             "labels": ((4, L), np.int32), "record": ((4,), np.int32), "valid": ((4,), np.float32),
             "mixup_lambda": ((4,), np.float32)}
   assert set(b) == set(expect)
@@ -132,9 +133,12 @@ def test_missing_targets_get_zero_weight_and_sample_valid_regions(data, manifest
   ex = {"record": 0, "fbank16": np.zeros((20, 128), np.float16),
         "regions": np.array([0, 2], np.int32), "mp2": np.array([np.nan, 12.0], np.float32),
         "mp2_observed_steps": np.array([2, 6]), "series": np.full((2, H), 9.0, np.float32),
-        "series_mask": np.ones((2, H), bool), "extrinsic": np.ones((2, F), np.float32),
+        "series_mask": np.ones((2, H), bool), "series_known": np.ones((2, H), bool),
+        "weekday": np.array([4, 5], np.int32), "extrinsic": np.ones((2, F), np.float32),
         "labels": np.zeros(len(manifest["labels"]), np.int32)}
   t = pipeline._targets(ex, np.array([0, 1, -1]), np.array([0, 2, 0]), m)
+  np.testing.assert_array_equal(t["weekday"], [4, 5, -1])
+  np.testing.assert_array_equal(t["series_known"].sum(1), [H, H, 0])
   np.testing.assert_array_equal(t["mp2_weight"], [0, 1, 0])
   np.testing.assert_array_equal(t["mp2"], [0, 12, 0])  # never NaN in a batch
   np.testing.assert_array_equal(t["region_mask"], [1, 1, 0])

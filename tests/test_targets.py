@@ -86,15 +86,16 @@ def test_extrinsic_features_from_artist_history():
   assert tg.feature_names == [
       "debut_pos", "artist_prior_tracks", "artist_prior_peak_log_streams",
       "weeks_since_artist_last_on_chart", "artist_never_charted", "n_featured",
-      "artist_on_chart_at_debut", "artist_tracks_on_chart_at_debut"]
+      "artist_on_chart_at_debut", "artist_tracks_on_chart_at_debut",
+      "debut_periods_on_source_chart", "debut_prior_log_streams"]
   i = by_key(tg)
   # X (week 2): prior tracks P (week 0), Q (week 1); peak 7000 (P, week 1); last on chart week 1;
   # featured B, C; Q is on the debut chart. Artist 'A' rows without id borrow P's id 'aid'.
-  np.testing.assert_allclose(tg.extrinsic[i["tX"]], [3, 2, L(7000), 1, 0, 2, 1, 1], rtol=1e-6)
+  np.testing.assert_allclose(tg.extrinsic[i["tX"]], [3, 2, L(7000), 1, 0, 2, 1, 1, 0, 0], rtol=1e-6)
   # Q (week 1): prior P only, its peak before week 1 is 5000; P is on the debut chart.
-  np.testing.assert_allclose(tg.extrinsic[i["a - q"]], [3, 1, L(5000), 1, 0, 0, 1, 1], rtol=1e-6)
+  np.testing.assert_allclose(tg.extrinsic[i["a - q"]], [3, 1, L(5000), 1, 0, 0, 1, 1, 0, 0], rtol=1e-6)
   # Y: a new artist.
-  np.testing.assert_allclose(tg.extrinsic[i["zed - y"]], [2, 0, 0, 52, 1, 0, 0, 0])
+  np.testing.assert_allclose(tg.extrinsic[i["zed - y"]], [2, 0, 0, 52, 1, 0, 0, 0, 0, 0])
   for name in tg.feature_names + ["mp2_target", "series", "series_mask", "step", "debut",
                                   "left_censoring", "weekly_from_daily"]:
     assert name in tg.definitions and tg.definitions[name]
@@ -166,7 +167,7 @@ def test_daily_to_weekly_aggregation():
   assert t["mp2_target"] == pytest.approx(L(700 + 1400 + 600))
   assert t["mp2_observed_steps"] == 2
   # Weekly unit: the artist's prior daily peak (50) counts as 7 x 50.
-  np.testing.assert_allclose(tg.extrinsic[0], [2, 1, L(350), 2 / 7, 0, 0, 0, 0], rtol=1e-6)
+  np.testing.assert_allclose(tg.extrinsic[0], [2, 1, L(350), 2 / 7, 0, 0, 0, 0, 0, 0], rtol=1e-6)
   assert np.isnan(targets.build_targets(daily_charts(), horizon=5, mp2_weeks=5)
                   .table["mp2_target"][0])
   # Days 9-12 missing: week 1 has 3 chart days (< 4): unknown, so MP2 is not computable.
@@ -184,7 +185,7 @@ def test_daily_period():
   assert tg.series_known[0].tolist() == [1] * 8 + [0, 1]  # day 10: no chart in the data
   assert tg.table["mp2_target"][0] == pytest.approx(L(2700))
   assert (tg.table["n_observed"][0], tg.table["n_known"][0]) == (9, 9)
-  np.testing.assert_allclose(tg.extrinsic[0], [2, 1, L(50), 2 / 7, 0, 0, 0, 0], rtol=1e-6)
+  np.testing.assert_allclose(tg.extrinsic[0], [2, 1, L(50), 2 / 7, 0, 0, 0, 0, 0, 0], rtol=1e-6)
   # period='daily' ignores weekly rows; a weekly-only table gives no pairs.
   empty = targets.build_targets(weekly_charts(), period="daily", horizon=4)
   assert len(empty.table) == 0 and empty.series.shape == (0, 4)
@@ -219,7 +220,7 @@ def test_real_csv_daily():
   tg = targets.build_targets(charts, period="daily", horizon=28)
   assert time.time() - t0 < 20
   n = len(tg.table)
-  assert n == 763 and tg.series.shape == (763, 28) and tg.extrinsic.shape == (763, 8)
+  assert n == 763 and tg.series.shape == (763, 28) and tg.extrinsic.shape == (763, len(targets.FEATURE_NAMES))
   assert int((tg.series_mask.sum(1) == 28).sum()) == 92
   assert int(tg.table["mp2_target"].notna().sum()) == 597
   assert int((tg.table["debut_is_new"] == 1).sum()) == 230
@@ -258,3 +259,31 @@ def test_song_key_keeps_thai_and_hangul_letters():
   assert tables.song_key("x", "เดินมาส่ง") == "x - เดินมาส่ง"
   assert tables.song_key("Muộii", "뛰어 (JUMP)") == "muoii - 뛰어 jump"
   assert tables.song_key("Beyoncé", "Halo (feat. Someone) - Remastered 2011") == "beyonce - halo"
+
+
+def test_source_history_features_from_on_chart_and_total():
+  """A song entering the top 50 after 4 days on the source's longer chart, with 9,000 streams
+  counted before (the kworb CSV's cumulative total), against one new on the chart."""
+  rows = []
+  for d in range(12):
+    date = f"2025-01-{d + 1:02d}"
+    rows.append(dict(region="kr", period="daily", date=date, pos=1, track_id="", artist="a",
+                     title="old", featured="", artist_id="", streams=100.0, movement="",
+                     on_chart=float(d + 1), peak=1.0, source="kworb_csv", total=100.0 * (d + 1)))
+    if d >= 5:
+      rows.append(dict(region="kr", period="daily", date=date, pos=2, track_id="", artist="b",
+                       title="climber", featured="", artist_id="", streams=50.0, movement="",
+                       on_chart=float(d + 5 - 5), peak=2.0, source="kworb_csv",
+                       total=9000.0 + 50.0 * (d - 4)))
+    if d >= 7:
+      rows.append(dict(region="kr", period="daily", date=date, pos=3, track_id="", artist="c",
+                       title="fresh", featured="", artist_id="", streams=40.0, movement="NEW",
+                       on_chart=float(d - 6), peak=3.0, source="kworb_csv", total=np.nan))
+  tg = targets.build_targets(pd.DataFrame(rows), period="daily", horizon=3, mp2_weeks=1)
+  i = by_key(tg)
+  f = {n: j for j, n in enumerate(tg.feature_names)}
+  climber, fresh = tg.extrinsic[i["b - climber"]], tg.extrinsic[i["c - fresh"]]
+  assert climber[f["debut_periods_on_source_chart"]] == 4  # on_chart 5 at its first top row
+  assert climber[f["debut_prior_log_streams"]] == pytest.approx(L(9000.0))
+  assert fresh[f["debut_periods_on_source_chart"]] == 0
+  assert fresh[f["debut_prior_log_streams"]] == 0  # no total given: 0, never NaN

@@ -77,7 +77,7 @@ class MP3(nnx.Module):
                *, horizon: int, prefix_steps: int = 0, quantiles: Sequence[float] | None = (0.1, 0.5, 0.9),
                audio: bool = True, dec_depth: int = 2, dec_heads: int | None = None,
                freeze_encoder: bool = False, level_init: float = 0.0, weekday: bool = False,
-               max_origin: int = 0, rngs: nnx.Rngs):
+               max_origin: int = 0, num_extrinsic: int = 0, rngs: nnx.Rngs):
     """cfg: the encoder's AST config (its `hidden` is the decoder width, audio or not).
     horizon: series length T of the dataset; forecasts cover steps prefix_steps..T-1.
     quantiles: increasing levels in (0, 1), or None for a point forecast (MSE).
@@ -86,7 +86,9 @@ class MP3(nnx.Module):
     level_init: initial per-region level for k = 0 (e.g. the training mean of the series).
     weekday: condition every token on the debut's weekday (daily charts: release-day effects).
     max_origin: > 0: forecasts may start up to this many steps after the debut (training on
-      later origins); every token is conditioned on the origin (0 = from the debut)."""
+      later origins); every token is conditioned on the origin (0 = from the debut).
+    num_extrinsic: > 0: every token is also conditioned on the F debut-time features
+      (`extrinsic` [B, R, F], sign(x) log1p|x| then a linear map)."""
     regions_lib.check_mode(region_mode)
     if num_regions < 1:
       raise ValueError(f"num_regions={num_regions}: need at least one region")
@@ -126,6 +128,8 @@ class MP3(nnx.Module):
     self.weekday_embed = nnx.Param(_init(rngs.params(), (8, d))) if weekday else None
     self.origin_embed = (nnx.Param(_init(rngs.params(), (max_origin + 1, d))) if max_origin
                          else None)
+    self.extrinsic_proj = (nnx.Linear(num_extrinsic, d, kernel_init=_init, rngs=rngs)
+                           if num_extrinsic else None)
     self.level = nnx.Param(jnp.full((num_regions,), level_init, jnp.float32))
     dtype = jnp.dtype(cfg.dtype)
     self.blocks = nnx.List([DecoderBlock(d, heads, 4 * d, cross=audio, dtype=dtype, rngs=rngs)
@@ -162,7 +166,7 @@ class MP3(nnx.Module):
   # -- forward ---------------------------------------------------------------------------------
 
   def __call__(self, fbank, regions, prefix=None, prefix_mask=None, patchout_key=None, *,
-               prefix_known=None, weekday=None, origin=None):
+               prefix_known=None, weekday=None, origin=None, extrinsic=None):
     if regions.ndim == 1:
       regions = regions[:, None]
     b, r = regions.shape
@@ -195,6 +199,11 @@ class MP3(nnx.Module):
       n = self.origin_embed.shape[0]
       context = context + jnp.take(self.origin_embed[...], jnp.clip(o, 0, n - 1),
                                    axis=0)[:, :, None, :]
+    if self.extrinsic_proj is not None:
+      if extrinsic is None:
+        raise ValueError("this MP3 is conditioned on extrinsic features: pass extrinsic [B, R, F]")
+      x = extrinsic.astype(jnp.float32)
+      context = context + self.extrinsic_proj(jnp.sign(x) * jnp.log1p(jnp.abs(x)))[:, :, None, :]
     queries = queries + context
     tokens = queries
     if k:
@@ -242,7 +251,7 @@ def pinball(pred, target, quantiles):
 
 
 def forecast_loss(out, series, series_mask, *, prefix_steps: int, quantiles, censored_weight=0.0,
-                  series_known=None):
+                  series_known=None, per_series=False):
   """Masked loss over the observed forecast steps, plus an optional censoring term.
 
   out: [B, R, H, Q]; series, series_mask: [B, R, horizon]. Pinball (quantiles) or MSE (point),
@@ -253,7 +262,8 @@ def forecast_loss(out, series, series_mask, *, prefix_steps: int, quantiles, cen
   unobserved where `series_known` is 1 (the chart exists in the data), also after the last
   observed step; a step with no chart in the data is missing and never counts. Without
   `series_known` only gaps before the series' last observed step count (the data may end
-  earlier).
+  earlier). per_series: every series with an observed forecast step weighs the same (its points
+  share a weight of 1; the metric MAE/series), instead of every observed point.
   """
   k = prefix_steps
   y = series[..., k:]
@@ -265,7 +275,11 @@ def forecast_loss(out, series, series_mask, *, prefix_steps: int, quantiles, cen
   else:
     per = (out[..., 0] - y) ** 2
     mid = out[..., 0]
-  loss = jnp.sum(jnp.where(m > 0, per, 0.0)) / n
+  if per_series:
+    w = m / jnp.maximum(m.sum(-1, keepdims=True), 1.0)
+    loss = jnp.sum(jnp.where(m > 0, per * w, 0.0)) / jnp.maximum((m.sum(-1) > 0).sum(), 1.0)
+  else:
+    loss = jnp.sum(jnp.where(m > 0, per, 0.0)) / n
   if censored_weight:
     full = series_mask.astype(jnp.float32)
     t = jnp.arange(full.shape[-1])
