@@ -63,7 +63,8 @@ def test_backtest_end_to_end(tmp_path):
     cal = json.loads((work / c / "seed0" / "forecast" / "calibration.json").read_text())
     assert cal["chosen_on"] == "val" and cal["scale"] > 0
   md = (work / "backtest.md").read_text()
-  assert "Averaged over cutoffs" in md and "mp3" in md
+  assert "Averaged over cutoffs" in md and "| mp3 |" in md and "| mp3 (val) |" in md
+  assert out["results"]["2025-03-25"]["0"]["mp3 (val)"]["mae_series"] > 0
   # Rerunning skips everything finished (no training log grows).
   log = work / "2025-03-25" / "seed0.log"
   size = log.stat().st_size
