@@ -102,7 +102,8 @@ def read_run(workdir: str) -> dict | None:
   with open(path) as f:
     res = json.load(f)
   with open(final) as f:
-    val = {k[4:]: v for k, v in json.load(f).items() if k.startswith("val/")}
+    final = json.load(f)
+  val = {k[4:]: v for k, v in final.get("metrics", final).items() if k.startswith("val/")}
   out = {name: r["overall"] for name, r in res["results"].items()}
   out["mp3 (val)"] = {k: val.get(k) for k in SHOWN}
   return out
