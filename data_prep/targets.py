@@ -66,6 +66,11 @@ start on (use ``min_history_days`` to guarantee every debut that much history).
 - ``n_featured``: number of featured artists on the debut row.
 - ``artist_on_chart_at_debut``: 1 when another track of the same lead artist is on the same chart
   (region, date) as the debut, else 0; ``artist_tracks_on_chart_at_debut``: how many.
+- ``song_regions_charted_before``: other regions where the same track_key was on the chart
+  strictly before this debut; ``song_days_charted_elsewhere``: days from its first chart date
+  there to this debut (0 when none); ``song_peak_log_streams_elsewhere``: log1p(max streams of
+  one of those chart observations), in the series' unit (0 when none). A song spreading from
+  region to region is known to do so at its debut in the next one.
 
 The work is vectorised (numpy / pandas; Python loops only over unique names): 1M daily chart rows
 with 56k distinct titles take about 7-10 s on 2 busy CPU cores, mostly `tables.song_key`.
@@ -90,6 +95,9 @@ FEATURE_NAMES = [
     "artist_tracks_on_chart_at_debut",
     "debut_periods_on_source_chart",
     "debut_prior_log_streams",
+    "song_regions_charted_before",
+    "song_days_charted_elsewhere",
+    "song_peak_log_streams_elsewhere",
 ]
 WEEKS_CAP = 52.0
 MIN_CHART_DAYS_PER_WEEK = 4
@@ -217,6 +225,13 @@ def definitions(period: str, horizon: int, mp2_weeks: int, window, min_history_d
       "debut_prior_log_streams": "log1p(total - streams) at the debut row: streams the source "
                                  "counted for the track before the debut day, when it gives a "
                                  "cumulative total (the kworb CSV); 0 otherwise",
+      "song_regions_charted_before": "number of other regions where the same track_key was on "
+                                     "the chart strictly before this debut",
+      "song_days_charted_elsewhere": "days from the track_key's first chart date in another "
+                                     "region to this debut; 0 when it charted nowhere before",
+      "song_peak_log_streams_elsewhere": "log1p(max streams of one chart observation of the "
+                                         "track_key in another region before this debut), in "
+                                         "the series' unit; 0 when none",
       "history": "artist history = rows of this region from its first chart date in the data, "
                  "strictly before the debut date",
   }
@@ -462,6 +477,22 @@ def build_targets(charts: pd.DataFrame, *, period: str = "weekly", horizon: int 
   total0 = (pd.to_numeric(src["total"], errors="coerce").to_numpy(np.float64)[starts[sel]]
             if "total" in src.columns else np.full(len(streams0), np.nan))
   n_feat = np.array([len([x for x in f.split(";") if x.strip()]) for f in featured], np.float64)
+  # The same track in the other regions before this debut (its own region has no earlier row:
+  # a pair starts at its first row there).
+  song_pairs = np.sort(p_tk.astype(np.int64) * _BIG + (p_day - day0))
+  t_sel = p_tk[sel].astype(np.int64) * _BIG
+  t_lo = np.searchsorted(song_pairs, t_sel, "left")
+  regions_before = np.searchsorted(song_pairs, t_sel + (sel_first - day0), "left") - t_lo
+  song_first = np.where(regions_before > 0, song_pairs[np.minimum(t_lo, len(song_pairs) - 1)]
+                        % _BIG + day0, sel_first)
+  s_by_day = pd.DataFrame({"k": tk.astype(np.int64) * _BIG + (day - day0), "s": streams * scale}
+                          ).groupby("k", sort=True)["s"].max()
+  s_keys = s_by_day.index.to_numpy(np.int64)
+  s_cummax = s_by_day.groupby(s_keys // _BIG).cummax().to_numpy()
+  si = np.searchsorted(s_keys, t_sel + (sel_first - day0), "left")
+  s_prior = si > np.searchsorted(s_keys, t_sel, "left")
+  song_peak = np.where(s_prior, np.log1p(np.nan_to_num(s_cummax[np.maximum(si - 1, 0)], nan=0.0)),
+                       0.0)
   extrinsic = np.stack([
       pos[starts[sel]].astype(np.float64),
       np.where(has_prior, prior_tracks, 0),
@@ -473,6 +504,9 @@ def build_targets(charts: pd.DataFrame, *, period: str = "weekly", horizon: int 
       at_debut.astype(np.float64),
       np.maximum(np.nan_to_num(on_chart0 - 1.0, nan=0.0), 0.0),
       np.log1p(np.maximum(np.nan_to_num(total0 - streams0, nan=0.0), 0.0)),
+      regions_before.astype(np.float64),
+      (sel_first - song_first).astype(np.float64),
+      song_peak,
   ], axis=1) if n else np.zeros((0, F))
 
   # -- Table -----------------------------------------------------------------------------------

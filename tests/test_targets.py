@@ -87,15 +87,17 @@ def test_extrinsic_features_from_artist_history():
       "debut_pos", "artist_prior_tracks", "artist_prior_peak_log_streams",
       "weeks_since_artist_last_on_chart", "artist_never_charted", "n_featured",
       "artist_on_chart_at_debut", "artist_tracks_on_chart_at_debut",
-      "debut_periods_on_source_chart", "debut_prior_log_streams"]
+      "debut_periods_on_source_chart", "debut_prior_log_streams",
+      "song_regions_charted_before", "song_days_charted_elsewhere",
+      "song_peak_log_streams_elsewhere"]
   i = by_key(tg)
   # X (week 2): prior tracks P (week 0), Q (week 1); peak 7000 (P, week 1); last on chart week 1;
   # featured B, C; Q is on the debut chart. Artist 'A' rows without id borrow P's id 'aid'.
-  np.testing.assert_allclose(tg.extrinsic[i["tX"]], [3, 2, L(7000), 1, 0, 2, 1, 1, 0, 0], rtol=1e-6)
+  np.testing.assert_allclose(tg.extrinsic[i["tX"]], [3, 2, L(7000), 1, 0, 2, 1, 1, 0, 0, 0, 0, 0], rtol=1e-6)
   # Q (week 1): prior P only, its peak before week 1 is 5000; P is on the debut chart.
-  np.testing.assert_allclose(tg.extrinsic[i["a - q"]], [3, 1, L(5000), 1, 0, 0, 1, 1, 0, 0], rtol=1e-6)
+  np.testing.assert_allclose(tg.extrinsic[i["a - q"]], [3, 1, L(5000), 1, 0, 0, 1, 1, 0, 0, 0, 0, 0], rtol=1e-6)
   # Y: a new artist.
-  np.testing.assert_allclose(tg.extrinsic[i["zed - y"]], [2, 0, 0, 52, 1, 0, 0, 0, 0, 0])
+  np.testing.assert_allclose(tg.extrinsic[i["zed - y"]], [2, 0, 0, 52, 1, 0, 0, 0, 0, 0, 0, 0, 0])
   for name in tg.feature_names + ["mp2_target", "series", "series_mask", "step", "debut",
                                   "left_censoring", "weekly_from_daily"]:
     assert name in tg.definitions and tg.definitions[name]
@@ -167,7 +169,7 @@ def test_daily_to_weekly_aggregation():
   assert t["mp2_target"] == pytest.approx(L(700 + 1400 + 600))
   assert t["mp2_observed_steps"] == 2
   # Weekly unit: the artist's prior daily peak (50) counts as 7 x 50.
-  np.testing.assert_allclose(tg.extrinsic[0], [2, 1, L(350), 2 / 7, 0, 0, 0, 0, 0, 0], rtol=1e-6)
+  np.testing.assert_allclose(tg.extrinsic[0], [2, 1, L(350), 2 / 7] + [0] * 9, rtol=1e-6)
   assert np.isnan(targets.build_targets(daily_charts(), horizon=5, mp2_weeks=5)
                   .table["mp2_target"][0])
   # Days 9-12 missing: week 1 has 3 chart days (< 4): unknown, so MP2 is not computable.
@@ -185,7 +187,7 @@ def test_daily_period():
   assert tg.series_known[0].tolist() == [1] * 8 + [0, 1]  # day 10: no chart in the data
   assert tg.table["mp2_target"][0] == pytest.approx(L(2700))
   assert (tg.table["n_observed"][0], tg.table["n_known"][0]) == (9, 9)
-  np.testing.assert_allclose(tg.extrinsic[0], [2, 1, L(50), 2 / 7, 0, 0, 0, 0, 0, 0], rtol=1e-6)
+  np.testing.assert_allclose(tg.extrinsic[0], [2, 1, L(50), 2 / 7] + [0] * 9, rtol=1e-6)
   # period='daily' ignores weekly rows; a weekly-only table gives no pairs.
   empty = targets.build_targets(weekly_charts(), period="daily", horizon=4)
   assert len(empty.table) == 0 and empty.series.shape == (0, 4)
@@ -287,3 +289,35 @@ def test_source_history_features_from_on_chart_and_total():
   assert climber[f["debut_prior_log_streams"]] == pytest.approx(L(9000.0))
   assert fresh[f["debut_periods_on_source_chart"]] == 0
   assert fresh[f["debut_prior_log_streams"]] == 0  # no total given: 0, never NaN
+
+
+def test_song_history_in_other_regions_before_the_debut():
+  """A song charting in 'us' from day 0 (peak 900 on day 2), then in 'gb' from day 5 and 'de'
+  from day 8; another song charting in 'gb' only. Features count only earlier regions' rows."""
+  rows = []
+  for region in ("us", "gb", "de"):
+    rows += [dict(date=day(k), pos=1, artist="Filler", title="Old", streams=5e4, region=region)
+             for k in range(14)]
+  rows += [dict(date=day(k), pos=2, artist="S", title="Spread", streams=s, region="us")
+           for k, s in [(3, 500.0), (4, 900.0), (5, 700.0), (9, 2000.0)]]
+  rows += [dict(date=day(k), pos=3, artist="S", title="Spread", streams=300.0, region="gb")
+           for k in (8, 9, 10)]
+  rows += [dict(date=day(k), pos=4, artist="S", title="Spread", streams=100.0, region="de")
+           for k in (11, 12)]
+  rows += [dict(date=day(k), pos=5, artist="L", title="Local", streams=80.0, region="gb")
+           for k in (6, 7)]
+  df = pd.concat([chart([r], period="daily", region=r.pop("region")) for r in rows],
+                 ignore_index=True)
+  tg = targets.build_targets(df, period="daily", horizon=3, mp2_weeks=1)
+  f = {n: j for j, n in enumerate(tg.feature_names)}
+  got = {(k, reg): tg.extrinsic[i] for i, (k, reg) in
+         enumerate(zip(tg.table["track_key"], tg.table["region"]))}
+  names = ["song_regions_charted_before", "song_days_charted_elsewhere",
+           "song_peak_log_streams_elsewhere"]
+  cols = [f[n] for n in names]
+  np.testing.assert_allclose(got[("s - spread", "us")][cols], [0, 0, 0])
+  # gb on day 8: us since day 3, peak 900 (day 9's 2000 is later).
+  np.testing.assert_allclose(got[("s - spread", "gb")][cols], [1, 5, L(900.0)], rtol=1e-6)
+  # de on day 11: us and gb before it; us's day-9 2000 is now history.
+  np.testing.assert_allclose(got[("s - spread", "de")][cols], [2, 8, L(2000.0)], rtol=1e-6)
+  np.testing.assert_allclose(got[("l - local", "gb")][cols], [0, 0, 0])
