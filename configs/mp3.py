@@ -13,7 +13,8 @@ Demo (README command one; CPU, ~15 minutes on 2 cores; everything from nothing):
 
 Real data, chart only (no audio): the kworb daily CSV as series per (country, song), forecast
 days 8..35 from the first 7 (mp3.window = 35), trained also from origins up to day 56 after the
-debut (mp3.origins; stored horizon 35 + 56 = 91), time split at a cutoff:
+debut (mp3.origins; stored horizon 35 + 56 = 91), conditioned on the debut weekday and the
+debut-time extrinsic features (chosen on the backtest's val MAE), time split at a cutoff:
   python -m data_prep.kworb_csv ../shared/data/kworb_daily_top50_2025-06_2026-02.csv.gz --raw RAW
   python -m data_prep.build --raw RAW --out DATA --chart-only --period daily --horizon 91 \
       --cutoff 2025-12-01 --val-horizon 35 --window ,2025-12-31
@@ -53,7 +54,7 @@ def get_config(arg: str | None = None):
       censored_weight=0.0,              # > 0: hinge keeping off-chart gaps below the floor
       weekday_input=kworb,              # condition on the debut's weekday (daily charts)
       calibrate=kworb,                  # test report: band widths calibrated on val
-      extrinsic_input=False,            # condition on the debut-time extrinsic features
+      extrinsic_input=kworb,            # condition on the debut-time extrinsic features
       loss_per_series=False,            # every series weighs the same in the loss (not points)
       window=35 if kworb else 0,        # series length seen (prefix included); 0 = dataset horizon
       origins=56 if kworb else 0,       # > 0: train also from origins up to this many steps

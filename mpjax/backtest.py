@@ -16,7 +16,8 @@ skipped, so rerunning the command resumes.
 Written: W/backtest.json (every method's test metrics per cutoff and seed) and W/backtest.md:
 per cutoff and averaged over cutoffs, MAE per series (the mean of each series' own MAE) and
 pooled over points, MP3 as mean ± sample std over seeds, MP3's 10-90 % coverage, and MP3's
-MAE relative to `last_value`. Baselines are deterministic given the data (one value per cutoff).
+MAE relative to `last_value`, and MP3's figures on the val songs (`mp3 (val)`: the only ones a
+choice between configs may use). Baselines are deterministic given the data (one value per cutoff).
 Averages over cutoffs weigh every cutoff the same.
 """
 from __future__ import annotations
