@@ -55,7 +55,7 @@ def get_config(arg: str | None = None):
       weekday_input=kworb,              # condition on the debut's weekday (daily charts)
       calibrate=kworb,                  # test report: band widths calibrated on val
       extrinsic_input=kworb,            # condition on the debut-time extrinsic features
-      loss_per_series=False,            # every series weighs the same in the loss (not points)
+      loss_per_series=kworb,            # every series weighs the same in the loss (not points)
       window=35 if kworb else 0,        # series length seen (prefix included); 0 = dataset horizon
       origins=56 if kworb else 0,       # > 0: train also from origins up to this many steps
                                         #   after the debut (needs horizon >= window + origins)
