@@ -14,7 +14,8 @@ Demo (README command one; CPU, ~15 minutes on 2 cores; everything from nothing):
 Real data, chart only (no audio): the kworb daily CSV as series per (country, song), forecast
 days 8..35 from the first 7 (mp3.window = 35), trained also from origins up to day 56 after the
 debut (mp3.origins; stored horizon 35 + 56 = 91), conditioned on the debut weekday and the
-debut-time extrinsic features (chosen on the backtest's val MAE), time split at a cutoff:
+debut-time extrinsic features, every series weighing the same in the loss (each chosen on the
+backtest's val MAE), time split at a cutoff:
   python -m data_prep.kworb_csv ../shared/data/kworb_daily_top50_2025-06_2026-02.csv.gz --raw RAW
   python -m data_prep.build --raw RAW --out DATA --chart-only --period daily --horizon 91 \
       --cutoff 2025-12-01 --val-horizon 35 --window ,2025-12-31
