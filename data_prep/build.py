@@ -6,6 +6,8 @@ chart-only) and the synthetic demo (`data_prep.synthetic`) all produce the same 
 
     python -m data_prep.build --raw RAW --out DATASET            # clips with audio
     python -m data_prep.build --raw RAW --out DATASET --chart-only   # no audio: targets only
+    python -m data_prep.build --raw RAW --out DATASET --audio-only   # audio only: every clip,
+                                                                     # no targets (SSL pretraining)
 
 Steps: chart rows -> `targets.build_targets` (debut, MP2, MP3 series + mask, extrinsic features
 per (track, region)) -> for each usable clip: decode (`audio.check`), Kaldi fbank
@@ -68,12 +70,18 @@ class BuildConfig:
   seed: int = 0
   records_per_shard: int = 512
   chart_only: bool = False
+  # Every usable clip of clips.csv becomes a record without targets (charts.csv is not read):
+  # unlabelled audio for self-supervised pretraining (configs/ssl.py). Split by song hash.
+  audio_only: bool = False
   max_seconds: float = 30.0  # longer audio is cut (previews are 30 s)
   window: tuple[str, str] | None = None  # chart data window; debuts before it are left-censored
   skip_clipped: bool = False  # skip clipped / over-full-scale audio (else kept and reported)
   progress: bool = True
 
   def check(self):
+    if self.audio_only and (self.chart_only or self.split_by != "song"):
+      raise ValueError("--audio-only writes every clip without targets, split by song hash: it "
+                       "cannot be combined with --chart-only, --split-by debut or --cutoff")
     if self.split_by not in ("song", "debut", "cutoff"):
       raise ValueError(f"--split-by {self.split_by!r}: choose 'song', 'debut' or 'cutoff'")
     if (self.split_by == "cutoff") != bool(self.cutoff):
@@ -288,8 +296,12 @@ def build(cfg: BuildConfig) -> dict:
 
   # -- Targets -----------------------------------------------------------------------------------
   charts_path = os.path.join(raw, "charts.csv")
-  charts = tables.read(charts_path, "charts")
-  log(f"[build] {len(charts):,} chart rows from {charts_path}")
+  if cfg.audio_only:
+    charts = tables.empty("charts")
+    log("[build] audio only: every clip of clips.csv, no targets")
+  else:
+    charts = tables.read(charts_path, "charts")
+    log(f"[build] {len(charts):,} chart rows from {charts_path}")
   if cfg.cutoff:
     tg = cutoff_targets(charts, cfg)
   else:
@@ -316,6 +328,8 @@ def build(cfg: BuildConfig) -> dict:
   for sid, tid in zip(clips["song_id"], clips["track_id"]):
     if tid in first_debut:
       song_first[sid] = min(song_first.get(sid, first_debut[tid]), first_debut[tid])
+    elif cfg.audio_only:
+      song_first[sid] = ""
   split_of = {}
   for sid in song_first:
     split_of[sid] = (split_of_song(sid, cfg.seed, cfg.fractions) if cfg.split_by == "song"
@@ -339,7 +353,7 @@ def build(cfg: BuildConfig) -> dict:
     it = tqdm(clips.itertuples(index=False), total=len(clips), desc="clips -> records", mininterval=2.0,
               unit="clip", disable=not cfg.progress, file=sys.stderr)
     for c in it:
-      if c.track_id not in groups:
+      if c.track_id not in groups and not cfg.audio_only:
         skipped.append({"clip_id": c.clip_id, "reason": "no_targets",
                         "detail": "track has no debut inside the chart window"})
         continue
@@ -360,7 +374,7 @@ def build(cfg: BuildConfig) -> dict:
         fb = fbank_lib.fbank_np(wave[:max_samples])
         fb16 = fb.astype(np.float16)
       split = split_of[c.song_id]
-      rows = groups[c.track_id]
+      rows = groups.get(c.track_id, np.zeros(0, np.int64))
       if cfg.cutoff:
         # A song first charting before the cutoff trains (or validates); its debuts in other
         # regions on or after the cutoff hold later data and are dropped, not tested.
@@ -413,6 +427,7 @@ def build(cfg: BuildConfig) -> dict:
   manifest = {
       "format_version": FORMAT_VERSION,
       "has_audio": not cfg.chart_only,
+      "audio_only": cfg.audio_only,
       "regions": sorted(tg.table["region"].unique().tolist()),
       "feature_names": list(tg.feature_names),
       "definitions": tg.definitions,
@@ -445,7 +460,8 @@ def build(cfg: BuildConfig) -> dict:
       "skipped": {"total": len(skipped),
                   "by_reason": pd.Series([s["reason"] for s in skipped], dtype=str).value_counts().to_dict()},
       "provenance": {"raw_dir": os.path.abspath(raw), "inputs_sha256": inputs,
-                     "providers": provider_counts, "chart_sources": charts["source"].value_counts().to_dict(),
+                     "providers": provider_counts,
+                     "chart_sources": charts["source"].astype(str).value_counts().to_dict(),
                      "build_args": {k: (list(v) if isinstance(v, tuple) else v)
                                     for k, v in dataclasses.asdict(cfg).items() if k != "progress"},
                      "git_commit": provenance.git_commit()},
@@ -578,6 +594,9 @@ def main(argv=None):
   ap.add_argument("--max-seconds", type=float, default=30.0, help="cut audio longer than this (default 30)")
   ap.add_argument("--chart-only", action="store_true",
                   help="no audio: one record per track with targets only (fbank_shape [0, 128])")
+  ap.add_argument("--audio-only", action="store_true",
+                  help="every usable clip without targets (charts.csv not read): unlabelled "
+                       "audio for self-supervised pretraining (configs/ssl.py)")
   ap.add_argument("--skip-clipped", action="store_true",
                   help="skip clipped / over-full-scale audio (default: keep, list in level_problems.csv)")
   ap.add_argument("--quiet", action="store_true", help="no progress output")
@@ -594,6 +613,7 @@ def main(argv=None):
                     val_horizon=a.val_horizon,
                     debut_cutoffs=a.debut_cutoffs, seed=a.seed,
                     records_per_shard=a.records_per_shard, chart_only=a.chart_only,
+                    audio_only=a.audio_only,
                     max_seconds=a.max_seconds, window=a.window, skip_clipped=a.skip_clipped,
                     progress=not a.quiet)
   try:

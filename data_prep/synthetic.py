@@ -973,9 +973,10 @@ def main(argv=None):
 
 
 def make_demo(raw_dir: str, dataset_dir: str, *, seed: int = 0, null: bool = False,
-              progress: bool = True, **generate_kw) -> dict:
+              progress: bool = True, audio_only: bool = False, **generate_kw) -> dict:
   """The demo dataset in one call: synthesize into raw_dir (unless there), then build.
 
+  audio_only: build every clip without targets (the SSL demo's unlabelled audio).
   Returns the dataset manifest. An existing complete dataset (manifest.json present) is reused.
   """
   from data_prep import build as build_lib
@@ -986,7 +987,8 @@ def make_demo(raw_dir: str, dataset_dir: str, *, seed: int = 0, null: bool = Fal
   if not os.path.exists(os.path.join(raw_dir, "clips.csv")):
     generate(raw_dir, seed=seed, null=null, progress=progress, **generate_kw)
   kw = {k: generate_kw[k] for k in ("horizon", "mp2_weeks") if k in generate_kw}
-  return build_lib.build(build_lib.BuildConfig(raw=raw_dir, out=dataset_dir, progress=progress, **kw))
+  return build_lib.build(build_lib.BuildConfig(raw=raw_dir, out=dataset_dir, progress=progress,
+                                               audio_only=audio_only, **kw))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Entry point: python -m mpjax.main --config=configs/mp2.py[:demo] --workdir=DIR [--config.x=y]
 
-Runs what the config asks (config.task: mp2 or mp3).
+Runs what the config asks (config.task: mp2, mp3 or ssl).
 
 Several processes (hosts) run this same command; `jax.distributed` is initialised when the
 environment asks for it (README "Multi-host training", launch/):
@@ -62,6 +62,8 @@ def ensure_data(config, workdir: str) -> None:
   logging.info("building the synthetic demo dataset into %s", data_dir)
   print(f"[demo] building the synthetic dataset into {data_dir} ...", flush=True)
   synthetic.make_demo(os.path.join(workdir, "raw"), data_dir, progress=True,
+                      seed=config.get("demo_seed", 0),
+                      audio_only=config.get("demo_audio_only", False),
                       **({"n_songs": config.demo_songs} if config.get("demo_songs") else {}))
   with config.unlocked():
     config.data_dir = data_dir
@@ -103,9 +105,9 @@ def main(argv):
       with config.unlocked():
         config.data_dir = os.path.join(workdir, "data")
   ensure_data(config, workdir)  # every process: the manifest is there, or the same clear error
-  if config.task not in ("mp2", "mp3"):
-    raise ValueError(f"config.task={config.task!r}: unknown task (known: 'mp2', 'mp3')")
   from mpjax import train
+  if config.task not in train.TASKS:
+    raise ValueError(f"config.task={config.task!r}: unknown task (known: {train.TASKS})")
   if config.task == "mp3" and config.get("train_mp2_first") and not config.init_from:
     with config.unlocked():
       config.init_from = train_mp2_demo(config, workdir)

@@ -1,4 +1,5 @@
-"""The train loop, shared by MP2 (config.task='mp2') and MP3 ('mp3'). Reads top to bottom:
+"""The train loop, shared by MP2 (config.task='mp2'), MP3 ('mp3') and the self-supervised
+pretraining of the encoder ('ssl', `mpjax.models.ssl`). Reads top to bottom:
 
   1. data       manifest, Grain pipelines, mesh
   2. model      shapes via nnx.eval_shape, then a jitted init with out_shardings
@@ -44,10 +45,14 @@ from mpjax.models import ast as ast_lib
 from mpjax.models import mp2 as mp2_lib
 from mpjax.models import mp3 as mp3_lib
 from mpjax.models import regions as regions_lib
+from mpjax.models import ssl as ssl_lib
 
 
 class TrainingDiverged(RuntimeError):
   pass
+
+
+TASKS = ("mp2", "mp3", "ssl")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -59,8 +64,8 @@ def check_config(config):
   def bad(field, why):
     raise ValueError(f"config.{field}: {why}")
 
-  if config.task not in ("mp2", "mp3"):
-    bad("task", f"{config.task!r}: choose 'mp2' or 'mp3'")
+  if config.task not in TASKS:
+    bad("task", f"{config.task!r}: choose one of {TASKS}")
   if config.region_mode not in regions_lib.MODES:
     bad("region_mode", f"{config.region_mode!r} is not one of {regions_lib.MODES}")
   o = config.optim
@@ -109,6 +114,18 @@ def check_config(config):
       bad("mp3.freeze_encoder", "needs mp3.audio=True (there is no encoder to freeze)")
     if config.input.get("eval_crops", 1) != 1:
       bad("input.eval_crops", "MP3 evaluates one centre crop (set 1)")
+  if config.task == "ssl":
+    s = config.ssl
+    try:
+      ssl_lib.num_masked(model_config(config), s.mask_ratio)
+    except ValueError as e:
+      bad("ssl.mask_ratio", str(e))
+    if s.cluster < 1:
+      bad("ssl.cluster", f"{s.cluster} must be >= 1 (1 = random masking)")
+    if s.recon_weight < 0:
+      bad("ssl.recon_weight", f"{s.recon_weight} must be >= 0")
+    if config.input.get("eval_crops", 1) != 1:
+      bad("input.eval_crops", "SSL evaluates one centre crop (set 1)")
 
 
 def model_config(config) -> ast_lib.ASTConfig:
@@ -122,8 +139,10 @@ def model_config(config) -> ast_lib.ASTConfig:
 
 
 def build_model(config, manifest: dict, *, seed: int = 0, head_bias: float = 0.0):
-  """The task's model (MP2 or MP3) for a dataset with this manifest (regions, horizon)."""
+  """The task's model (MP2, MP3 or SSAST) for a dataset with this manifest (regions, horizon)."""
   cfg = model_config(config)
+  if config.task == "ssl":
+    return ssl_lib.SSAST(cfg, rngs=nnx.Rngs(seed))
   num_regions = len(manifest["regions"])
   if config.task == "mp2":
     return mp2_lib.MP2(cfg, num_regions, config.region_mode, rngs=nnx.Rngs(seed),
@@ -173,7 +192,7 @@ def make_optimizer(config, params, depth: int):
   """AdamW chain; with config.mp3.freeze_encoder the encoder's updates are zero (and its
   weights are not decayed): only the decoder and the region table train."""
   o = config.optim
-  no_decay = re.compile(r".*(bias|scale|cls_token|dist_token|pos_embed|table)$")
+  no_decay = re.compile(r".*(bias|scale|cls_token|dist_token|pos_embed|table|mask_token)$")
   decay_mask = jax.tree_util.tree_map_with_path(
       lambda p, _: not no_decay.fullmatch(sharding.path_str(p)), params)
   chain = [optax.clip_by_global_norm(o.clip_norm)] if o.clip_norm else []
@@ -237,10 +256,21 @@ def forecast_window(batch, config, window: int | None, origin_key=None):
   return out
 
 
+def with_mask(batch, config, key):
+  """The batch with 'mask_idx' [B, M]: the patches SSL masks in each clip (`ssl_lib.mask_indices`)."""
+  cfg = model_config(config)
+  count = ssl_lib.num_masked(cfg, config.ssl.mask_ratio)
+  idx = ssl_lib.mask_indices(key, batch["fbank"].shape[0], cfg.grid, count, config.ssl.cluster)
+  return dict(batch, mask_idx=idx)
+
+
 def forward(model, batch, config, fbank=None, patchout_key=None):
-  """The model's output for a batch (MP3: after `forecast_window`): MP2 [B, R]; MP3 [B, R, H, Q]
-  (from the first k steps). patchout_key: training steps only (None: every patch, as at eval)."""
+  """The model's output for a batch (MP3: after `forecast_window`; SSL: after `with_mask`):
+  MP2 [B, R]; MP3 [B, R, H, Q] (from the first k steps); SSL (contrast, recon, target)
+  [B, M, P] each. patchout_key: training steps only (None: every patch, as at eval)."""
   fbank = batch["fbank"] if fbank is None else fbank
+  if config.task == "ssl":
+    return model(fbank, batch["mask_idx"])
   if config.task == "mp2":
     return model(fbank, batch["region_ids"], patchout_key=patchout_key)
   k = config.mp3.prefix_steps
@@ -252,6 +282,8 @@ def forward(model, batch, config, fbank=None, patchout_key=None):
 
 
 def task_loss(out, batch, config):
+  if config.task == "ssl":
+    return ssl_lib.loss(out, config.ssl.recon_weight)
   if config.task == "mp2":
     return mp2_loss(out, batch)
   f = config.mp3
@@ -275,6 +307,9 @@ def make_steps(graphdef, tx, mesh, config, window: int | None = None):
     if config.task == "mp3":  # forecast origins likewise from (seed, step)
       origin_key = jax.random.fold_in(jax.random.key(config.seed + 7919), state["step"])
       batch = forecast_window(batch, config, window, origin_key)
+    if config.task == "ssl":  # and the masked patches
+      mask_key = jax.random.fold_in(jax.random.key(config.seed + 104729), state["step"])
+      batch = with_mask(batch, config, mask_key)
 
     def loss_fn(params):
       model = nnx.merge(graphdef, params)
@@ -294,6 +329,10 @@ def make_steps(graphdef, tx, mesh, config, window: int | None = None):
   def eval_step(params, batch):
     if config.task == "mp3":
       batch = forecast_window(batch, config, window)
+    if config.task == "ssl":  # the same masks at every eval: comparable val losses
+      batch = with_mask(batch, config, jax.random.key(config.seed + 104729))
+      with sharding.tracing_mesh(mesh):
+        return jnp.stack(ssl_lib.losses(*forward(nnx.merge(graphdef, params), batch, config)), -1)
     with sharding.tracing_mesh(mesh):
       return forward(nnx.merge(graphdef, params), batch, config)
 
@@ -315,6 +354,8 @@ def evaluate(eval_fn, params, data_dir, split, config, manifest, mesh) -> dict[s
   metrics (overall and per-region MAE) of the forecast window."""
   if config.task == "mp3":
     return forecast_lib.model_metrics(eval_fn, params, data_dir, split, config, manifest, mesh)
+  if config.task == "ssl":
+    return ssl_metrics(eval_fn, params, data_dir, split, config, mesh)
   parts = {k: [] for k in ("pred", "mp2", "mp2_weight", "region_ids", "record", "valid")}
   ds = pipeline.make_dataset(data_dir, split, cfg=config.input, augment=None, seed=config.seed,
                              train=False)
@@ -332,6 +373,24 @@ def evaluate(eval_fn, params, data_dir, split, config, manifest, mesh) -> dict[s
   return metrics_lib.per_region(rows["pred"][order], rows["mp2"][order],
                                 rows["mp2_weight"][order], rows["region_ids"][order],
                                 manifest["regions"])
+
+
+def ssl_metrics(eval_fn, params, data_dir, split, config, mesh) -> dict[str, float]:
+  """SSL on `split` (fixed masks): loss, InfoNCE, reconstruction MSE, contrastive accuracy,
+  averaged over clips; every process joins, the figures are global."""
+  parts = {"pred": [], "valid": []}
+  ds = pipeline.make_dataset(data_dir, split, cfg=config.input, augment=None, seed=config.seed,
+                             train=False)
+  for batch in ds:
+    parts["pred"].append(pipeline.to_host(eval_fn(params, pipeline.to_global(batch, mesh)), mesh))
+    parts["valid"].append(batch["valid"])
+  if not parts["pred"]:
+    return {}
+  rows = pipeline.gather_rows({k: np.concatenate(v, 0) for k, v in parts.items()})
+  pred = rows["pred"][rows["valid"] > 0].astype(np.float64)
+  nce, mse, acc = pred.mean(0)
+  return {"loss": float(nce + config.ssl.recon_weight * mse), "nce": float(nce),
+          "mse": float(mse), "acc": float(acc), "n": float(len(pred))}
 
 
 def train_and_evaluate(config, workdir: str) -> dict[str, float]:
@@ -369,8 +428,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
 
   # Start the head at the train split's mean target (manifest statistics: the same value, so
   # the same program, on every process): the first steps learn structure, not the offset.
-  stats = pipeline.target_stats(data_dir, manifest)
-  head_bias = stats["mp2_mean" if config.task == "mp2" else "series_mean"] or 0.0
+  head_bias = 0.0
+  if config.task != "ssl":
+    stats = pipeline.target_stats(data_dir, manifest)
+    head_bias = stats["mp2_mean" if config.task == "mp2" else "series_mean"] or 0.0
 
   make_model = lambda seed: build_model(config, manifest, seed=seed, head_bias=head_bias)  # noqa: E731
 
@@ -537,6 +598,9 @@ def _last_good(ck) -> str:
 
 def _headline(m: dict, config) -> str:
   nan = float("nan")
+  if config.task == "ssl":
+    return (f"loss {m.get('loss', nan):.4f}  nce {m.get('nce', nan):.4f}  "
+            f"mse {m.get('mse', nan):.4f}  acc {m.get('acc', nan):.3f}")
   if config.task == "mp2":
     return (f"r2 {m.get('r2', nan):.4f}  mse {m.get('mse', nan):.4f}  "
             f"spearman {m.get('spearman', nan):.4f}")

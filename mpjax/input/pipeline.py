@@ -205,7 +205,8 @@ def check_manifest(m: dict, path: str = "manifest.json") -> None:
     if key not in m:
       bad(key, "missing (was this written by data_prep.build?)")
   regions = m["regions"]
-  if not (isinstance(regions, list) and regions and all(isinstance(r, str) for r in regions)):
+  if not (isinstance(regions, list) and (regions or m.get("audio_only"))
+          and all(isinstance(r, str) for r in regions)):
     bad("regions", f"expected a non-empty list of region codes, got {regions!r}")
   if regions != sorted(set(regions)):
     # Region ids are positions in this list: a reordered list silently remaps every region.
@@ -618,7 +619,7 @@ def make_dataset(data_dir: str, split: str, *, cfg=None, seed: int = 0, train: b
     raise ValueError(f"input.pad_region_id={c['pad_region_id']}: must be a vocabulary id "
                      f"(0..{meta.num_regions - 1}) or {meta.num_regions} for a model with an "
                      "extra 'no region' row")
-  if train and c["regions_per_example"] > meta.num_regions:
+  if train and c["regions_per_example"] > meta.num_regions and not manifest.get("audio_only"):
     raise ValueError(f"input.regions_per_example={c['regions_per_example']} exceeds the "
                      f"{meta.num_regions} regions of the vocabulary {meta.regions}")
 

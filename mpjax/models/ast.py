@@ -240,13 +240,18 @@ class AST(nnx.Module):
           f"AST expects fbank [batch, time={c.input_tdim}, mel={c.input_fdim}], got shape "
           f"{tuple(fbank.shape)} (wrong {what}); pad or cut with mpjax.audio.fbank.pad_or_cut.")
 
-  def embed(self, fbank, patchout_key=None):
+  def embed(self, fbank, patchout_key=None, patch_mask=None, mask_token=None):
     """[B, T, F] -> [B, 2 + N, D]: cls, dist, patches, plus position embeddings. With a
-    `patchout_key` and patchout configured, N = the kept rows x columns of the patch grid."""
+    `patchout_key` and patchout configured, N = the kept rows x columns of the patch grid.
+    patch_mask: optional [B, N] bool; a masked patch's embedding is replaced by `mask_token`
+    [D] before the position embedding is added (masked patch modelling, `mpjax.models.ssl`)."""
     self.check_input(fbank)
     c = self.cfg
     pos = self.pos_embed[...]
-    x = self.patch_embed(fbank) + pos[:, 2:]
+    x = self.patch_embed(fbank)
+    if patch_mask is not None:
+      x = jnp.where(patch_mask[..., None], mask_token.astype(x.dtype), x)
+    x = x + pos[:, 2:]
     if patchout_key is not None and (c.patchout_time or c.patchout_freq):
       x = self.patchout(x, patchout_key)
     b = x.shape[0]
@@ -264,7 +269,8 @@ class AST(nnx.Module):
     x = x.reshape(x.shape[0], fp, tp, -1)[:, rows][:, :, cols]
     return x.reshape(x.shape[0], keep_f * keep_t, -1)
 
-  def encode(self, fbank, *, prefix_tokens=None, token_bias=None, patchout_key=None):
+  def encode(self, fbank, *, prefix_tokens=None, token_bias=None, patchout_key=None,
+             patch_mask=None, mask_token=None):
     """Final-normed tokens `[B, P + 2 + N, D]`.
 
     prefix_tokens: optional `[B, P, D]` tokens (region CLS tokens) placed before cls/dist.
@@ -274,8 +280,9 @@ class AST(nnx.Module):
     token_bias: optional `[B, 1, D]` (or broadcastable) added to every audio token (region
       embedding).
     patchout_key: a PRNG key while training with patchout; None (eval) keeps every patch.
+    patch_mask, mask_token: masked patches (see `embed`).
     """
-    x = self.embed(fbank, patchout_key)
+    x = self.embed(fbank, patchout_key, patch_mask, mask_token)
     if token_bias is not None:
       x = x + token_bias
     prefix = 0
