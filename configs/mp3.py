@@ -36,14 +36,18 @@ from mpjax.input import augment
 
 def get_config(arg: str | None = None):
   arg = arg or ""
-  if arg not in ("", "demo", "kworb"):
-    raise ValueError(f"configs/mp3.py: unknown argument {arg!r}; use '', 'demo' or 'kworb'")
-  demo, kworb = arg == "demo", arg == "kworb"
+  if arg not in ("", "demo", "demo_long", "kworb"):
+    raise ValueError(f"configs/mp3.py: unknown argument {arg!r}; use '', 'demo', 'demo_long' "
+                     "or 'kworb'")
+  ssl_first = arg == "demo_long"
+  demo, kworb = arg in ("demo", "demo_long"), arg == "kworb"
   c = mp2_config.get_config("demo" if (demo or kworb) else None)
   c.task = "mp3"
   c.demo_data = demo
   # MP3 demo: when init_from is unset, train the MP2 demo into WORKDIR/mp2 first (mpjax.main).
   c.train_mp2_first = demo
+  # demo_long: before that, pretrain the encoder with SSL on unlabelled clips (WORKDIR/ssl).
+  c.ssl_first = ssl_first
   c.export_bundle = demo  # then export the inference bundle into WORKDIR/bundle (mpjax.export)
 
   c.mp3 = ml_collections.ConfigDict(dict(

@@ -14,6 +14,8 @@ environment asks for it (README "Multi-host training", launch/):
 For demo configs without a dataset, the synthetic demo dataset is built into WORKDIR/data first
 (through data_prep, the one place mpjax calls it). The MP3 demo also trains the MP2 demo first,
 into WORKDIR/mp2 (resumed, not repeated, when already there), and starts MP3 from its encoder.
+With `ssl_first` (configs/mp3.py:demo_long) the SSL demo pretrains that encoder before, into
+WORKDIR/ssl on its own unlabelled clips.
 """
 import os
 
@@ -69,13 +71,45 @@ def ensure_data(config, workdir: str) -> None:
     config.data_dir = data_dir
 
 
-def train_mp2_demo(config, workdir: str) -> str:
-  """The MP3 demo's encoder: trains (or resumes) the MP2 demo in WORKDIR/mp2 on the same data."""
+def prepare_data(config, workdir: str) -> None:
+  """ensure_data on every process, process 0 building the demo dataset while the others wait
+  (workdir on a filesystem all hosts share)."""
+  import jax
+  from jax.experimental import multihost_utils
+  have_data = config.data_dir and os.path.exists(os.path.join(config.data_dir, "manifest.json"))
+  if not have_data and config.get("demo_data"):
+    if jax.process_index() == 0:
+      ensure_data(config, workdir)
+    multihost_utils.sync_global_devices(f"mpjax.main: demo dataset built in {workdir}")
+    if not config.data_dir:
+      with config.unlocked():
+        config.data_dir = os.path.join(workdir, "data")
+  ensure_data(config, workdir)  # every process: the manifest is there, or the same clear error
+
+
+def train_ssl_demo(workdir: str) -> str:
+  """The demo encoder's pretraining: the SSL demo (configs/ssl.py:demo) in WORKDIR/ssl."""
+  from configs import ssl as ssl_config
+  from mpjax import train
+
+  ssl = ssl_config.get_config("demo")
+  ssl_dir = os.path.join(workdir, "ssl")
+  os.makedirs(ssl_dir, exist_ok=True)
+  prepare_data(ssl, ssl_dir)
+  print(f"[demo] SSL pretraining of the encoder into {ssl_dir} ...", flush=True)
+  train.train_and_evaluate(ssl, ssl_dir)
+  return os.path.join(ssl_dir, "checkpoints")
+
+
+def train_mp2_demo(config, workdir: str, init_from: str | None = None) -> str:
+  """The MP3 demo's encoder: trains (or resumes) the MP2 demo in WORKDIR/mp2 on the same data
+  (from `init_from`, e.g. the SSL demo's checkpoints, when given)."""
   from configs import mp2 as mp2_config
   from mpjax import train
 
   mp2 = mp2_config.get_config("demo")
   mp2.data_dir = config.data_dir
+  mp2.init_from = init_from
   mp2_dir = os.path.join(workdir, "mp2")
   ckpt = os.path.join(mp2_dir, "checkpoints")
   print(f"[demo] training the MP2 demo into {mp2_dir} (MP3 starts from its encoder) ...",
@@ -90,27 +124,17 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   init_distributed()
   import jax
-  from jax.experimental import multihost_utils
   config = _CONFIG.value
   workdir = _WORKDIR.value
   os.makedirs(workdir, exist_ok=True)
-  have_data = config.data_dir and os.path.exists(os.path.join(config.data_dir, "manifest.json"))
-  if not have_data and config.get("demo_data"):
-    # Process 0 builds the demo dataset (workdir on a filesystem all hosts share); the others
-    # wait for it, then point config.data_dir where process 0 did.
-    if jax.process_index() == 0:
-      ensure_data(config, workdir)
-    multihost_utils.sync_global_devices("mpjax.main: demo dataset built")
-    if not config.data_dir:
-      with config.unlocked():
-        config.data_dir = os.path.join(workdir, "data")
-  ensure_data(config, workdir)  # every process: the manifest is there, or the same clear error
+  prepare_data(config, workdir)
   from mpjax import train
   if config.task not in train.TASKS:
     raise ValueError(f"config.task={config.task!r}: unknown task (known: {train.TASKS})")
   if config.task == "mp3" and config.get("train_mp2_first") and not config.init_from:
+    ssl_ckpt = train_ssl_demo(workdir) if config.get("ssl_first") else None
     with config.unlocked():
-      config.init_from = train_mp2_demo(config, workdir)
+      config.init_from = train_mp2_demo(config, workdir, init_from=ssl_ckpt)
   result = train.train_and_evaluate(config, workdir)
   if jax.process_index() == 0:
     print({k: round(v, 4) for k, v in result.items() if "/" not in k[4:]}, flush=True)
