@@ -207,3 +207,20 @@ def test_init_from_an_ssl_checkpoint_loads_the_encoder_and_nothing_else(audio_on
     np.testing.assert_array_equal(after[k], src[k])
   for k in set(before) - encoder:
     np.testing.assert_array_equal(after[k], before[k])
+
+
+@pytest.mark.parametrize("platform", ["cuda", "tpu"])
+def test_ssl_step_traced_here_lowers_for_accelerators(platform):
+  """The whole SSL train step (masks, encoder, heads, AdamW) traced on this CPU host lowers for
+  GPU and TPU in bfloat16, with no CPU kernel in it."""
+  import re
+  config = ssl_config.get_config("demo")
+  config.model.update(dtype="bfloat16", depth=2, input_tdim=64)
+  cfg = train.model_config(config)
+  graphdef, params = nnx.split(ssl_lib.SSAST(cfg, rngs=nnx.Rngs(0)), nnx.Param)
+  tx = train.make_optimizer(config, params, cfg.depth)
+  step, _ = train.make_steps(graphdef, tx, None, config)
+  state = {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+  batch = {"fbank": jnp.zeros((2, 64, 128), jnp.float32)}
+  text = jax.jit(step).trace(state, batch).lower(lowering_platforms=(platform,)).as_text()
+  assert not any(c.startswith("mpjax_") for c in re.findall(r"custom_call @([\w$.]+)", text))

@@ -249,9 +249,12 @@ def embed_split(trained, random, data_dir: str, split: str, config, *, log=print
     parts["record"].append(batch["record"][keep])
     parts["labels"].append(batch["labels"][keep])
     w = batch["mp2_weight"][keep] > 0
-    first = np.argmax(w, axis=1)
-    mp2 = batch["mp2"][keep][np.arange(len(keep)), first]
-    parts["mp2"].append(np.where(w.any(axis=1), mp2, np.nan))
+    if w.shape[1]:
+      first = np.argmax(w, axis=1)
+      mp2 = batch["mp2"][keep][np.arange(len(keep)), first]
+      parts["mp2"].append(np.where(w.any(axis=1), mp2, np.nan))
+    else:  # an audio-only dataset: no regions, no targets
+      parts["mp2"].append(np.full(len(keep), np.nan))
     done += len(keep)
     log(f"[probes] {split}: embedded {done}" + (f"/{total}" if total else "") +
         f" records ({time.time() - t0:.1f} s)")
