@@ -11,6 +11,11 @@ Demo (README command one; CPU, ~15 minutes on 2 cores; everything from nothing):
   prefix). Last, the inference bundle is exported into WORKDIR/bundle, ready for
   `python -m mpjax.predict --model=WORKDIR/bundle song.mp3`.
 
+Demo with SSL first (CPU, under an hour on 2 cores): pretrains the encoder on 960 unlabelled
+synthetic songs (configs/ssl.py:demo, WORKDIR/ssl), fine-tunes it gently in the MP2 demo
+(mp2_finetune), then MP3 as above:
+  python -m mpjax.main --config=configs/mp3.py:demo_long --workdir=/tmp/mpjax_demo_long
+
 Real data, chart only (no audio): the kworb daily CSV as series per (country, song), forecast
 days 8..35 from the first 7 (mp3.window = 35), trained also from origins up to day 56 after the
 debut (mp3.origins; stored horizon 35 + 56 = 91), conditioned on the debut weekday and the
@@ -46,8 +51,12 @@ def get_config(arg: str | None = None):
   c.demo_data = demo
   # MP3 demo: when init_from is unset, train the MP2 demo into WORKDIR/mp2 first (mpjax.main).
   c.train_mp2_first = demo
-  # demo_long: before that, pretrain the encoder with SSL on unlabelled clips (WORKDIR/ssl).
+  # demo_long: before that, pretrain the encoder with SSL on unlabelled clips (WORKDIR/ssl),
+  # and fine-tune it in MP2 gently (lower LR, layer-wise decay: at the demo's 1e-3 MP2 erases
+  # what SSL learnt; README "Self-supervised pretraining").
   c.ssl_first = ssl_first
+  if ssl_first:
+    c.mp2_finetune = ml_collections.ConfigDict(dict(lr=3e-4, layer_decay=0.75))
   c.export_bundle = demo  # then export the inference bundle into WORKDIR/bundle (mpjax.export)
 
   c.mp3 = ml_collections.ConfigDict(dict(

@@ -110,6 +110,8 @@ def train_mp2_demo(config, workdir: str, init_from: str | None = None) -> str:
   mp2 = mp2_config.get_config("demo")
   mp2.data_dir = config.data_dir
   mp2.init_from = init_from
+  if init_from and config.get("mp2_finetune"):  # e.g. a gentler LR for a pretrained encoder
+    mp2.optim.update(dict(config.mp2_finetune))
   mp2_dir = os.path.join(workdir, "mp2")
   ckpt = os.path.join(mp2_dir, "checkpoints")
   print(f"[demo] training the MP2 demo into {mp2_dir} (MP3 starts from its encoder) ...",
