@@ -257,11 +257,13 @@ def forecast_window(batch, config, window: int | None, origin_key=None):
 
 
 def with_mask(batch, config, key):
-  """The batch with 'mask_idx' [B, M]: the patches SSL masks in each clip (`ssl_lib.mask_indices`)."""
+  """The batch with 'mask_idx' [B, M]: the patches SSL masks in each clip (`ssl_lib.mask_indices`),
+  keyed by (key, the example's record index): the same clip at the same step gets the same mask
+  whatever its row, which depends on the process count."""
   cfg = model_config(config)
   count = ssl_lib.num_masked(cfg, config.ssl.mask_ratio)
-  idx = ssl_lib.mask_indices(key, batch["fbank"].shape[0], cfg.grid, count, config.ssl.cluster)
-  return dict(batch, mask_idx=idx)
+  keys = jax.vmap(lambda r: jax.random.fold_in(key, r))(batch["record"])
+  return dict(batch, mask_idx=ssl_lib.mask_indices(keys, cfg.grid, count, config.ssl.cluster))
 
 
 def forward(model, batch, config, fbank=None, patchout_key=None):

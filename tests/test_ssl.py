@@ -36,10 +36,23 @@ def test_mask_count_follows_the_ratio_and_never_masks_everything(ratio):
   if 2 / n <= ratio <= (n - 1) / n:
     assert m == round(ratio * n)
   for cluster in (1, 3):
-    idx = np.asarray(ssl_lib.mask_indices(jax.random.key(0), 16, cfg.grid, m, cluster))
+    idx = np.asarray(ssl_lib.mask_indices(jax.random.split(jax.random.key(0), 16), cfg.grid, m, cluster))
     assert idx.shape == (16, m)
     assert idx.min() >= 0 and idx.max() < n
     assert all(len(set(row)) == m for row in idx)  # distinct: exactly m masked per clip
+
+
+def test_a_clip_mask_follows_its_record_not_its_row():
+  """Two processes hold a global batch's examples in another row order: masks keyed per record."""
+  config = ssl_config.get_config("demo")
+  config.model.update(input_tdim=64)
+  fb = jnp.zeros((4, 64, 128))
+  rec = jnp.asarray([7, 3, 9, 1], jnp.int32)
+  a = train.with_mask({"fbank": fb, "record": rec}, config, jax.random.key(5))["mask_idx"]
+  perm = jnp.asarray([2, 0, 3, 1])
+  b = train.with_mask({"fbank": fb, "record": rec[perm]}, config, jax.random.key(5))["mask_idx"]
+  np.testing.assert_array_equal(np.asarray(a)[np.asarray(perm)], np.asarray(b))
+  assert len({tuple(np.sort(r)) for r in np.asarray(a)}) == 4  # different clips, different masks
 
 
 @pytest.mark.parametrize("ratio", [0.0, 1.0, -0.1])
@@ -64,8 +77,8 @@ def _neighbour_share(idx, grid):
 
 def test_cluster_masking_masks_neighbours_together():
   grid, count = (8, 32), 40  # 256 patches, 16 % masked
-  rand = np.asarray(ssl_lib.mask_indices(jax.random.key(1), 64, grid, count, 1))
-  clus = np.asarray(ssl_lib.mask_indices(jax.random.key(1), 64, grid, count, 3))
+  rand = np.asarray(ssl_lib.mask_indices(jax.random.split(jax.random.key(1), 64), grid, count, 1))
+  clus = np.asarray(ssl_lib.mask_indices(jax.random.split(jax.random.key(1), 64), grid, count, 3))
   assert _neighbour_share(clus, grid) > _neighbour_share(rand, grid) + 0.3
 
 
@@ -86,7 +99,7 @@ def test_model_shapes_and_targets_are_the_masked_patches():
   cfg = tiny_cfg()
   model = ssl_lib.SSAST(cfg, rngs=nnx.Rngs(0))
   fb = _structured_fbank(np.random.default_rng(0), 2, cfg)
-  idx = ssl_lib.mask_indices(jax.random.key(0), 2, cfg.grid, 10)
+  idx = ssl_lib.mask_indices(jax.random.split(jax.random.key(0), 2), cfg.grid, 10)
   c, r, target = model(fb, idx)
   assert c.shape == r.shape == target.shape == (2, 10, 256)
   # Patch (fi, ti) is token fi * Tp + ti and holds fbank[ti*16:(ti+1)*16, fi*16:(fi+1)*16].T.
@@ -120,7 +133,7 @@ def test_ssl_loss_decreases_on_a_tiny_config():
 
   @jax.jit
   def step(params, opt, fb, key):
-    idx = ssl_lib.mask_indices(key, fb.shape[0], cfg.grid, m, 2)
+    idx = ssl_lib.mask_indices(jax.random.split(key, fb.shape[0]), cfg.grid, m, 2)
     def f(p):
       return ssl_lib.loss(nnx.merge(graphdef, p)(fb, idx), 10.0)
     loss, g = jax.value_and_grad(f)(params)
@@ -133,7 +146,7 @@ def test_ssl_loss_decreases_on_a_tiny_config():
     losses.append(float(loss))
   assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:5])
   eval_fb = _structured_fbank(np.random.default_rng(9), 8, cfg)  # held-out clips, fixed masks
-  idx = ssl_lib.mask_indices(jax.random.key(99), 8, cfg.grid, m, 2)
+  idx = ssl_lib.mask_indices(jax.random.split(jax.random.key(99), 8), cfg.grid, m, 2)
   nce0, mse0, _ = ssl_lib.losses(*model(eval_fb, idx))
   nce1, mse1, _ = ssl_lib.losses(*nnx.merge(graphdef, params)(eval_fb, idx))
   assert float(nce1.mean()) < float(nce0.mean()) and float(mse1.mean()) < 0.7 * float(mse0.mean())
@@ -146,7 +159,7 @@ def test_ssl_loss_decreases_on_a_tiny_config():
 def audio_only(tmp_path_factory):
   raw = str(tmp_path_factory.mktemp("raw_ssl"))
   out = str(tmp_path_factory.mktemp("ds_ssl"))
-  synthetic.generate(raw, seed=3, n_songs=24, n_artists=6, regions=("us", "kr"), clip_seconds=2.0,
+  synthetic.generate(raw, seed=3, n_songs=24, n_artists=6, regions=("us", "kr"), clip_seconds=5.5,
                      weeks=30)
   os.remove(os.path.join(raw, "charts.csv"))  # audio-only never reads the charts
   manifest = build.build(build.BuildConfig(raw=raw, out=out, progress=False, audio_only=True,
@@ -184,8 +197,8 @@ def test_audio_only_refuses_a_time_split(tmp_path):
 def test_init_from_an_ssl_checkpoint_loads_the_encoder_and_nothing_else(audio_only, tmp_path):
   data, _, _ = audio_only
   c = tiny_train(ssl_config.get_config("demo"), data)
-  c.input.batch_size = 4
-  c.input.eval_batch_size = 4
+  c.input.batch_size = 8
+  c.input.eval_batch_size = 8
   c.total_steps = 4
   c.eval_every = 4
   result = train.train_and_evaluate(c, str(tmp_path / "ssl"))
@@ -221,6 +234,6 @@ def test_ssl_step_traced_here_lowers_for_accelerators(platform):
   tx = train.make_optimizer(config, params, cfg.depth)
   step, _ = train.make_steps(graphdef, tx, None, config)
   state = {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
-  batch = {"fbank": jnp.zeros((2, 64, 128), jnp.float32)}
+  batch = {"fbank": jnp.zeros((2, 64, 128), jnp.float32), "record": jnp.arange(2, dtype=jnp.int32)}
   text = jax.jit(step).trace(state, batch).lower(lowering_platforms=(platform,)).as_text()
   assert not any(c.startswith("mpjax_") for c in re.findall(r"custom_call @([\w$.]+)", text))

@@ -41,21 +41,27 @@ def num_masked(cfg: ast_lib.ASTConfig, mask_ratio: float) -> int:
   return min(max(m, 2), n - 1)
 
 
-def mask_indices(key, batch: int, grid: tuple[int, int], count: int, cluster: int = 1):
-  """[batch, count] distinct patch indices per clip, drawn uniformly (cluster 1) or in blocks of
-  about cluster x cluster neighbouring patches (cluster > 1): each patch scores the largest
-  uniform draw in its neighbourhood, so the top `count` scores come in blocks around local
-  maxima; a small jitter breaks the ties inside a block. Static shapes, jit-friendly."""
+def mask_indices(keys, grid: tuple[int, int], count: int, cluster: int = 1):
+  """[B, count] distinct patch indices per clip, one clip per PRNG key in `keys` [B], drawn
+  uniformly (cluster 1) or in blocks of about cluster x cluster neighbouring patches (cluster > 1):
+  each patch scores the largest uniform draw in its neighbourhood, so the top `count` scores
+  come in blocks around local maxima; a small jitter breaks the ties inside a block. Static
+  shapes, jit-friendly. One key per clip (not one per batch): a clip's mask must not depend on
+  its row in the batch, which differs with the process count."""
   fp, tp = grid
   if not 0 < count < fp * tp:
     raise ValueError(f"count={count}: must be in [1, {fp * tp - 1}] for the grid {grid}")
-  k_score, k_jitter = jax.random.split(key)
-  u = jax.random.uniform(k_score, (batch, fp, tp))
-  if cluster > 1:
-    u = jax.lax.reduce_window(u, -jnp.inf, jax.lax.max, (1, cluster, cluster), (1, 1, 1), "SAME")
-    u = u + 1e-3 * jax.random.uniform(k_jitter, u.shape)
-  _, idx = jax.lax.top_k(u.reshape(batch, fp * tp), count)
-  return idx.astype(jnp.int32)
+
+  def one(key):
+    k_score, k_jitter = jax.random.split(key)
+    u = jax.random.uniform(k_score, (1, fp, tp))
+    if cluster > 1:
+      u = jax.lax.reduce_window(u, -jnp.inf, jax.lax.max, (1, cluster, cluster), (1, 1, 1),
+                                "SAME")
+      u = u + 1e-3 * jax.random.uniform(k_jitter, u.shape)
+    return jax.lax.top_k(u.reshape(fp * tp), count)[1]
+
+  return jax.vmap(one)(keys).astype(jnp.int32)
 
 
 class Head(nnx.Module):
