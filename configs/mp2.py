@@ -27,6 +27,7 @@ def get_config(arg: str | None = None):
   c.data_dir = ml_collections.FieldReference(None, field_type=str)  # None + demo: build synthetic
   c.demo_data = demo  # build the synthetic dataset into WORKDIR/data if data_dir is missing
   c.demo_songs = 240  # songs in that synthetic dataset
+  c.demo_null = False  # True: the synthetic world where the audio has no effect (a control)
 
   # Model -----------------------------------------------------------------------------------
   # Speed is configuration (README "Model speed settings"; mpjax/models/ast.py):

@@ -66,6 +66,7 @@ def ensure_data(config, workdir: str) -> None:
   synthetic.make_demo(os.path.join(workdir, "raw"), data_dir, progress=True,
                       seed=config.get("demo_seed", 0),
                       audio_only=config.get("demo_audio_only", False),
+                      null=config.get("demo_null", False),
                       **({"n_songs": config.demo_songs} if config.get("demo_songs") else {}))
   with config.unlocked():
     config.data_dir = data_dir

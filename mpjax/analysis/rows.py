@@ -1,0 +1,116 @@
+"""The analyses' view of a dataset: one row per (record, region it charted in), host-side numpy.
+
+    pairs = rows.load(data_dir, "train,val,test")
+
+Every record of the named splits is read straight from its shards (CRC-checked, no crop, no
+normalisation; the full stored series). Returns a dict of numpy arrays, N = (record, region)
+rows in split order, then record order, then region order within a record:
+
+  split [N] str, record [N] index in its split, song [N] str (song_id; a record without one is
+  its own song), track [N] str, region [N] vocabulary id, series [N, H] log1p streams (NaN where
+  not observed), mask [N, H] bool on the chart, known [N, H] bool chart known that step,
+  extrinsic [N, F], labels [N, L] int (-1 unknown), mp2 [N] (NaN = no target),
+  fbank_stats [N, 2 * mel] per-bin mean then std over all frames of the record's clip (the
+  model-free audio representation; zeros-width when the dataset has no audio),
+  rec_key [N] "split/record" (joins rows to per-record features such as encoder embeddings),
+  and `manifest`, `regions` (codes), `feature_names`, `labels_names`, `horizon`, `period`.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+
+def _keys(ex) -> tuple[str, str]:
+  get = lambda k: ex[k][0].decode() if ex.get(k) else ""  # noqa: E731
+  return get("song_id"), get("track_id")
+
+
+def load(data_dir: str, splits: str = "train,val,test", *, with_audio: bool = True) -> dict:
+  """Rows of the comma-separated `splits` of the dataset in `data_dir` (module docstring)."""
+  from mpjax.input import pipeline, tfrecord
+
+  manifest = pipeline.load_manifest(data_dir)
+  if manifest.get("audio_only"):
+    raise ValueError(f"{data_dir} is an audio-only dataset (no chart targets): the analyses "
+                     "need chart series")
+  names = [s for s in splits.split(",") if s]
+  absent = [s for s in names if s not in manifest["shards"]]
+  if absent or not names:
+    raise ValueError(f"splits {splits!r}: {data_dir}/manifest.json has splits "
+                     f"{sorted(manifest['shards'])}")
+  cfg = pipeline.check_config(None)
+  if not manifest.get("has_audio", True) or manifest["fbank"].get("mean") is None:
+    cfg.update(fbank_mean=0.0, fbank_std=1.0)
+    with_audio = False
+  meta = pipeline._Meta(manifest, cfg, None, data_dir)  # noqa: SLF001 (the record parser's view)
+  cols = {k: [] for k in ("split", "record", "song", "track", "region", "series", "mask",
+                          "known", "extrinsic", "labels", "mp2", "fbank_stats")}
+  for split in names:
+    paths = [os.path.join(data_dir, s) for s in manifest["shards"][split]]
+    missing = [p for p in paths if not os.path.exists(p)]
+    if missing:
+      raise FileNotFoundError(f"{missing[0]}: shard listed in {data_dir}/manifest.json is missing")
+    if not paths:
+      continue
+    source = pipeline.ExampleSource(paths, meta)
+    record = 0
+    for path in paths:
+      for data in tfrecord.iter_records(path):
+        ex = tfrecord.decode_example(data)
+        song, track = _keys(ex)
+        parsed = source._parse(record, data)  # noqa: SLF001 (same checks as training reads)
+        r = len(parsed["regions"])
+        if with_audio:
+          fb = np.asarray(parsed["fbank16"], np.float64)
+          stats = np.concatenate([fb.mean(0), fb.std(0)]) if len(fb) else np.zeros(2 * meta.mel_bins)
+        else:
+          stats = np.zeros(0)
+        series = np.where(parsed["series_mask"], parsed["series"], np.nan)
+        cols["split"] += [split] * r
+        cols["record"] += [record] * r
+        cols["song"] += [song or f"{split}/#{record}"] * r
+        cols["track"] += [track] * r
+        cols["region"].append(parsed["regions"])
+        cols["series"].append(series)
+        cols["mask"].append(parsed["series_mask"])
+        cols["known"].append(parsed["series_known"])
+        cols["extrinsic"].append(parsed["extrinsic"])
+        cols["labels"].append(np.repeat(parsed["labels"][None], r, 0))
+        cols["mp2"].append(parsed["mp2"])
+        cols["fbank_stats"].append(np.repeat(stats[None], r, 0))
+        record += 1
+  if not cols["region"]:
+    raise ValueError(f"splits {splits!r} of {data_dir} hold no (record, region) rows")
+  h, f, l = meta.horizon, len(meta.feature_names), len(meta.labels)
+  out = {
+      "split": np.asarray(cols["split"]), "record": np.asarray(cols["record"], np.int64),
+      "song": np.asarray(cols["song"]), "track": np.asarray(cols["track"]),
+      "region": np.concatenate(cols["region"]).astype(np.int64),
+      "series": np.concatenate(cols["series"]).reshape(-1, h).astype(np.float64),
+      "mask": np.concatenate(cols["mask"]).reshape(-1, h).astype(bool),
+      "known": np.concatenate(cols["known"]).reshape(-1, h).astype(bool),
+      "extrinsic": np.concatenate(cols["extrinsic"]).reshape(-1, f).astype(np.float64),
+      "labels": np.concatenate(cols["labels"]).reshape(-1, l).astype(np.int64),
+      "mp2": np.concatenate(cols["mp2"]).astype(np.float64),
+      "fbank_stats": np.concatenate(cols["fbank_stats"]).astype(np.float64),
+  }
+  out["rec_key"] = np.char.add(np.char.add(out["split"], "/"), out["record"].astype(str))
+  out.update(manifest=manifest, regions=list(manifest["regions"]),
+             feature_names=list(manifest["feature_names"]),
+             labels_names=list(manifest.get("labels", [])), horizon=h,
+             period=manifest.get("period", "weekly"))
+  return out
+
+
+def select(pairs: dict, keep) -> dict:
+  """The rows where `keep` (bool [N] or indices), with the dataset-level entries carried over."""
+  n = len(pairs["region"])
+  return {k: (v[keep] if isinstance(v, np.ndarray) and v.shape[:1] == (n,) else v)
+          for k, v in pairs.items()}
+
+
+def song_groups(songs) -> np.ndarray:
+  """int [N] group id per row (same song = same id), for resampling and CV by song."""
+  return np.unique(np.asarray(songs), return_inverse=True)[1].reshape(-1)
