@@ -5,7 +5,8 @@ Demo (README command one; CPU, ~15 minutes on 2 cores; everything from nothing):
   Builds the synthetic dataset into WORKDIR/data, trains the MP2 demo into WORKDIR/mp2 (unless
   --config.init_from names a checkpoint), trains MP3 from its encoder, then scores MP3 against
   every baseline on the test split: WORKDIR/forecast/{forecast_table.md, forecast_metrics.json,
-  fan_charts.png}. Expected: MP3 has the lowest MAE of log streams at the later steps, where the
+  fan_charts.png}, and writes the research report (H, T, regions) into WORKDIR/analysis/report.md.
+  Expected: MP3 has the lowest MAE of log streams at the later steps, where the
   planted truth is driven by the audio (decay rate, TikTok second wave); at the first steps the
   last-value / drift baselines are as good (the level there is extrinsic and known from the
   prefix). Last, the inference bundle is exported into WORKDIR/bundle, ready for
@@ -58,6 +59,7 @@ def get_config(arg: str | None = None):
   if ssl_first:
     c.mp2_finetune = ml_collections.ConfigDict(dict(lr=3e-4, layer_decay=0.75))
   c.export_bundle = demo  # then export the inference bundle into WORKDIR/bundle (mpjax.export)
+  c.analysis_report = demo  # last, the research report into WORKDIR/analysis (mpjax.analysis)
 
   c.mp3 = ml_collections.ConfigDict(dict(
       prefix_steps=7 if kworb else 2,   # k observed steps given (0 = audio only)

@@ -149,6 +149,14 @@ def main(argv):
     elif jax.process_index() == 0:
       print(f"[export] several processes: export from one, after the run: python -m "
             f"mpjax.export --workdir={workdir} --out={bundle}", flush=True)
+  if config.get("analysis_report"):
+    if jax.process_count() == 1:
+      from mpjax.analysis import research
+      print(f"[demo] research report (H, T, regions) into {workdir}/analysis ...", flush=True)
+      research.run(workdir, log=lambda s: print(s, flush=True))
+    elif jax.process_index() == 0:
+      print(f"[analysis] several processes: write the report from one, after the run: "
+            f"python -m mpjax.analysis --workdir={workdir}", flush=True)
 
 
 if __name__ == "__main__":

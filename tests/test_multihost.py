@@ -139,6 +139,10 @@ def test_two_processes_match_one_process_mp3(data, tmp_path):
   assert os.path.exists(os.path.join(one, "bundle", "bundle.json"))
   assert not os.path.exists(os.path.join(two, "bundle"))
   assert f"python -m mpjax.export --workdir={two}" in out
+  # The research report likewise: written by the one-process run, the command printed otherwise.
+  assert "## H: debut from extrinsic factors" in open(os.path.join(one, "analysis", "report.md")).read()
+  assert not os.path.exists(os.path.join(two, "analysis"))
+  assert f"python -m mpjax.analysis --workdir={two}" in out
   a = np.load(os.path.join(one, "forecast", "predictions.npz"))
   b = np.load(os.path.join(two, "forecast", "predictions.npz"))
   assert a.files == b.files

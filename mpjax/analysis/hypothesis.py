@@ -18,8 +18,8 @@ Targets per (song, region) series, in log1p streams: at the debut, the debut ste
 level); at a later window, the mean over its on-chart steps minus the debut value (retention:
 the log of the streams relative to the debut, so the level the debut already shows does not
 count again; a series with no on-chart step in the window is left out of that horizon: late
-windows hold the songs still charting); and `longevity` = steps on the chart within the stored
-horizon (series whose whole horizon is known). Models: ridge regression on standardised features, the
+windows hold the songs still charting); and `longevity` = steps on the chart within the first
+12 weeks (28 days) after the debut (series whose span is known). Models: ridge regression on standardised features, the
 penalty chosen by 5-fold cross-validation grouped by song on the fit rows.
 
 Score: R² on the score rows (1 - SSE / SST around the score rows' mean). Uncertainty: a
@@ -52,6 +52,7 @@ OUTCOME_FEATURES = ("debut_pos", "debut_prior_log_streams", "debut_periods_on_so
                     "song_regions_charted_before", "song_days_charted_elsewhere",
                     "song_peak_log_streams_elsewhere")
 MODELS = ("region", "extrinsic", "audio", "both")
+LONGEVITY_SPAN = {True: 12, False: 28}  # steps: weekly (True) / daily
 ALPHAS = np.logspace(-2, 4, 13)
 
 
@@ -84,8 +85,11 @@ def targets(pairs: dict) -> dict[str, np.ndarray]:
     s = np.where(m, series[:, lo:hi], 0.0).sum(1)
     level = np.where(m.any(1), s / np.maximum(m.sum(1), 1), np.nan)
     out[name] = level if lo == 0 else level - debut  # later: retention relative to the debut
-  full = (known | mask).all(1)
-  out["longevity"] = np.where(full, mask.sum(1).astype(np.float64), np.nan)
+  # Longevity over a fixed span every series can be judged on (most debuts are too recent for
+  # the whole stored horizon to be known).
+  span = min(series.shape[1], LONGEVITY_SPAN[pairs.get("period", "weekly") == "weekly"])
+  full = (known | mask)[:, :span].all(1)
+  out["longevity"] = np.where(full, mask[:, :span].sum(1).astype(np.float64), np.nan)
   return out
 
 
@@ -166,8 +170,11 @@ def r2(y, pred, w=None) -> np.ndarray:
     return 1.0 - ((y - pred) ** 2).sum() / ((y - y.mean()) ** 2).sum()
   tot = w.sum(1)
   mean = (w @ y) / tot
-  sst = w @ (y ** 2) - tot * mean ** 2
-  return 1.0 - (w @ ((y - pred) ** 2)) / np.maximum(sst, 1e-12)
+  sst = (w * (y[None] - mean[:, None]) ** 2).sum(1)
+  # A resample whose target is (nearly) constant has no R²: NaN, left out of the interval.
+  with np.errstate(divide="ignore", invalid="ignore"):
+    return np.where(sst > 1e-9 * tot * max(float(y.var()), 1e-12),
+                    1.0 - (w @ ((y - pred) ** 2)) / sst, np.nan)
 
 
 def bootstrap_weights(groups: np.ndarray, samples: int, seed: int) -> np.ndarray:
@@ -182,7 +189,7 @@ def bootstrap_weights(groups: np.ndarray, samples: int, seed: int) -> np.ndarray
 
 
 def _ci(v):
-  lo, hi = np.percentile(v, [2.5, 97.5])
+  lo, hi = np.nanpercentile(v, [2.5, 97.5])
   return [float(lo), float(hi)]
 
 
@@ -223,7 +230,9 @@ def analyse(pairs: dict, audio: np.ndarray, fit: np.ndarray, score: np.ndarray, 
     inc = boot["both"] - boot["extrinsic"]
     entry["increment"] = entry["r2"]["both"] - entry["r2"]["extrinsic"]
     entry["increment_ci"] = _ci(inc)
+    inc = inc[np.isfinite(inc)]
     entry["increment_p"] = float((1 + (inc <= 0).sum()) / (1 + len(inc)))  # one-sided
+    entry["bootstrap_undefined"] = int(bootstrap - len(inc))
     entry["significant"] = entry["increment_ci"][0] > 0
     out["horizons"][name] = entry
   out["verdict"] = verdict(out)
