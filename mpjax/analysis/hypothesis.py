@@ -377,6 +377,7 @@ def plot(res: dict, path: str, title: str):
 AUDIO_DESCRIPTIONS = {
     "fbank": "per mel bin mean and std of the clip's log-mel spectrogram, model-free",
     "encoder": "the run's trained AST encoder: pooled output and per-layer patch-token means",
+    "planted": "the song's six planted attributes from truth.json: the ceiling",
 }
 
 

@@ -18,13 +18,10 @@ Three region x region similarity matrices, in the order of the dataset's region 
             (NaN below `min_songs` shared songs). Two regions that like the same songs keep the
             same songs longest, so their decays correlate.
             Why the window: a second wave (the synthetic TikTok wave, a real viral comeback)
-            lifts a song in every region in the same weeks. Fitted over all observed steps
-            (rise_tol=None) it flattens the slope everywhere at once and adds a shared component
-            that pushes every correlation up: on an 8-region synthetic set the estimated decay
-            then tracks the planted decay at r ~ 0.5 and a planted -0.87 pair reads +0.05; in
-            the window r ~ 0.95, the pair reads -0.46 and the mean off-diagonal similarity
-            matches the planted one. Songs that fall off a chart within 2 weeks drop out
-            (censoring); that thins the shared songs but keeps the ordering of pairs.
+            lifts a song in every region in the same weeks; fitted over all observed steps
+            (rise_tol=None) it flattens the slope everywhere at once, a shared component that
+            pushes every correlation up (tests/test_region_similarity.py measures both). Songs
+            that fall off a chart within 2 weeks drop out (censoring): fewer shared songs.
   planted   (synthetic data only) cosine similarity of the regions' preference weights w_r in
             RAW/truth.json. The planted decay is d = d0_r exp(-w_r . x_s) over standardised
             audio attributes x_s, so for roughly independent attributes the correlation of two

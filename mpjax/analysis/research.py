@@ -118,8 +118,6 @@ def run(workdir: str | None, *, data_dir: str | None = None, raw: str | None = N
                                                    seed=seed, log=lambda *_: None)
   if truth is not None:
     audio["planted"] = planted_attributes(pairs, raw)
-  hypothesis.AUDIO_DESCRIPTIONS.setdefault(
-      "planted", "the song's six planted attributes from truth.json: the ceiling")
   if audio:
     results["hypothesis"] = hypothesis.run(pairs, out, audio=audio, fit=fit, score=score,
                                            bootstrap=bootstrap, seed=seed, log=log)
@@ -171,7 +169,7 @@ def run(workdir: str | None, *, data_dir: str | None = None, raw: str | None = N
   probes_md = os.path.join(workdir, "probes", "probes.md") if workdir else None
   if probes_md and os.path.exists(probes_md):
     with open(probes_md) as f:
-      body = f.read().split("\n", 1)[1] if f else ""
+      body = f.read().split("\n", 1)[-1]  # its own title line gives way to this section's
     sections.append("## Audio probes (what the encoder learnt)\n\nFrom `" + probes_md +
                     "` (`python -m mpjax.analysis.probes --workdir=RUN`):\n" + body)
   else:
