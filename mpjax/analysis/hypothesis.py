@@ -285,23 +285,15 @@ def encoder_features(workdir: str, pairs: dict, data_dir: str, *, step: str = "l
   settings): pooled output and every layer's patch-token mean, concatenated."""
   from mpjax import export as export_lib
   from mpjax.analysis import probes
+  from mpjax.input import pipeline
 
   config = export_lib.run_config(workdir)
   step_n, _ = export_lib.choose_step(workdir, str(step), config)
-  from mpjax.input import pipeline
-  try:
-    run_fbank = pipeline.load_manifest(config.data_dir)["fbank"]
-  except (FileNotFoundError, ValueError, KeyError, TypeError):
-    run_fbank = pipeline.load_manifest(data_dir)["fbank"]
-  with config.unlocked():
-    config.input.eval_crops = 1
-    if config.input.get("fbank_mean") is None and run_fbank.get("mean") is not None:
-      config.input.fbank_mean = run_fbank["mean"]
-      config.input.fbank_std = run_fbank["std"]
-  trained, random, _ = probes.load_encoders(workdir, config, step_n, seed)
+  probes.embed_config(config, pipeline.load_manifest(data_dir))
+  trained, _, _ = probes.load_encoders(workdir, config, step_n, seed)
   feats = {}
   for split in sorted(set(pairs["split"].tolist())):
-    emb = probes.embed_split(trained, random, data_dir, split, config, log=log)
+    emb = probes.embed_split(trained, None, data_dir, split, config, log=log)
     per = np.concatenate([emb["trained"], emb["trained_layers"].reshape(len(emb["record"]), -1)],
                          1)
     for rec, v in zip(emb["record"], per):

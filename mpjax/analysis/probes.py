@@ -226,12 +226,28 @@ def truth_attributes(raw: str) -> dict[str, dict[str, float]]:
   return songs
 
 
+def embed_config(config, manifest: dict) -> None:
+  """In place: one centre crop, normalised with the run's training data statistics (as
+  mpjax.evaluate does; `manifest`'s, the data being embedded, when the run's is unreadable)."""
+  from mpjax.input import pipeline
+  try:
+    run_fbank = pipeline.load_manifest(config.data_dir)["fbank"]
+  except (FileNotFoundError, ValueError, KeyError, TypeError):
+    run_fbank = manifest["fbank"]
+  with config.unlocked():
+    config.input.eval_crops = 1
+    if config.input.get("fbank_mean") is None and run_fbank.get("mean") is not None:
+      config.input.fbank_mean = run_fbank["mean"]
+      config.input.fbank_std = run_fbank["std"]
+
+
 def embed_split(trained, random, data_dir: str, split: str, config, *, log=print) -> dict:
-  """Every valid record of the split: 'record', the three representations, 'labels', 'mp2'."""
+  """Every valid record of the split: 'record', the three representations, 'labels', 'mp2'.
+  random None: the trained encoder only ('random' and 'random_layers' left out)."""
   from mpjax.input import pipeline
 
   gd_t, st_t = nnx.split(trained)
-  gd_r, st_r = nnx.split(random)
+  gd_r, st_r = nnx.split(random) if random is not None else (None, None)
   ds = pipeline.make_dataset(data_dir, split, cfg=config.input, seed=0, train=False,
                              process_index=0, process_count=1)
   total = pipeline.load_manifest(data_dir).get("counts", {}).get(split, {}).get("records")
@@ -240,10 +256,11 @@ def embed_split(trained, random, data_dir: str, split: str, config, *, log=print
   done, t0 = 0, time.time()
   for batch in ds:
     keep = np.flatnonzero(batch["valid"] > 0)
-    pooled_t, layers_t = _embed(gd_t, st_t, jnp.asarray(batch["fbank"]))
-    pooled_r, layers_r = _embed(gd_r, st_r, jnp.asarray(batch["fbank"]))
-    for name, v in (("trained", pooled_t), ("trained_layers", layers_t), ("random", pooled_r),
-                    ("random_layers", layers_r)):
+    outs = {}
+    outs["trained"], outs["trained_layers"] = _embed(gd_t, st_t, jnp.asarray(batch["fbank"]))
+    if gd_r is not None:
+      outs["random"], outs["random_layers"] = _embed(gd_r, st_r, jnp.asarray(batch["fbank"]))
+    for name, v in outs.items():
       parts[name].append(np.asarray(v, np.float32)[keep])
     parts["fbank"].append(fbank_stats(batch["fbank"][keep]))
     parts["record"].append(batch["record"][keep])
@@ -260,7 +277,7 @@ def embed_split(trained, random, data_dir: str, split: str, config, *, log=print
         f" records ({time.time() - t0:.1f} s)")
   if not parts["record"]:
     raise ValueError(f"split {split!r} of {data_dir} has no records to probe")
-  return {k: np.concatenate(v, 0) for k, v in parts.items()}
+  return {k: np.concatenate(v, 0) for k, v in parts.items() if v}
 
 
 def _targets(rows: dict, keys: list, manifest: dict, songs: dict | None) -> dict:
@@ -301,15 +318,7 @@ def run(workdir: str, data_dir: str | None = None, split: str = "test", raw: str
     raise ValueError(f"split {split!r}: {data_dir}/manifest.json has splits "
                      f"{sorted(manifest['shards'])}")
   step_n, _ = export_lib.choose_step(workdir, str(step), config)
-  try:  # normalise with the run's training data statistics, as mpjax.evaluate does
-    run_fbank = pipeline.load_manifest(config.data_dir)["fbank"]
-  except (FileNotFoundError, ValueError, KeyError):
-    run_fbank = manifest["fbank"]
-  with config.unlocked():
-    config.input.eval_crops = 1
-    if config.input.get("fbank_mean") is None and run_fbank.get("mean") is not None:
-      config.input.fbank_mean = run_fbank["mean"]
-      config.input.fbank_std = run_fbank["std"]
+  embed_config(config, manifest)
   raw = find_raw(data_dir, manifest, raw)
   songs = truth_attributes(raw) if raw else None
   out = out or os.path.join(workdir, "probes")
