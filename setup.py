@@ -48,7 +48,6 @@ setup(
     description="Music popularity prediction from audio with an Audio Spectrogram Transformer in JAX/Flax",
     python_requires=">=3.11",
     packages=find_packages(include=["mpjax", "mpjax.*", "data_prep", "data_prep.*"]),
-    package_data={"mpjax.ops": ["*.cc"]},
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": TEST_REQUIRES},
 )

@@ -58,20 +58,20 @@ printed and appended to `--out` as it arrives; a markdown table follows at the e
 SIGTERM/Ctrl-C). `--grid-batches 32,64`, `--grid-attention`, `--grid-scan`, `--grid-remat`,
 `--grid-patchout` shrink it; other flags (`--steps`, `--depth`, ...) pass to every point.
 
-CPU settings (the train loop makes them with `mpjax.cpu.setup()`, called here before tracing):
-the C++ attention kernel (`mpjax.ops.cpu_attention`; `attention='auto'` uses it for float32 on
-CPU; `--kernels off` sets MPJAX_CPU_KERNELS=0 and attention stays on XLA), XLA:CPU compiler
-options `mpjax.cpu.CPU_COMPILER_OPTIONS` on the jitted step (`--xla-ynn on` keeps XLA's YNNPACK
-fusions or names one LIBRARY_FUSION_TYPE_*; `--xla-option KEY=VALUE` adds one, `KEY=` removes
-one), and glibc malloc tuning for both implementations: `--malloc no-trim` (default:
-`tune_malloc(no_trim=True)`, M_TRIM_THRESHOLD=-1, applied after setup's), `tuned` (setup's
-`tune_malloc()`), `default` (glibc untouched). torch uses `torch.set_num_threads(os.cpu_count())`.
+CPU settings, as `python -m mpjax.main` makes them (`mpjax.cpu`): glibc malloc tuned before
+numpy, jax or torch start a thread (`--malloc off`: glibc untouched), for both implementations;
+the XLA:CPU compiler options `mpjax.cpu.CPU_COMPILER_OPTIONS` on the jitted step (`--xla-ynn on`
+keeps XLA's YNNPACK fusions or names one LIBRARY_FUSION_TYPE_*; `--xla-option KEY=VALUE` adds
+one, `KEY=` removes one). Attention on CPU is XLA's. torch uses
+`torch.set_num_threads(os.cpu_count())`. Every JSON line names the host CPU (`cpu_model`, and
+`cpu_isa`: which of avx2, fma, avx512f, avx512_bf16, amx_tile, ... /proc/cpuinfo lists), so a
+figure always says which CPU it came from.
 With `--impl both` the timed steps alternate flax/torch (`--no-interleave`: all of one, then the
 other), so a shared machine's changing load affects both alike; a last line gives
 ratio = torch / flax median step time (> 1: Flax faster).
 
   python benchmarks/ast_step.py --config tiny                # CPU: flax vs torch, batch 8
-  python benchmarks/ast_step.py --config tiny --impl flax --kernels off
+  python benchmarks/ast_step.py --config tiny --impl flax --xla-ynn on
   python benchmarks/ast_step.py --impl flax --depth 2 --frames 256 --steps 10 --warmup 1
   python benchmarks/ast_step.py --config base --impl flax    # GPU/TPU: the target, bf16, batch 32
   python benchmarks/ast_step.py --grid --out grid.jsonl      # GPU/TPU grid (budget 480 s)
@@ -89,9 +89,14 @@ import subprocess
 import sys
 import time
 
-import numpy as np
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from mpjax import cpu as mpjax_cpu  # noqa: E402
+
+# Before numpy, jax or torch start a thread (mpjax.cpu); `--malloc off` leaves glibc as it is.
+MALLOC = None if re.search(r"--malloc[= ]off\b", " ".join(sys.argv)) else mpjax_cpu.prepare_process()
+
+import numpy as np  # noqa: E402
 
 CONFIGS = {
     "tiny": dict(variant="tiny", fstride=16, tstride=16, frames=1024, mel=128, batch_cpu=8),
@@ -103,7 +108,9 @@ LN_EPS = 1e-12  # HF's default; both implementations use it
 LR, B1, B2, EPS, WD = 1e-4, 0.9, 0.999, 1e-8, 0.01
 PASST_PATCHOUT = (0.4, 0.2)  # (time, freq) for the grid's patchout=on
 REMATS = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
-ATTENTIONS = ("auto", "xla", "cudnn", "splash", "cpu")
+ATTENTIONS = ("auto", "xla", "cudnn", "splash")
+CPU_ISA = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx512_fp16",
+           "amx_tile", "amx_bf16", "asimd", "sve")
 
 # (device_kind regex, {dtype: dense peak TFLOP/s per device}); first match wins. float32 on the
 # GPUs: the TF32 tensor-core figure (XLA's default precision for float32 matmuls there).
@@ -172,8 +179,6 @@ def attention_kernel(text: str) -> str:
   """Which attention the compiled step runs, from its HLO text."""
   if "__cudnn$fmha" in text:
     return "cudnn"
-  if "mpjax_attention_fwd" in text:
-    return "cpu"
   if "tpu_custom_call" in text and "splash" in text.lower():
     return "splash"
   return "xla"
@@ -249,7 +254,7 @@ def setup_flax(cfg, batch, torch_model=None, jit_options=None):
     kernel = attention_kernel(compiled.as_text())
   except Exception:  # noqa: BLE001 - some backends cannot print the compiled program
     kernel = attention_kernel(lowered.as_text())
-  if cfg.attention in ("cudnn", "splash", "cpu") and kernel != cfg.attention:
+  if cfg.attention in ("cudnn", "splash") and kernel != cfg.attention:
     raise RuntimeError(f"attention={cfg.attention!r} requested, but the step compiled for "
                        f"{dev.platform} has {kernel} attention")
   n_params = sum(int(np.prod(v.shape)) for v in jax.tree.leaves(params))
@@ -342,22 +347,32 @@ def time_steps(runs, steps, warmup, interleave):
 # ----------------------------------------------------------------------------------------------
 
 
+def cpu_info() -> dict:
+  """The host CPU: model name, the ISA extensions of CPU_ISA it has, core count."""
+  model, flags = platform.processor() or platform.machine(), set()
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "model name":
+          model = value.strip()
+        elif key in ("flags", "Features"):
+          flags = set(value.split())
+        if model and flags:
+          break
+  except OSError:
+    pass
+  return dict(cpu_model=model, cpu_isa=[f for f in CPU_ISA if f in flags],
+              cpu_count=os.cpu_count())
+
+
 def cpu_setup(a):
-  """Before any tracing: MPJAX_CPU_KERNELS, mpjax.cpu.setup() (or its parts), malloc, the
-  XLA:CPU options. Returns (jit_options, extra JSON fields)."""
-  os.environ["MPJAX_CPU_KERNELS"] = "1" if a.kernels == "on" else "0"
+  """The XLA:CPU options of the step, and the JSON fields that describe the CPU settings."""
   import jax
-  import mpjax.cpu
-  from mpjax.ops import cpu_attention
   if jax.default_backend() != "cpu":
-    return mpjax.cpu.setup(), {}  # None: nothing to tune off CPU
-  if a.malloc == "default":  # setup() without its tune_malloc()
-    cpu_attention.register()
-    options, malloc = mpjax.cpu.jit_options("cpu"), None
-  else:
-    options = mpjax.cpu.setup()
-    malloc = mpjax.cpu.tune_malloc(no_trim=a.malloc == "no-trim")
-  options = dict(options or {})
+    return mpjax_cpu.setup(), {}  # None: nothing to tune off CPU
+  options = dict(mpjax_cpu.setup() or {})
   if a.xla_ynn == "on":
     options.pop("xla_cpu_experimental_ynn_fusion_type", None)
   elif a.xla_ynn != "off":
@@ -368,9 +383,7 @@ def cpu_setup(a):
       options[key] = value
     else:
       options.pop(key, None)
-  why = cpu_attention.register()
-  return options, dict(malloc=malloc, xla_compiler_options=options, cpu_attention_kernel=why
-                       is None, cpu_attention_kernel_note=why, cpu_count=os.cpu_count())
+  return options, dict(malloc=MALLOC, xla_compiler_options=options)
 
 
 def resolve(a, accelerator: bool):
@@ -404,7 +417,7 @@ def run_benchmark(a):
                 remat_policy=cfg.remat_policy, patchout_time=cfg.patchout_time,
                 patchout_freq=cfg.patchout_freq, patchout_grid=list(cfg.patchout_grid),
                 tokens=tokens(cfg), steps=a.steps, warmup=a.warmup,
-                interleaved=a.interleave and a.impl == "both")
+                interleaved=a.interleave and a.impl == "both", **cpu_info())
 
   torch_model = None
   if a.impl in ("both", "torch"):
@@ -449,7 +462,8 @@ def run_benchmark(a):
     print(json.dumps(dict(
         ratio="torch/flax median step time (>1: flax faster)", config=name, batch=batch,
         value=results["torch"]["median_step_s"] / results["flax"]["median_step_s"],
-        flax_device=results["flax"]["device"], torch_device=results["torch"]["device"])),
+        flax_device=results["flax"]["device"], torch_device=results["torch"]["device"],
+        **cpu_info())),
           flush=True)
   return results
 
@@ -488,7 +502,7 @@ def point_argv(a, p):
           "--batch", str(p["batch"]), "--attention", p["attention"],
           "--scan" if p["scan"] == "on" else "--no-scan", "--remat", p["remat"],
           "--dtype", a.dtype or "bfloat16", "--steps", str(a.steps), "--warmup", str(a.warmup),
-          "--kernels", a.kernels, "--malloc", a.malloc, "--xla-ynn", a.xla_ynn]
+          "--malloc", a.malloc, "--xla-ynn", a.xla_ynn]
   t, f = PASST_PATCHOUT if p["patchout"] == "on" else (0.0, 0.0)
   argv += ["--patchout-time", str(t), "--patchout-freq", str(f)]
   for flag, value in (("--depth", a.depth), ("--frames", a.frames),
@@ -646,10 +660,8 @@ def parse_args(argv=None):
                  help="default: both on CPU, flax elsewhere")
   g.add_argument("--no-interleave", dest="interleave", action="store_false")
   g.add_argument("--torch-fused", action="store_true", help="torch.optim.AdamW(fused=True)")
-  g.add_argument("--kernels", choices=("on", "off"), default="on",
-                 help="the C++ CPU attention kernel; off: MPJAX_CPU_KERNELS=0 (XLA attention)")
-  g.add_argument("--malloc", choices=("no-trim", "tuned", "default"), default="no-trim",
-                 help="no-trim: tune_malloc(no_trim=True); tuned: tune_malloc(); default: glibc's")
+  g.add_argument("--malloc", choices=("on", "off"), default="on",
+                 help="glibc malloc tuned as mpjax.main tunes it (on) or left as it is (off)")
   g.add_argument("--xla-ynn", default="off",
                  help="XLA:CPU YNNPACK fusions: off (default: Eigen dots), on (XLA's default), "
                       "or one LIBRARY_FUSION_TYPE_* value")

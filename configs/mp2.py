@@ -31,7 +31,7 @@ def get_config(arg: str | None = None):
 
   # Model -----------------------------------------------------------------------------------
   # Speed is configuration (README "Model speed settings"; mpjax/models/ast.py):
-  #   attention: auto | xla | cudnn | splash | cpu (auto: per platform, chosen at lowering)
+  #   attention: auto | xla | cudnn | splash (auto: per platform, chosen at lowering)
   #   scan: blocks as one lax.scan; remat_policy: none | full | dots_saveable |
   #   dots_with_no_batch_dims_saveable; dtype: compute dtype (params and loss float32);
   #   patchout_time / patchout_freq: PaSST patchout fractions while training (PaSST: 0.4 / 0.2).

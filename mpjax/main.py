@@ -17,10 +17,14 @@ into WORKDIR/mp2 (resumed, not repeated, when already there), and starts MP3 fro
 With `ssl_first` (configs/mp3.py:demo_long) the SSL demo pretrains that encoder before, into
 WORKDIR/ssl on its own unlabelled clips.
 """
-import os
+from mpjax import cpu
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+cpu.prepare_process()  # before numpy/jax start any thread (CPU only: glibc malloc, mpjax.cpu)
+
+import os  # noqa: E402
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:arg]).",
                                           lock_config=True)

@@ -318,7 +318,7 @@ def make_steps(graphdef, tx, mesh, config, window: int | None = None):
       fbank = sharding.constrain_batch(batch["fbank"], mesh)
       return task_loss(forward(model, batch, config, fbank, key), batch, config)
 
-    # Traced under the mesh: kernels opaque to XLA's partitioner (cuDNN/splash/CPU attention)
+    # Traced under the mesh: kernels opaque to XLA's partitioner (cuDNN/splash attention)
     # then run per batch shard (mpjax.ops.attention).
     with sharding.tracing_mesh(mesh):
       loss, grads = jax.value_and_grad(loss_fn)(state["params"])
@@ -399,7 +399,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   """Trains until config.total_steps (resuming from WORKDIR/checkpoints); returns final eval."""
   check_config(config)
   os.makedirs(workdir, exist_ok=True)
-  jit_options = cpu_lib.setup()  # CPU backend only (malloc, C++ attention); None elsewhere
+  jit_options = cpu_lib.setup()  # XLA:CPU options on the CPU backend; None elsewhere
   is_main = jax.process_index() == 0
   if is_main:  # what mpjax.export rebuilds the model from
     atomic.write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))

@@ -1,6 +1,6 @@
 """mpjax.ops.attention: every implementation equals the masked XLA reference (region-token
 prefix included), `auto` is chosen per platform when the program is lowered, and a training
-step lowered on this CPU host for cuda / tpu carries no CPU kernel."""
+step lowered on this CPU host is right for cpu (XLA only), cuda and tpu (splash)."""
 import re
 
 import jax
@@ -13,9 +13,6 @@ from configs import mp2 as configs_mp2
 from mpjax import sharding, train
 from mpjax.models import ast, mp2
 from mpjax.ops import attention as attn
-from mpjax.ops import cpu_attention
-
-HAVE_COMPILER = cpu_attention._compiler() is not None
 
 
 def rel_err(a, b):
@@ -50,17 +47,14 @@ IMPLS = {
                                                      implementation="xla"),
     # The unmasked-core + XLA-prefix decomposition the cuDNN and splash branches use.
     "fused_prefix": lambda qkv, heads, prefix: attn._fused(xla_core, qkv, heads, prefix),
-    "cpu": lambda qkv, heads, prefix: attn.attention(qkv, heads, prefix=prefix,
-                                                     implementation="cpu"),
+    "auto": lambda qkv, heads, prefix: attn.attention(qkv, heads, prefix=prefix),
 }
 
 
-@pytest.mark.parametrize("impl", ["xla", "fused_prefix", "cpu", "splash"])
+@pytest.mark.parametrize("impl", ["xla", "fused_prefix", "auto", "splash"])
 @pytest.mark.parametrize("b,n,heads,dh,prefix", [(2, 37, 2, 16, 0), (2, 70, 3, 32, 3),
                                                   (1, 130, 1, 64, 1)])
 def test_every_implementation_equals_masked_reference(impl, b, n, heads, dh, prefix, monkeypatch):
-  if impl == "cpu" and not HAVE_COMPILER:
-    pytest.skip("no C++ compiler: the CPU kernel cannot be built here")
   fn = splash_interpreted(monkeypatch) if impl == "splash" else IMPLS[impl]
   rs = np.random.RandomState(n + prefix)
   qkv = jnp.asarray(rs.randn(b, n, 3 * heads * dh) * 0.7, jnp.float32)
@@ -89,8 +83,17 @@ def test_bad_arguments_are_named():
     attn.attention(qkv, 1, prefix=4)
   with pytest.raises(ValueError, match="bfloat16 or float16"):
     attn.attention(qkv, 1, implementation="cudnn")
-  with pytest.raises(ValueError, match="float32 with a head dim"):
-    attn.attention(qkv.astype(jnp.bfloat16), 1, implementation="cpu")
+
+
+def test_cpu_is_a_deprecated_alias_of_xla():
+  """'cpu' named the removed C++ kernel; saved configs still say it: it warns and means xla."""
+  qkv = jnp.asarray(np.random.RandomState(0).randn(1, 6, 3 * 16), jnp.float32)
+  with pytest.warns(DeprecationWarning, match="now means 'xla'"):
+    out = attn.attention(qkv, 1, prefix=1, implementation="cpu")
+  np.testing.assert_array_equal(out, attn.attention(qkv, 1, prefix=1, implementation="xla"))
+  with pytest.warns(DeprecationWarning, match="C\\+\\+ CPU attention kernel was removed"):
+    cfg = ast.config_for("tiny", attention="cpu", **CFG)
+  assert cfg.attention == "xla" and cfg == ast.config_for("tiny", attention="xla", **CFG)
 
 
 def test_explicit_cudnn_is_used_or_says_why():
@@ -133,79 +136,43 @@ def custom_calls(text):
   return set(re.findall(r"custom_call @([\w$.]+)", text))
 
 
-@pytest.fixture
-def kernel_registered():
-  if not HAVE_COMPILER:
-    pytest.skip("no C++ compiler: the CPU kernel cannot be built here")
-  assert cpu_attention.register() is None
-  assert cpu_attention.registered()
-
-
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_step_lowered_for_cuda_and_tpu_has_no_cpu_kernel(dtype, kernel_registered):
-  cpu_text = mp2_step_lowered("cpu", dtype)
-  cuda = custom_calls(mp2_step_lowered("cuda", dtype))
+def test_auto_step_is_xla_on_cpu_and_splash_on_tpu(dtype):
+  """One traced step: XLA attention on cpu (no custom call at all), splash on tpu, and on
+  cuda cuDNN only where this host can trace it (never here without CUDA)."""
+  assert not custom_calls(mp2_step_lowered("cpu", dtype))
   tpu = custom_calls(mp2_step_lowered("tpu", dtype))
-  assert not any(c.startswith("mpjax_") for c in cuda | tpu), (cuda, tpu)
-  assert "tpu_custom_call" in tpu  # auto took splash attention on TPU
-  if dtype == "float32":  # the kernel is float32-only; bf16 on CPU stays on XLA
-    assert {"mpjax_attention_fwd", "mpjax_attention_bwd"} <= custom_calls(cpu_text)
-  else:
-    assert not any(c.startswith("mpjax_") for c in custom_calls(cpu_text))
-
-
-def test_unregistered_kernel_is_not_used_by_auto(monkeypatch):
-  """A process that never set up the CPU (a GPU/TPU host) traces no CPU kernel at all."""
-  monkeypatch.setenv("MPJAX_CPU_KERNELS", "0")
-  assert not cpu_attention.registered()
-  assert not any(c.startswith("mpjax_") for c in custom_calls(mp2_step_lowered("cpu", "float32")))
+  assert "tpu_custom_call" in tpu
+  cuda = custom_calls(mp2_step_lowered("cuda", dtype))
+  assert "tpu_custom_call" not in cuda
+  if dtype == "float32" or attn._cudnn_unusable(2, 2, 3, 64, dtype) is not None:
+    assert not any("cudnn" in c for c in cuda), cuda
 
 
 def test_xla_attention_lowers_without_custom_calls_anywhere():
   for platform in ("cpu", "cuda", "tpu"):
     calls = custom_calls(mp2_step_lowered(platform, "bfloat16", attention="xla"))
-    assert not any(c.startswith("mpjax_") or c == "tpu_custom_call" or "cudnn" in c
+    assert not any(c == "tpu_custom_call" or "cudnn" in c
                    for c in calls), (platform, calls)
 
 
-def test_auto_gives_the_cpu_kernel_on_cpu_and_agrees_with_xla(kernel_registered):
-  cfg = ast.config_for("tiny", **CFG)
-  m_auto = ast.init(cfg, seed=1)
-  m_xla = ast.init(ast.config_for("tiny", attention="xla", **CFG), seed=1)
-  x = np.random.RandomState(0).randn(2, 64, 32).astype(np.float32)
-  prefix = jnp.asarray(np.random.RandomState(1).randn(2, 2, cfg.hidden), jnp.float32)
-  loss = lambda m: jnp.sum(m.encode(x, prefix_tokens=prefix) ** 3)
-  jaxpr = str(jax.make_jaxpr(lambda m: nnx.grad(loss)(m))(m_auto))
-  assert "mpjax_attention_fwd" in jaxpr and "platform_index" in jaxpr
-  ga, gx = nnx.grad(loss)(m_auto), nnx.grad(loss)(m_xla)
-  for a, b in zip(jax.tree.leaves(nnx.state(ga)), jax.tree.leaves(nnx.state(gx))):
-    assert rel_err(a, b) <= 1e-4
-
-
-def test_kernel_under_a_mesh_runs_per_shard_and_matches_one_device(kernel_registered):
-  """Traced under the mesh (as the train step is) the CPU kernel runs on each device's batch
-  slice (shard_map: no all-gather of its operands) and the gradients equal one device's."""
+def test_splash_under_a_mesh_runs_per_shard_and_matches_one_device(monkeypatch):
+  """Traced under the mesh (as the train step is), an opaque fused kernel (splash, run in the
+  Pallas interpreter here) runs on each device's batch slice (shard_map: no all-gather of its
+  operands) and the gradients equal one device's."""
+  monkeypatch.setattr(attn, "_SPLASH_INTERPRET", True)
   assert len(jax.devices()) == 8
-  cfg = ast.config_for("tiny", depth=1, input_fdim=32, input_tdim=48, fstride=8, tstride=8)
-  graphdef, params = nnx.split(ast.init(cfg, seed=5))
-  x = np.random.RandomState(6).randn(8, 48, 32).astype(np.float32)
+  heads, n, dh = 1, 20, 16
+  qkv = jnp.asarray(np.random.RandomState(6).randn(8, n, 3 * heads * dh), jnp.float32)
   mesh = sharding.make_mesh([("data", 4), ("fsdp", 2)])
+  f = lambda x: jnp.sum(attn._fused(attn._splash, x, heads, 1) ** 2)
 
-  def loss(params, x):
-    return jnp.mean(nnx.merge(graphdef, params)(x) ** 2)
-
-  def loss_on_mesh(params, x):
+  def on_mesh(x):
     with sharding.tracing_mesh(mesh):
-      return loss(params, x)
+      return f(x)
 
-  one = jax.jit(jax.grad(loss))(params, x)
-  xs = jax.device_put(x, sharding.batch_sharding(mesh))
-  ps = jax.device_put(params, jax.NamedSharding(mesh, jax.P()))
-  grad = jax.jit(jax.grad(loss_on_mesh))
-  hlo = grad.lower(ps, xs).compile().as_text()
-  assert "mpjax_attention_fwd" in hlo and "all-gather" not in hlo
-  # Without the mesh context XLA gathers the kernel's operands (correct, not sharded).
-  assert "all-gather" in jax.jit(jax.grad(loss)).lower(ps, xs).compile().as_text()
-  sharded = grad(ps, xs)
-  for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(sharded)):
-    assert rel_err(b, a) <= 1e-5
+  one = jax.jit(jax.grad(f))(qkv)
+  xs = jax.device_put(qkv, sharding.batch_sharding(mesh))
+  grad = jax.jit(jax.grad(on_mesh))
+  assert "all-gather" not in grad.lower(xs).compile().as_text()
+  assert rel_err(grad(xs), one) <= 1e-5

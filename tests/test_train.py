@@ -78,8 +78,7 @@ def test_sharded_mesh_matches_one_device(data, tmp_path):
   # float32 reductions run in another order. Adam divides by sqrt(v), which amplifies those
   # rounding differences for near-zero gradients: allow 2e-5 absolute (2% of one Adam step at
   # lr 1e-3) per element, and require the average difference to be at rounding level.
-  # (Measured worst element, attn/proj/kernel: 8e-6 with the XLA implementations, 1.2e-5 with
-  # the CPU kernels; mean differences 7e-10 and 8e-10.)
+  # (Measured worst element, attn/proj/kernel: 8e-6; mean difference 7e-10.)
   for k in a:
     np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=2e-5, err_msg=k)
     assert np.abs(a[k] - b[k]).mean() < 1e-7, k

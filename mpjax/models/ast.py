@@ -9,8 +9,8 @@ Input: log-mel fbank frames `[batch, time, mel]` (`mpjax.audio.fbank`), already 
 Token order is frequency-major, as in the official code: patch (fi, ti) is token `fi * Tp + ti`.
 
 Speed is configuration (`ASTConfig`), never hand-written derivatives here:
-  attention      auto | xla | cudnn | splash | cpu (`mpjax.ops.attention`; auto = per platform,
-                 chosen when the program is lowered)
+  attention      auto | xla | cudnn | splash (`mpjax.ops.attention`; auto = per platform,
+                 chosen when the program is lowered; 'cpu' is a deprecated alias of xla)
   scan           the blocks as one `jax.lax.scan` over stacked parameters (compile time does not
                  grow with depth); parameter paths `blocks/...` with a leading depth axis
   remat_policy   none | full | dots_saveable | dots_with_no_batch_dims_saveable, per block
@@ -89,8 +89,11 @@ class ASTConfig:
       bad("ln_eps", "must be > 0")
     if self.dtype not in ("float32", "bfloat16", "float16"):
       bad("dtype", "must be float32, bfloat16 or float16")
-    if self.attention not in attention_ops.IMPLEMENTATIONS:
+    if self.attention not in attention_ops.IMPLEMENTATIONS + tuple(attention_ops.DEPRECATED):
       bad("attention", f"choose one of {attention_ops.IMPLEMENTATIONS}")
+    # A deprecated name becomes what it stands for (with a warning), so that every later
+    # comparison of configs sees one spelling.
+    object.__setattr__(self, "attention", attention_ops.check_implementation(self.attention))
     if self.remat_policy not in REMAT_POLICIES:
       bad("remat_policy", f"choose one of {tuple(REMAT_POLICIES)}")
     for f in ("patchout_time", "patchout_freq"):

@@ -1,1 +1,1 @@
-"""Platform-specific implementations behind configuration knobs (attention, CPU kernels)."""
+"""Platform-specific implementations behind configuration knobs (attention)."""

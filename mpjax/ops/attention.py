@@ -2,14 +2,12 @@
 
   auto    chosen per platform when the program is lowered (`jax.lax.platform_dependent`):
           cuda: cuDNN fused (flash) attention for bfloat16/float16 where this host can trace it,
-                else XLA; tpu: Pallas splash attention; cpu: the C++ kernel
-                (`mpjax.ops.cpu_attention`) when this process registered it (`mpjax.cpu.setup`
-                does, on the CPU backend only), else XLA; anything else: XLA.
+                else XLA; tpu: Pallas splash attention; cpu and anything else: XLA.
   xla     `jax.nn.dot_product_attention(implementation='xla')` on every platform (portable:
           what an exported program should carry).
   cudnn   cuDNN on cuda (an error where it cannot be used), XLA on other platforms.
   splash  splash attention on tpu, XLA on other platforms.
-  cpu     the C++ kernel on cpu (an error where it cannot be built), XLA on other platforms.
+  cpu     deprecated alias of `xla` (it named a C++ CPU kernel, removed: CPU attention is XLA's).
 
 Every choice is the same math, so one traced step is right on cpu, cuda and tpu.
 
@@ -17,25 +15,32 @@ Region tokens (`prefix` > 0, see `mpjax.models.ast.AST.encode`): each of the fir
 tokens attends to itself and to the audio tokens; audio tokens never attend to prefix tokens.
 XLA takes that as a boolean mask. The fused kernels need no mask: the audio tokens' attention is
 plain attention over the audio tokens, and the few prefix queries are computed beside it in XLA
-([prefix, N] scores); the C++ CPU kernel has the mask built in.
+([prefix, N] scores).
 """
 from __future__ import annotations
 
 import functools
 import logging
+import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from mpjax.ops import cpu_attention
-
-IMPLEMENTATIONS = ("auto", "xla", "cudnn", "splash", "cpu")
+IMPLEMENTATIONS = ("auto", "xla", "cudnn", "splash")
+# Old names still accepted (saved configs of earlier runs carry them), each with a warning.
+DEPRECATED = {"cpu": "xla"}
 _log = logging.getLogger(__name__)
 
 
 def check_implementation(name: str) -> str:
+  """The implementation `name` stands for; a clear error for unknown names."""
+  if name in DEPRECATED:
+    warnings.warn(f"model.attention={name!r} is deprecated and now means "
+                  f"{DEPRECATED[name]!r}: the C++ CPU attention kernel was removed (CPU "
+                  f"attention is XLA's). Use 'auto' or 'xla'.", DeprecationWarning, stacklevel=3)
+    return DEPRECATED[name]
   if name not in IMPLEMENTATIONS:
     raise ValueError(f"model.attention={name!r}: choose one of {IMPLEMENTATIONS}")
   return name
@@ -50,17 +55,13 @@ def prefix_mask(n: int, prefix: int) -> np.ndarray:
 def attention(qkv, heads: int, *, prefix: int = 0, implementation: str = "auto"):
   """qkv: [B, N, 3 * D], the fused projection (q, k, v blocks, heads-major: timm/official
   order). Returns [B, N, D] in qkv's dtype (softmax statistics in float32)."""
-  check_implementation(implementation)
+  implementation = check_implementation(implementation)
   b, n, d3 = qkv.shape
   if d3 % (3 * heads):
     raise ValueError(f"attention: qkv width {d3} is not 3 x heads ({heads}) x head_dim")
   if not 0 <= prefix < n:
     raise ValueError(f"attention: prefix={prefix} must be in [0, tokens={n})")
   branches = {}
-  if implementation in ("auto", "cpu"):
-    fn = _cpu_branch(qkv, heads, prefix, required=implementation == "cpu")
-    if fn is not None:
-      branches["cpu"] = fn
   if implementation in ("auto", "cudnn"):
     fn = _cudnn_branch(qkv, heads, prefix, required=implementation == "cudnn")
     if fn is not None:
@@ -108,22 +109,6 @@ def _fused(core, qkv, heads, prefix):
              + jnp.einsum("bhpn,bnhd->bphd", w[..., 1:], v[:, prefix:].astype(f32)))
     audio = jnp.concatenate([out_p.astype(audio.dtype), audio], axis=1)
   return audio.reshape(b, n, h * dh)
-
-
-def _cpu_branch(qkv, heads, prefix, required):
-  if not cpu_attention.supports(qkv, heads):
-    if required:
-      raise ValueError(f"model.attention='cpu': the C++ kernel takes float32 with a head dim "
-                       f"that is a multiple of 16; got {qkv.dtype}, head dim "
-                       f"{qkv.shape[-1] // (3 * heads)}")
-    return None
-  if required:
-    why = cpu_attention.register()
-    if why is not None:
-      raise RuntimeError(f"model.attention='cpu': the C++ kernel is unavailable: {why}")
-  elif not cpu_attention.registered():
-    return None
-  return lambda x: _batch_sharded(lambda y: cpu_attention.attention(y, heads, prefix), x)
 
 
 def _cudnn_core(q, k, v):
@@ -192,8 +177,8 @@ _SPLASH_INTERPRET = False
 
 def _batch_sharded(fn, *xs):
   """fn on each device's slice of the batch when a mesh is set (`jax.set_mesh`) and divides
-  the batch: custom kernels are opaque to XLA's partitioner, which would otherwise gather the
-  whole batch onto every device."""
+  the batch: fused kernels (splash) are opaque to XLA's partitioner, which would otherwise
+  gather the whole batch onto every device."""
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty or mesh.size == 1 or xs[0].shape[0] % mesh.size:
     return fn(*xs)
