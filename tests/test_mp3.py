@@ -52,6 +52,24 @@ def test_shapes_and_monotone_quantiles(mode):
   assert model.point(out).shape == (2, 2, 4)
 
 
+@pytest.mark.parametrize("series_len,shared", [(1, True), (0, True), (3, False)])
+def test_cross_attention_to_shared_memory_equals_attention_to_the_repeated_memory(series_len,
+                                                                                  shared):
+  """DecoderBlock.cross projects a clip's shared (audio) tokens once for its R series: the
+  same result as the library's MultiHeadAttention over the memory repeated per series."""
+  blk = mp3.DecoderBlock(32, 4, 64, cross=True, dtype=jnp.float32, rngs=nnx.Rngs(3))
+  b, r, length, m = 2, 3, 5, 7
+  rs = np.random.RandomState(series_len)
+  h = jnp.asarray(rs.randn(b * r, length, 32), jnp.float32)
+  series = jnp.asarray(rs.randn(b * r, series_len, 32), jnp.float32) if series_len else None
+  audio = jnp.asarray(rs.randn(b, m, 32), jnp.float32) if shared else None
+  parts = ([series] if series is not None else []) + (
+      [jnp.repeat(audio, r, axis=0)] if audio is not None else [])
+  full = jnp.concatenate(parts, axis=1)
+  np.testing.assert_allclose(blk.cross(h, series, audio), blk.cross_attn(h, full, full),
+                             rtol=1e-5, atol=1e-6)
+
+
 def test_fresh_model_forecasts_the_last_observed_level():
   model = make()  # zero output layer: every quantile = anchor + lowest-level offset 0 ...
   fb, ids, prefix, pmask = inputs()

@@ -63,12 +63,29 @@ class DecoderBlock(nnx.Module):
     self.fc2 = nnx.Linear(mlp_dim, hidden, kernel_init=_init, dtype=dtype, rngs=rngs)
 
   def __call__(self, x, memory=None):
-    """x: float32 residual stream; the sublayers compute in the block's dtype."""
+    """x: float32 residual stream [B * R, L, D]; memory: `MP3.memory`'s (series, shared) pair.
+    The sublayers compute in the block's dtype."""
     h = self.norm1(x)
     x = x + self.self_attn(h, h, h).astype(jnp.float32)
     if self.cross_attn is not None and memory is not None:
-      x = x + self.cross_attn(self.norm2(x), memory, memory).astype(jnp.float32)
+      x = x + self.cross(self.norm2(x), *memory).astype(jnp.float32)
     return x + self.fc2(jax.nn.gelu(self.fc1(self.norm3(x)), approximate=False)).astype(jnp.float32)
+
+  def cross(self, h, series, shared):
+    """`self.cross_attn(h, memory, memory)` for memory = [series tokens, shared tokens repeated
+    for each of a clip's R series], with the shared (audio) tokens' keys and values projected
+    once per clip rather than R times: the same math for a quarter of the work at R = 4."""
+    a = self.cross_attn
+    r = h.shape[0] // shared.shape[0] if shared is not None else 1
+    per_clip = lambda proj: (jnp.repeat(proj(shared), r, axis=0) if r > 1 else proj(shared))
+    keys = [a.key(series)] if series is not None else []
+    values = [a.value(series)] if series is not None else []
+    if shared is not None:
+      keys.append(per_clip(a.key))
+      values.append(per_clip(a.value))
+    k, v = jnp.concatenate(keys, axis=1), jnp.concatenate(values, axis=1)
+    out = nnx.dot_product_attention(a.query(h), k, v, dtype=a.dtype, precision=a.precision)
+    return a.out(out)
 
 
 class MP3(nnx.Module):
@@ -145,23 +162,21 @@ class MP3(nnx.Module):
   # -- encoder ---------------------------------------------------------------------------------
 
   def memory(self, fbank, regions, patchout_key=None):
-    """[B * R, M, D] encoder tokens per (example, region), or None without audio."""
+    """The decoder's memory as (series [B * R, S, D] | None, shared [B, M, D] | None): each
+    series (example, region) attends to its own series tokens followed by its clip's shared
+    tokens (`DecoderBlock.cross`). None without audio."""
     if not self.audio:
       return None
     b, r = regions.shape
     enc = lambda x, **kw: self.encoder.encode(x, patchout_key=patchout_key, **kw)
-    if self.region_mode == "cls_token":
+    if self.region_mode == "cls_token":  # the region's own CLS token, then the audio tokens
       tokens = enc(fbank, prefix_tokens=self.regions(regions))  # [B, R+2+N, D]
-      audio_tokens = tokens[:, r:]
-      region_tokens = tokens[:, :r].reshape(b * r, 1, -1)
-      audio_tokens = jnp.repeat(audio_tokens, r, axis=0) if r > 1 else audio_tokens
-      return jnp.concatenate([region_tokens, audio_tokens], axis=1)
-    if self.region_mode == "embedding":
+      return tokens[:, :r].reshape(b * r, 1, -1), tokens[:, r:]
+    if self.region_mode == "embedding":  # one region-conditioned pass per series
       emb = self.regions(regions).reshape(b * r, 1, -1)
       x = jnp.repeat(fbank, r, axis=0) if r > 1 else fbank
-      return enc(x, token_bias=emb)
-    tokens = enc(fbank)
-    return jnp.repeat(tokens, r, axis=0) if r > 1 else tokens
+      return enc(x, token_bias=emb), None
+    return None, enc(fbank)
 
   # -- forward ---------------------------------------------------------------------------------
 
@@ -183,7 +198,7 @@ class MP3(nnx.Module):
                          f"{tuple(prefix.shape)} / {tuple(prefix_mask.shape)}")
     memory = self.memory(fbank, regions, patchout_key)
     if memory is not None and self.freeze_encoder:
-      memory = jax.lax.stop_gradient(memory)
+      memory = jax.tree.map(jax.lax.stop_gradient, memory)
     d = self.cfg.hidden
     level = jnp.take(self.level[...], regions, axis=0)  # [B, R]
     anchor = level
