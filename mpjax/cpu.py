@@ -77,11 +77,6 @@ def tune_malloc() -> dict | None:
   return _state["malloc"]
 
 
-def malloc_tuned() -> dict | None:
-  """What `tune_malloc()` set in this process (None: not tuned)."""
-  return _state["malloc"]
-
-
 def setup() -> dict | None:
   """The train loop's CPU setup: on the CPU backend the jit options for the hot step (and one
   log line if malloc was not tuned before JAX started); None on any other backend."""

@@ -52,7 +52,7 @@ def test_shapes_and_monotone_quantiles(mode):
   assert model.point(out).shape == (2, 2, 4)
 
 
-@pytest.mark.parametrize("series_len,shared", [(1, True), (0, True), (3, False)])
+@pytest.mark.parametrize("series_len,shared", [(1, True), (2, True), (0, True), (3, False)])
 def test_cross_attention_to_shared_memory_equals_attention_to_the_repeated_memory(series_len,
                                                                                   shared):
   """DecoderBlock.cross projects a clip's shared (audio) tokens once for its R series: the

@@ -73,19 +73,26 @@ class DecoderBlock(nnx.Module):
 
   def cross(self, h, series, shared):
     """`self.cross_attn(h, memory, memory)` for memory = [series tokens, shared tokens repeated
-    for each of a clip's R series], with the shared (audio) tokens' keys and values projected
-    once per clip rather than R times: the same math for a quarter of the work at R = 4."""
+    for each of a clip's R series], computed per clip: the R series' queries attend together
+    to [every series token, the shared tokens], masked so that a series sees only its own
+    series tokens. The shared (audio) keys and values are projected and stored once per clip,
+    not R times. h: [B * R, L, D]; series: [B * R, S, D] or None; shared: [B, M, D] or None."""
     a = self.cross_attn
-    r = h.shape[0] // shared.shape[0] if shared is not None else 1
-    per_clip = lambda proj: (jnp.repeat(proj(shared), r, axis=0) if r > 1 else proj(shared))
-    keys = [a.key(series)] if series is not None else []
-    values = [a.value(series)] if series is not None else []
-    if shared is not None:
-      keys.append(per_clip(a.key))
-      values.append(per_clip(a.value))
-    k, v = jnp.concatenate(keys, axis=1), jnp.concatenate(values, axis=1)
-    out = nnx.dot_product_attention(a.query(h), k, v, dtype=a.dtype, precision=a.precision)
-    return a.out(out)
+    if shared is None:
+      return a(h, series, series)
+    b, m = shared.shape[:2]
+    r, length = h.shape[0] // b, h.shape[1]
+    per_clip = lambda t: t.reshape(b, -1, *t.shape[2:])  # [B * R, n, ...] -> [B, R * n, ...]
+    q, k, v = per_clip(a.query(h)), a.key(shared), a.value(shared)
+    mask = None
+    if series is not None:
+      s = series.shape[1]
+      k = jnp.concatenate([per_clip(a.key(series)), k], axis=1)
+      v = jnp.concatenate([per_clip(a.value(series)), v], axis=1)
+      own = (jnp.arange(r * length)[:, None] // length) == (jnp.arange(r * s)[None, :] // s)
+      mask = jnp.concatenate([own, jnp.ones((r * length, m), bool)], axis=1)
+    out = nnx.dot_product_attention(q, k, v, mask=mask, dtype=a.dtype, precision=a.precision)
+    return a.out(out.reshape(b * r, length, *out.shape[2:]))
 
 
 class MP3(nnx.Module):
