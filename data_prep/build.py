@@ -43,9 +43,8 @@ from tqdm import tqdm
 
 from data_prep import tables
 from data_prep import targets as targets_lib
-from mpjax import atomic, provenance
+from mpjax import atomic, provenance, records
 from mpjax.audio import fbank as fbank_lib
-from mpjax.input import pipeline
 from mpjax.input import tfrecord
 
 SPLITS = ("train", "val", "test")
@@ -342,7 +341,7 @@ def build(cfg: BuildConfig) -> dict:
   level_problems: list[dict] = []  # clips kept although clipped / over full scale
   stats = {"sum": 0.0, "sumsq": 0.0, "n": 0}
   # Train-split target means: the models' initial output level (the same on every process).
-  target_sums = pipeline.new_target_sums()
+  target_sums = records.new_target_sums()
   frames_total = 0
   per_split = {s: {"clips": 0, "songs": set(), "tracks": set(), "pairs": 0} for s in SPLITS}
   region_counts = {s: {} for s in SPLITS}
@@ -388,7 +387,7 @@ def build(cfg: BuildConfig) -> dict:
                         labels=_labels_for(labels, c.track_id, c.song_id))
       writers[split].write(ex)
       if split == "train":
-        pipeline.add_targets(target_sums, tg.table["mp2_target"].to_numpy(np.float64)[rows],
+        records.add_targets(target_sums, tg.table["mp2_target"].to_numpy(np.float64)[rows],
                              tg.series[rows], tg.series_mask[rows])
       if split == "train" and fb16.size:
         x = fb16.astype(np.float64)
@@ -452,7 +451,7 @@ def build(cfg: BuildConfig) -> dict:
                 "val_debuts": list(cutoff_val_window(cfg)) if cfg.cutoff else None,
                 "group_key": "song_id"},
       "shards": shards,
-      "target_stats": pipeline.summarise_targets(target_sums),
+      "target_stats": records.summarise_targets(target_sums),
       "counts": {s: {"records": per_split[s]["clips"], "songs": len(per_split[s]["songs"]),
                      "tracks": len(per_split[s]["tracks"]), "track_regions": per_split[s]["pairs"],
                      "per_region": dict(sorted(region_counts[s].items()))} for s in SPLITS},

@@ -1,4 +1,5 @@
-"""Device mesh from the config, and regex partition rules for parameters and activations.
+"""Device mesh from the config, regex partition rules for parameters and activations, and
+host <-> device transfer of batches (`to_global`, `to_host`, `gather_rows`).
 
 config.mesh = [('data', -1), ('fsdp', 1)]: axis names and sizes; one size may be -1 (= all
 remaining devices). The batch is split over every mesh axis ('data' and 'fsdp' together: FSDP
@@ -10,6 +11,10 @@ config.sharding_rules = [(regex, spec), ...]: the first regex that matches a par
   'fsdp'              its largest dimension divisible by the 'fsdp' axis size is split over it
   ('fsdp', None)      an explicit PartitionSpec as a tuple
 Unmatched parameters are replicated. Optimizer state follows its parameter (same path suffix).
+
+    gbatch = to_global(batch, mesh)     # host-local numpy batch -> global jax.Arrays
+    rows = to_host(model_out, mesh)     # this process's rows back, in its local batch's order
+    rows = gather_rows(rows)            # every process's rows, in process order (a collective)
 """
 from __future__ import annotations
 
@@ -126,3 +131,64 @@ def constrain_batch(x, mesh: Mesh | None):
   if mesh is None:
     return x
   return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, batch_spec(mesh)))
+
+
+# ------------------------------------------------------------------------------------------------
+# Host <-> device: host-local numpy batches <-> global jax.Arrays split along the batch axis
+# ------------------------------------------------------------------------------------------------
+
+
+def to_global(batch, mesh: Mesh, spec=None):
+  """Places a host-local numpy batch on `mesh` as global jax.Arrays (batch axis sharded).
+
+  spec: the PartitionSpec (or axis name / tuple of names) of the leading batch axis; the other
+  axes are replicated. Default: split over every mesh axis, as `batch_spec` (data and fsdp
+  together). Each process passes its own local batch; the global batch is the concatenation
+  over processes (`jax.make_array_from_process_local_data`).
+  """
+  if spec is None:
+    spec = batch_spec(mesh)
+  elif not isinstance(spec, P):
+    spec = P(spec)
+  if len(spec) > 1:
+    raise ValueError(f"to_global: spec {spec} must describe only the batch axis")
+  axes = spec[0] if len(spec) else None
+  names = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+  unknown = [a for a in names if a not in mesh.shape]
+  if unknown:
+    raise ValueError(f"to_global: spec {spec} names axes {unknown} not in the mesh "
+                     f"{dict(mesh.shape)}")
+  shards = int(np.prod([mesh.shape[a] for a in names])) if names else 1
+
+  def put(x):
+    x = np.asarray(x)
+    if x.ndim == 0:
+      raise ValueError("to_global: every batch leaf needs a leading batch axis")
+    global_b = x.shape[0] * jax.process_count()
+    if global_b % shards:
+      raise ValueError(f"to_global: global batch {global_b} is not divisible by the {shards} "
+                       f"devices of mesh axes {names}")
+    sharding = NamedSharding(mesh, P(axes, *([None] * (x.ndim - 1))))
+    return jax.make_array_from_process_local_data(sharding, x)
+
+  return jax.tree.map(put, batch)
+
+
+def to_host(x, mesh: Mesh, spec=None) -> np.ndarray:
+  """This process's rows of a batch-sharded global array, in its local batch's order: the
+  inverse of `to_global` (so eval outputs pair with the host-local batch they came from)."""
+  from jax.experimental import multihost_utils
+
+  spec = batch_spec(mesh) if spec is None else spec
+  return np.asarray(multihost_utils.global_array_to_host_local_array(x, mesh, spec))
+
+
+def gather_rows(rows: dict) -> dict:
+  """{name: host-local array [n, ...]} of every process, concatenated in process order along
+  axis 0 (a collective: every process calls it, with the same n). One process: unchanged."""
+  from jax.experimental import multihost_utils
+
+  if jax.process_count() == 1:
+    return rows
+  return {k: np.asarray(v) for k, v in
+          multihost_utils.process_allgather(rows, tiled=True).items()}

@@ -278,9 +278,9 @@ def _input_cfg():
 
 
 def test_records_without_series_known_fall_back_to_the_last_observation():
-  from mpjax.input import pipeline
+  from mpjax import records
   mask = np.array([[1, 0, 1, 0, 0], [0, 0, 0, 0, 0]], bool)
-  np.testing.assert_array_equal(pipeline.known_before_last_observed(mask),
+  np.testing.assert_array_equal(records.known_before_last_observed(mask),
                                 [[1, 1, 1, 0, 0], [0, 0, 0, 0, 0]])
 
 

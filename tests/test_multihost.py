@@ -18,6 +18,7 @@ import pytest
 
 from mpjax import checkpoint
 from mpjax import distributed
+from mpjax import records
 from mpjax.input import pipeline
 
 from fakes import tiny_dataset
@@ -199,12 +200,12 @@ def test_iterator_state_at_rejects_an_unknown_layout():
 
 
 def test_target_stats_from_records_match_the_manifest(data, tmp_path):
-  manifest = pipeline.load_manifest(data)
+  manifest = records.load_manifest(data)
   stats = manifest["target_stats"]
   assert stats["mp2_pairs"] > 0 and stats["series_steps"] > 0
   old = dict(manifest)
   del old["target_stats"]  # a dataset built before target_stats existed
-  recomputed = pipeline.target_stats(data, old)
+  recomputed = records.target_stats(data, old)
   for k in ("mp2_mean", "series_mean"):
     np.testing.assert_allclose(recomputed[k], stats[k], rtol=1e-6)
   assert recomputed["mp2_pairs"] == stats["mp2_pairs"]

@@ -1,16 +1,15 @@
 """mpjax.input.pipeline on a small synthetic dataset: batches, order, sharding, resume, eval,
-corrupt records, to_global."""
+corrupt records; the manifest checks and the record parser of mpjax.records it reads through."""
 import json
 import os
 import shutil
 
-import jax
 import numpy as np
 import pytest
-from jax.sharding import PartitionSpec as P
 
 import grain
 from data_prep import build, synthetic
+from mpjax import records
 from mpjax.audio import fbank
 from mpjax.input import pipeline, tfrecord
 
@@ -337,40 +336,21 @@ def test_corrupt_record_is_named_or_skipped(data, tmp_path):
   assert valid[index] == 0 and sum(valid.values()) == n - 1
 
 
-def test_to_global_on_eight_devices(data):
-  assert jax.device_count() == 8
-  mesh = jax.make_mesh((4, 2), ("data", "fsdp"))
-  (b,) = take(make(data, batch_size=8, regions_per_example=2), 1)
-  g = pipeline.to_global(b, mesh)
-  for k, v in b.items():
-    assert g[k].shape == v.shape and g[k].dtype == v.dtype, k
-    assert g[k].sharding.spec == P(("data", "fsdp"), *([None] * (v.ndim - 1))), k
-    np.testing.assert_array_equal(np.asarray(g[k]), v)
-  shards = g["fbank"].addressable_shards
-  assert len(shards) == 8 and all(s.data.shape == (1, TDIM, 128) for s in shards)
-  # Data axis only: 4-way split, replicated over fsdp.
-  g = pipeline.to_global(b, mesh, P("data"))
-  assert g["fbank"].sharding.spec == P("data", None, None)
-  assert {s.data.shape[0] for s in g["fbank"].addressable_shards} == {2}
-  with pytest.raises(ValueError, match="not divisible"):
-    pipeline.to_global({"x": np.zeros((6, 2))}, mesh)
-
-
 def test_non_finite_spectrogram_is_named(data, tmp_path):
   out = tmp_path / "ds"
   shutil.copytree(data, out)
   path = str(out / "train-00001-of-00004.tfrecord")
   src = tfrecord.TFRecordSource([path])
-  records = [tfrecord.decode_example(src[i]) for i in range(len(src))]
-  fb = np.frombuffer(records[2]["fbank"][0], np.float16).copy()
+  exs = [tfrecord.decode_example(src[i]) for i in range(len(src))]
+  fb = np.frombuffer(exs[2]["fbank"][0], np.float16).copy()
   fb[[5, 700]] = np.nan
-  records[2]["fbank"] = [fb.tobytes()]
+  exs[2]["fbank"] = [fb.tobytes()]
   with tfrecord.ShardWriter(path) as w:
-    for ex in records:
+    for ex in exs:
       w.write(tfrecord.encode_example(ex))
   offset = int(tfrecord.read_index(path)[2][0])
-  clip = records[2]["clip_id"][0].decode()
-  with pytest.raises(pipeline.NonFiniteInput) as e:
+  clip = exs[2]["clip_id"][0].decode()
+  with pytest.raises(records.NonFiniteInput) as e:
     list(make(str(out), shuffle=False, num_epochs=1))
   msg = str(e.value)
   assert path in msg and f"byte offset {offset}" in msg and repr(clip) in msg
@@ -417,4 +397,22 @@ def test_manifest_that_is_not_json_is_named(data, tmp_path):
   shutil.copytree(data, out)
   (out / "manifest.json").write_text('{"regions": [')
   with pytest.raises(ValueError, match=r"manifest.json: not valid JSON"):
-    pipeline.load_manifest(str(out))
+    records.load_manifest(str(out))
+
+
+def test_public_reader_is_the_pipelines_parser(data, manifest):
+  recs = list(records.read(data, "val"))
+  meta = pipeline._Meta(manifest, pipeline.check_config(None), None, data)
+  paths = records.split_paths(data, manifest, "val")
+  source = pipeline.ExampleSource(paths, meta)
+  raw = decoded(data, "val")
+  assert len(recs) == len(source) == len(raw) == manifest["counts"]["val"]["records"] > 0
+  for i, rec in enumerate(recs):
+    assert rec["record"] == i and rec["song_id"] == raw[i]["song_id"][0].decode()
+    assert rec["track_id"] == raw[i]["track_id"][0].decode() != ""
+    same = source[i]
+    assert same.keys() == rec.keys()
+    for k, v in rec.items():
+      np.testing.assert_array_equal(same[k], v, err_msg=k)
+  with pytest.raises(ValueError, match=r"split='dev': unknown; .* has splits \['test', 'train', 'val'\]"):
+    records.read(data, "dev")  # checked at the call, not at the first record

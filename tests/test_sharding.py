@@ -49,3 +49,46 @@ def test_global_batch_placement():
   assert len(g.addressable_shards) == 8 and g.addressable_shards[0].data.shape == (2, 3)
   y = jax.jit(lambda a: sharding.constrain_batch(a * 2, mesh))(g)
   np.testing.assert_array_equal(y, x * 2)
+
+
+def _batch(b=8, tdim=16, mel=8, regions=2):
+  """A host-local batch shaped like the input pipeline's (mpjax.input.pipeline)."""
+  rng = np.random.default_rng(0)
+  return {"fbank": rng.normal(size=(b, tdim, mel)).astype(np.float32),
+          "region_ids": rng.integers(0, 3, size=(b, regions)).astype(np.int32),
+          "series": rng.normal(size=(b, regions, 5)).astype(np.float32),
+          "record": np.arange(b, dtype=np.int32), "valid": np.ones(b, np.float32)}
+
+
+def test_to_global_on_eight_devices():
+  assert jax.device_count() == 8
+  mesh = jax.make_mesh((4, 2), ("data", "fsdp"))
+  b = _batch()
+  g = sharding.to_global(b, mesh)
+  for k, v in b.items():
+    assert g[k].shape == v.shape and g[k].dtype == v.dtype, k
+    assert g[k].sharding.spec == P(("data", "fsdp"), *([None] * (v.ndim - 1))), k
+    np.testing.assert_array_equal(np.asarray(g[k]), v)
+  shards = g["fbank"].addressable_shards
+  assert len(shards) == 8 and all(s.data.shape == (1, 16, 8) for s in shards)
+  # Data axis only: 4-way split, replicated over fsdp.
+  g = sharding.to_global(b, mesh, P("data"))
+  assert g["fbank"].sharding.spec == P("data", None, None)
+  assert {s.data.shape[0] for s in g["fbank"].addressable_shards} == {2}
+  with pytest.raises(ValueError, match="not divisible"):
+    sharding.to_global({"x": np.zeros((6, 2))}, mesh)
+  with pytest.raises(ValueError, match=r"names axes \['model'\] not in the mesh"):
+    sharding.to_global(b, mesh, P("model"))
+  with pytest.raises(ValueError, match="leading batch axis"):
+    sharding.to_global({"x": np.float32(1.0)}, mesh)
+
+
+def test_to_host_inverts_to_global_and_gather_rows_is_identity_on_one_process():
+  mesh = sharding.make_mesh([("data", 4), ("fsdp", 2)])
+  b = _batch()
+  g = sharding.to_global(b, mesh)
+  out = jax.jit(lambda x: x * 2)(g["series"])
+  np.testing.assert_array_equal(sharding.to_host(out, mesh), b["series"] * 2)
+  np.testing.assert_array_equal(sharding.to_host(g["record"], mesh), b["record"])
+  rows = {"record": b["record"], "series": b["series"]}
+  assert sharding.gather_rows(rows) is rows  # one process: unchanged

@@ -284,12 +284,12 @@ def encoder_features(workdir: str, pairs: dict, data_dir: str, *, step: str = "l
   """[N, d] per row: the run's trained encoder on the row's clip (centre crop, the run's input
   settings): pooled output and every layer's patch-token mean, concatenated."""
   from mpjax import export as export_lib
+  from mpjax import records
   from mpjax.analysis import probes
-  from mpjax.input import pipeline
 
   config = export_lib.run_config(workdir)
   step_n, _ = export_lib.choose_step(workdir, str(step), config)
-  probes.embed_config(config, pipeline.load_manifest(data_dir))
+  probes.embed_config(config, records.load_manifest(data_dir))
   trained, _, _ = probes.load_encoders(workdir, config, step_n, seed)
   feats = {}
   for split in sorted(set(pairs["split"].tolist())):

@@ -72,8 +72,7 @@ def learned_vectors(workdir: str, step="latest") -> dict:
   run has no region vectors (region_mode "none", or no `regions/table` in the checkpoint) or the
   table's rows do not match the dataset's region codes.
   """
-  from mpjax import checkpoint, export
-  from mpjax.input import pipeline
+  from mpjax import checkpoint, export, records
 
   config = export.run_config(workdir)
   mode = config.get("region_mode")
@@ -89,7 +88,7 @@ def learned_vectors(workdir: str, step="latest") -> dict:
   data_dir = config.get("data_dir")
   if not data_dir:
     raise ValueError(f"{workdir}/config.json has no data_dir: cannot name the table's regions")
-  codes = list(pipeline.load_manifest(data_dir)["regions"])
+  codes = list(records.load_manifest(data_dir)["regions"])
   if table.ndim != 2 or table.shape[0] != len(codes):
     raise ValueError(f"{workdir} step {step_n}: regions/table has shape {table.shape} but "
                      f"{data_dir} has {len(codes)} regions {codes}")

@@ -2,9 +2,10 @@
 
     pairs = rows.load(data_dir, "train,val,test")
 
-Every record of the named splits is read straight from its shards (CRC-checked, no crop, no
-normalisation; the full stored series). Returns a dict of numpy arrays, N = (record, region)
-rows in split order, then record order, then region order within a record:
+Every record of the named splits is read straight from its shards by `mpjax.records.read`
+(CRC-checked, no crop, no normalisation; the full stored series). Returns a dict of numpy
+arrays, N = (record, region) rows in split order, then record order, then region order within
+a record:
 
   split [N] str, record [N] index in its split, song [N] str (song_id; a record without one is
   its own song), track [N] str, region [N] vocabulary id, series [N, H] log1p streams (NaN where
@@ -17,21 +18,14 @@ rows in split order, then record order, then region order within a record:
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
-
-def _keys(ex) -> tuple[str, str]:
-  get = lambda k: ex[k][0].decode() if ex.get(k) else ""  # noqa: E731
-  return get("song_id"), get("track_id")
+from mpjax import records
 
 
 def load(data_dir: str, splits: str = "train,val,test", *, with_audio: bool = True) -> dict:
   """Rows of the comma-separated `splits` of the dataset in `data_dir` (module docstring)."""
-  from mpjax.input import pipeline, tfrecord
-
-  manifest = pipeline.load_manifest(data_dir)
+  manifest = records.load_manifest(data_dir)
   if manifest.get("audio_only"):
     raise ValueError(f"{data_dir} is an audio-only dataset (no chart targets): the analyses "
                      "need chart series")
@@ -40,50 +34,37 @@ def load(data_dir: str, splits: str = "train,val,test", *, with_audio: bool = Tr
   if absent or not names:
     raise ValueError(f"splits {splits!r}: {data_dir}/manifest.json has splits "
                      f"{sorted(manifest['shards'])}")
-  cfg = pipeline.check_config(None)
   if not manifest.get("has_audio", True) or manifest["fbank"].get("mean") is None:
-    cfg.update(fbank_mean=0.0, fbank_std=1.0)
     with_audio = False
-  meta = pipeline._Meta(manifest, cfg, None, data_dir)  # noqa: SLF001 (the record parser's view)
+  mel = int(manifest["fbank"]["mel_bins"])
   cols = {k: [] for k in ("split", "record", "song", "track", "region", "series", "mask",
                           "known", "extrinsic", "labels", "mp2", "fbank_stats")}
   for split in names:
-    paths = [os.path.join(data_dir, s) for s in manifest["shards"][split]]
-    missing = [p for p in paths if not os.path.exists(p)]
-    if missing:
-      raise FileNotFoundError(f"{missing[0]}: shard listed in {data_dir}/manifest.json is missing")
-    if not paths:
-      continue
-    source = pipeline.ExampleSource(paths, meta)
-    record = 0
-    for path in paths:
-      for data in tfrecord.iter_records(path):
-        ex = tfrecord.decode_example(data)
-        song, track = _keys(ex)
-        parsed = source._parse(record, data)  # noqa: SLF001 (same checks as training reads)
-        r = len(parsed["regions"])
-        if with_audio:
-          fb = np.asarray(parsed["fbank16"], np.float64)
-          stats = np.concatenate([fb.mean(0), fb.std(0)]) if len(fb) else np.zeros(2 * meta.mel_bins)
-        else:
-          stats = np.zeros(0)
-        series = np.where(parsed["series_mask"], parsed["series"], np.nan)
-        cols["split"] += [split] * r
-        cols["record"] += [record] * r
-        cols["song"] += [song or f"{split}/#{record}"] * r
-        cols["track"] += [track] * r
-        cols["region"].append(parsed["regions"])
-        cols["series"].append(series)
-        cols["mask"].append(parsed["series_mask"])
-        cols["known"].append(parsed["series_known"])
-        cols["extrinsic"].append(parsed["extrinsic"])
-        cols["labels"].append(np.repeat(parsed["labels"][None], r, 0))
-        cols["mp2"].append(parsed["mp2"])
-        cols["fbank_stats"].append(np.repeat(stats[None], r, 0))
-        record += 1
+    for rec in records.read(data_dir, split, manifest=manifest):
+      record = rec["record"]
+      r = len(rec["regions"])
+      if with_audio:
+        fb = np.asarray(rec["fbank16"], np.float64)
+        stats = np.concatenate([fb.mean(0), fb.std(0)]) if len(fb) else np.zeros(2 * mel)
+      else:
+        stats = np.zeros(0)
+      series = np.where(rec["series_mask"], rec["series"], np.nan)
+      cols["split"] += [split] * r
+      cols["record"] += [record] * r
+      cols["song"] += [rec["song_id"] or f"{split}/#{record}"] * r
+      cols["track"] += [rec["track_id"]] * r
+      cols["region"].append(rec["regions"])
+      cols["series"].append(series)
+      cols["mask"].append(rec["series_mask"])
+      cols["known"].append(rec["series_known"])
+      cols["extrinsic"].append(rec["extrinsic"])
+      cols["labels"].append(np.repeat(rec["labels"][None], r, 0))
+      cols["mp2"].append(rec["mp2"])
+      cols["fbank_stats"].append(np.repeat(stats[None], r, 0))
   if not cols["region"]:
     raise ValueError(f"splits {splits!r} of {data_dir} hold no (record, region) rows")
-  h, f, l = meta.horizon, len(meta.feature_names), len(meta.labels)
+  h = int(manifest["horizon"])
+  f, l = len(manifest["feature_names"]), len(manifest.get("labels", []))
   out = {
       "split": np.asarray(cols["split"]), "record": np.asarray(cols["record"], np.int64),
       "song": np.asarray(cols["song"]), "track": np.asarray(cols["track"]),
@@ -102,13 +83,6 @@ def load(data_dir: str, splits: str = "train,val,test", *, with_audio: bool = Tr
              labels_names=list(manifest.get("labels", [])), horizon=h,
              period=manifest.get("period", "weekly"))
   return out
-
-
-def select(pairs: dict, keep) -> dict:
-  """The rows where `keep` (bool [N] or indices), with the dataset-level entries carried over."""
-  n = len(pairs["region"])
-  return {k: (v[keep] if isinstance(v, np.ndarray) and v.shape[:1] == (n,) else v)
-          for k, v in pairs.items()}
 
 
 def song_groups(songs) -> np.ndarray:

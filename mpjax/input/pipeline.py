@@ -1,14 +1,15 @@
-"""Grain input pipeline: TFRecord shards -> numpy batches for training and eval; `to_global`.
+"""Grain input pipeline: TFRecord shards -> numpy batches for training and eval.
 
     ds = make_dataset(data_dir, "train", cfg=config.input, augment=config.augment, seed=0,
                       train=True)
     it = iter(ds)                       # a grain DatasetIterator: get_state() / set_state()
     batch = next(it)                    # dict of numpy arrays, leading axis = local batch
-    gbatch = to_global(batch, mesh)     # jax.Arrays split over the mesh along the batch axis
+    gbatch = sharding.to_global(batch, mesh)  # mpjax.sharding: jax.Arrays split over the mesh
 
 Stages (train)::
 
-    TFRecordSource over the split's shards (manifest.json), CRC-checked, + Example parsing
+    TFRecordSource over the split's shards (manifest.json), CRC-checked, + record parsing
+    (mpjax.records: the manifest, the record schema, the one parser)
     -> global shuffle (seed; a different permutation every epoch, Grain's index shuffle)
     -> per example, seeded by (seed, index in the shuffled stream): random crop/pad to
        input_tdim -> normalise -> [mixup partner] -> augment -> choose regions -> targets
@@ -51,7 +52,8 @@ vocabulary size V in eval, H = manifest horizon, F = number of extrinsic feature
     series_known  float32 [B, R, H]  1 = the region's chart that step is in the data, so an
                                      unobserved known step is off the chart (censored) and an
                                      unknown one is missing (records without it: every step up
-                                     to the last observed one, `known_before_last_observed`)
+                                     to the last observed one,
+                                     `mpjax.records.known_before_last_observed`)
     weekday       int32   [B, R]     weekday of the debut date (0 = Monday), -1 unknown
     extrinsic     float32 [B, R, F]  features known at debut (manifest feature_names)
     labels        int32   [B, L]     manifest labels, -1 unknown / 0 / 1
@@ -71,16 +73,14 @@ and skipped (train) or returned as a `valid = 0` element (eval, keeping the batc
 """
 from __future__ import annotations
 
-import datetime
-import json
 import logging
 import math
-import os
 from typing import Mapping
 
 import grain
 import numpy as np
 
+from mpjax import records as records_lib
 from mpjax.input import augment as augment_lib
 from mpjax.input import tfrecord
 
@@ -128,7 +128,7 @@ def corrupt_counts() -> dict[str, int]:
 
 
 # ------------------------------------------------------------------------------------------------
-# Config and manifest
+# Config
 # ------------------------------------------------------------------------------------------------
 
 
@@ -179,71 +179,12 @@ def check_config(cfg, prefix: str = "input") -> dict:
   return c
 
 
-def load_manifest(data_dir: str) -> dict:
-  path = os.path.join(os.fspath(data_dir), "manifest.json")
-  if not os.path.exists(path):
-    raise FileNotFoundError(
-        f"{path}: no manifest.json in data_dir={data_dir!r}; build a dataset with "
-        "`python -m data_prep.build` (or `python -m data_prep.synthetic --out RAW --build DATA`)")
-  with open(path) as f:
-    try:
-      manifest = json.load(f)
-    except json.JSONDecodeError as e:
-      raise ValueError(f"{path}: not valid JSON ({e})") from None
-  check_manifest(manifest, path)
-  return manifest
-
-
-def check_manifest(m: dict, path: str = "manifest.json") -> None:
-  """The fields the reader relies on, with a message naming the file and the field."""
-  def bad(field, why):
-    raise ValueError(f"{path}: {field}: {why}")
-
-  if not isinstance(m, dict):
-    bad("(top level)", "expected a JSON object")
-  for key in ("regions", "feature_names", "horizon", "mp2_weeks", "fbank", "shards"):
-    if key not in m:
-      bad(key, "missing (was this written by data_prep.build?)")
-  regions = m["regions"]
-  if not (isinstance(regions, list) and (regions or m.get("audio_only"))
-          and all(isinstance(r, str) for r in regions)):
-    bad("regions", f"expected a non-empty list of region codes, got {regions!r}")
-  if regions != sorted(set(regions)):
-    # Region ids are positions in this list: a reordered list silently remaps every region.
-    bad("regions", f"{regions} is not sorted and unique as data_prep.build writes it")
-  for key in ("horizon", "mp2_weeks"):
-    if not (isinstance(m[key], int) and m[key] > 0):
-      bad(key, f"expected a positive integer, got {m[key]!r}")
-  fb = m["fbank"]
-  if not isinstance(fb, dict) or not isinstance(fb.get("mel_bins"), int):
-    bad("fbank.mel_bins", f"expected an integer in {fb!r}")
-  for key in ("mean", "std"):
-    v = fb.get(key)
-    if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v)):
-      bad(f"fbank.{key}", f"{v!r} is not a finite number (None for chart-only datasets)")
-  shards = m["shards"]
-  if not isinstance(shards, dict):
-    bad("shards", f"expected {{split: [shard file, ...]}}, got {type(shards).__name__}")
-  for split, files in shards.items():
-    if not (isinstance(files, list) and all(isinstance(x, str) for x in files)):
-      bad(f"shards.{split}", f"expected a list of file names, got {files!r}")
-    strangers = [x for x in files if not os.path.basename(x).startswith(f"{split}-")]
-    if strangers:
-      bad(f"shards.{split}", f"{strangers} are not {split} shards (names start with '{split}-')")
-
-
-class _Meta:
-  """What the per-example code needs from the manifest and config (small, picklable)."""
+class _Meta(records_lib.Schema):
+  """The record schema plus what the per-example code needs from the config (small, picklable)."""
 
   def __init__(self, manifest: dict, c: dict, aug: dict | None, data_dir: str):
-    self.regions = list(manifest["regions"])
-    self.region_index = {r: i for i, r in enumerate(self.regions)}
-    self.feature_names = list(manifest["feature_names"])
-    self.labels = list(manifest.get("labels", []))
-    self.horizon = int(manifest["horizon"])
-    self.mp2_weeks = int(manifest["mp2_weeks"])
+    super().__init__(manifest)
     fb = manifest["fbank"]
-    self.mel_bins = int(fb["mel_bins"])
     mean = c["fbank_mean"] if c["fbank_mean"] is not None else fb.get("mean")
     std = c["fbank_std"] if c["fbank_std"] is not None else fb.get("std")
     if mean is None or std is None or not std > 0:
@@ -261,27 +202,19 @@ class _Meta:
     self.sample_valid = bool(c["sample_valid_regions"])
     self.aug = aug
 
-  @property
-  def num_regions(self) -> int:
-    return len(self.regions)
-
 
 # ------------------------------------------------------------------------------------------------
-# Records: TFRecordSource + Example parsing
+# Records: TFRecordSource + the record parser (mpjax.records)
 # ------------------------------------------------------------------------------------------------
-
-
-class NonFiniteInput(ValueError):
-  """A record whose spectrogram holds NaN/Inf (the message names shard, offset and clip)."""
 
 
 class ExampleSource:
   """Random-access source of parsed examples (a Grain data source: `__len__`, `__getitem__`).
 
-  Returns per record: {'record', 'fbank16' float16 [frames, mel] (a view of the record bytes),
-  'regions' int32 [r] vocabulary ids, 'mp2' [r], 'mp2_observed_steps' [r], 'series' [r, H],
-  'series_mask' bool [r, H], 'extrinsic' [r, F], 'labels' int32 [L]}; with skip_corrupt a
-  corrupt record gives {'record', 'corrupt': True} (logged and counted) instead of raising.
+  Returns per record what `mpjax.records.parse` returns ({'record', 'fbank16' float16
+  [frames, mel] (a view of the record bytes), 'regions' int32 [r] vocabulary ids, 'mp2' [r],
+  'series' [r, H], 'series_mask' bool [r, H], ...}); with skip_corrupt a corrupt record gives
+  {'record', 'corrupt': True} (logged and counted) instead of raising.
   """
 
   def __init__(self, paths, meta: _Meta, *, check_crc=True, skip_corrupt=False):
@@ -305,79 +238,12 @@ class ExampleSource:
       _CORRUPT[e.path] = _CORRUPT.get(e.path, 0) + 1
       log.warning("skipping corrupt record %d (input.skip_corrupt=True): %s", i, e)
       return {"record": i, "corrupt": True}
-    try:
-      return self._parse(i, data)
-    except NonFiniteInput as e:
-      s, off, _ = self.records.locate(i)
-      raise NonFiniteInput(f"{self.records.paths[s]}: record {i} at byte offset {off}: {e}; "
-                           "rebuild the dataset without this clip") from None
-    except (ValueError, KeyError) as e:
-      s, off, _ = self.records.locate(i)
-      raise ValueError(f"{self.records.paths[s]}: record at byte offset {off} does not match the "
-                       f"manifest's record schema: {type(e).__name__}: {e}") from None
-
-  def _parse(self, i, data) -> dict:
-    m = self.meta
-    ex = tfrecord.decode_example(data)
-    shape = tuple(int(v) for v in ex["fbank_shape"])
-    if len(shape) != 2 or shape[1] != m.mel_bins:
-      raise ValueError(f"fbank_shape {shape}, expected [frames, {m.mel_bins}]")
-    raw = ex["fbank"][0] if ex["fbank"] else b""
-    fb = np.frombuffer(raw, np.float16)
-    if fb.size != shape[0] * shape[1]:
-      raise ValueError(f"fbank holds {fb.size} values, fbank_shape says {shape}")
-    bad = fb.size - int(np.count_nonzero(np.isfinite(fb)))
-    if bad:  # a NaN here would surface steps later as a diverged loss, naming no record
-      clip = ex["clip_id"][0].decode(errors="replace") if ex.get("clip_id") else "?"
-      raise NonFiniteInput(f"clip_id {clip!r}: fbank holds {bad} non-finite (NaN/Inf) values "
-                           f"of {fb.size}")
-    codes = [c.decode() for c in ex["regions"]]
-    unknown = [c for c in codes if c not in m.region_index]
-    if unknown:
-      raise ValueError(f"region(s) {unknown} not in the manifest vocabulary {m.regions}")
-    r = len(codes)
-    f = len(m.feature_names)
-    smask = np.asarray(ex["series_mask"]).reshape(r, m.horizon).astype(bool)
-    if len(ex.get("series_known", [])):
-      known = np.asarray(ex["series_known"]).reshape(r, m.horizon).astype(bool) | smask
-    else:
-      known = known_before_last_observed(smask)
-    return {
-        "record": i,
-        "fbank16": fb.reshape(shape),
-        "regions": np.asarray([m.region_index[c] for c in codes], np.int32),
-        "mp2": np.asarray(ex["mp2_target"], np.float32).reshape(r),
-        "mp2_observed_steps": np.asarray(ex["mp2_observed_steps"], np.int64).reshape(r),
-        "series": np.asarray(ex["series"], np.float32).reshape(r, m.horizon),
-        "series_mask": smask,
-        "series_known": known,
-        "weekday": _weekdays(ex.get("debut", []), r),
-        "extrinsic": (np.asarray(ex["extrinsic"], np.float32).reshape(r, f) if f
-                      else np.zeros((r, 0), np.float32)),
-        "labels": np.asarray([int(ex[f"label/{n}"][0]) if len(ex.get(f"label/{n}", [])) else -1
-                              for n in m.labels], np.int32),
-    }
+    return records_lib.parse_at(self.records, i, self.meta, data)
 
 
 # ------------------------------------------------------------------------------------------------
 # Per-example processing
 # ------------------------------------------------------------------------------------------------
-
-
-def known_before_last_observed(series_mask: np.ndarray) -> np.ndarray:
-  """`series_known` of a record built before it was written: every step up to the last observed
-  one (a gap there is off-chart), nothing after it (the data may have ended) -- the rule the
-  censored loss applied to such records."""
-  t = np.arange(series_mask.shape[-1])
-  last = np.where(series_mask, t, -1).max(-1, initial=-1)
-  return t <= last[..., None]
-
-
-def _weekdays(debuts, r: int) -> np.ndarray:
-  """Weekday of each region's debut date, 0 = Monday .. 6 = Sunday; -1 when not recorded."""
-  if len(debuts) != r:
-    return np.full(r, -1, np.int32)
-  return np.asarray([datetime.date.fromisoformat(d.decode()).weekday() for d in debuts], np.int32)
 
 
 def crop(fb16: np.ndarray, start: int, tdim: int, mean: float, std: float
@@ -598,11 +464,8 @@ def make_dataset(data_dir: str, split: str, *, cfg=None, seed: int = 0, train: b
   c = check_config(cfg)
   if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
     raise ValueError(f"seed={seed!r}: must be an integer in [0, 2**32)")
-  manifest = load_manifest(data_dir)
-  shards = manifest.get("shards", {})
-  if split not in shards:
-    raise ValueError(f"split={split!r}: unknown; {data_dir}/manifest.json has splits "
-                     f"{sorted(shards)}")
+  manifest = records_lib.load_manifest(data_dir)
+  paths = records_lib.split_paths(data_dir, manifest, split)
   p, num_p = _processes(process_index, process_count)
   batch = c["batch_size"] if train else c["eval_batch_size"]
   field = "batch_size" if train else "eval_batch_size"
@@ -623,10 +486,6 @@ def make_dataset(data_dir: str, split: str, *, cfg=None, seed: int = 0, train: b
     raise ValueError(f"input.regions_per_example={c['regions_per_example']} exceeds the "
                      f"{meta.num_regions} regions of the vocabulary {meta.regions}")
 
-  paths = [os.path.join(data_dir, s) for s in shards[split]]
-  missing = [q for q in paths if not os.path.exists(q)]
-  if missing:
-    raise FileNotFoundError(f"{missing[0]}: shard listed in {data_dir}/manifest.json is missing")
   if not paths:
     if train:
       raise ValueError(f"split={split!r} of {data_dir} has no records; nothing to train on")
@@ -713,50 +572,6 @@ def iterator_state_at(it, batches: int, local_batch: int) -> dict:
                    "checkpoint)")
 
 
-def target_stats(data_dir: str, manifest: dict | None = None) -> dict:
-  """Train-split target means, the same on every process: {'mp2_mean', 'series_mean', ...}.
-
-  From the manifest (data_prep.build writes them); for a dataset built before that, computed
-  here from the train records (every process reads the same records, so gets the same values).
-  """
-  manifest = manifest if manifest is not None else load_manifest(data_dir)
-  if manifest.get("target_stats"):
-    return manifest["target_stats"]
-  log.warning("%s/manifest.json has no target_stats (built by an older data_prep); computing "
-              "them from the train records", data_dir)
-  paths = [os.path.join(data_dir, s) for s in manifest["shards"].get("train", [])]
-  records = tfrecord.TFRecordSource(paths) if paths else []
-  acc = new_target_sums()
-  for i in range(len(records)):
-    ex = tfrecord.decode_example(records[i])
-    add_targets(acc, ex["mp2_target"], ex["series"], ex["series_mask"])
-  return summarise_targets(acc)
-
-
-def new_target_sums() -> dict:
-  return {"mp2_sum": 0.0, "mp2_pairs": 0, "series_sum": 0.0, "series_steps": 0}
-
-
-def add_targets(acc: dict, mp2, series, series_mask) -> None:
-  """Adds one record's finite MP2 targets and observed series steps to the sums."""
-  mp2 = np.asarray(mp2, np.float64)
-  series = np.asarray(series, np.float64)
-  observed = (np.asarray(series_mask) > 0).reshape(series.shape) & np.isfinite(series)
-  acc["mp2_sum"] += float(mp2[np.isfinite(mp2)].sum())
-  acc["mp2_pairs"] += int(np.isfinite(mp2).sum())
-  acc["series_sum"] += float(series[observed].sum())
-  acc["series_steps"] += int(observed.sum())
-
-
-def summarise_targets(acc: dict) -> dict:
-  """Sums -> the manifest's target_stats (means are None where nothing was observed)."""
-  mean = lambda total, n: float(total / n) if n else None
-  return {"over": "train split: finite MP2 targets; observed series steps",
-          "mp2_mean": mean(acc["mp2_sum"], acc["mp2_pairs"]), "mp2_pairs": int(acc["mp2_pairs"]),
-          "series_mean": mean(acc["series_sum"], acc["series_steps"]),
-          "series_steps": int(acc["series_steps"])}
-
-
 def _plain_numpy(batch):
   return {k: np.array(v, copy=True, subok=False) for k, v in batch.items()}
 
@@ -768,69 +583,3 @@ def _ensure_flags_parsed():
   from absl import flags
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()
-
-
-# ------------------------------------------------------------------------------------------------
-# Host-local batch -> global jax.Array
-# ------------------------------------------------------------------------------------------------
-
-
-def to_global(batch, mesh, spec=None):
-  """Places a host-local numpy batch on `mesh` as global jax.Arrays (batch axis sharded).
-
-  spec: the PartitionSpec (or axis name / tuple of names) of the leading batch axis; the other
-  axes are replicated. Default: split over every mesh axis, as `mpjax.sharding.batch_spec`
-  (data and fsdp together). Each process passes its own local batch; the global batch is the
-  concatenation over processes (`jax.make_array_from_process_local_data`).
-  """
-  import jax
-  from jax.sharding import NamedSharding, PartitionSpec
-
-  if spec is None:
-    spec = PartitionSpec(tuple(mesh.axis_names))
-  elif not isinstance(spec, PartitionSpec):
-    spec = PartitionSpec(spec)
-  if len(spec) > 1:
-    raise ValueError(f"to_global: spec {spec} must describe only the batch axis")
-  axes = spec[0] if len(spec) else None
-  names = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
-  unknown = [a for a in names if a not in mesh.shape]
-  if unknown:
-    raise ValueError(f"to_global: spec {spec} names axes {unknown} not in the mesh "
-                     f"{dict(mesh.shape)}")
-  shards = int(np.prod([mesh.shape[a] for a in names])) if names else 1
-
-  def put(x):
-    x = np.asarray(x)
-    if x.ndim == 0:
-      raise ValueError("to_global: every batch leaf needs a leading batch axis")
-    global_b = x.shape[0] * jax.process_count()
-    if global_b % shards:
-      raise ValueError(f"to_global: global batch {global_b} is not divisible by the {shards} "
-                       f"devices of mesh axes {names}")
-    sharding = NamedSharding(mesh, PartitionSpec(axes, *([None] * (x.ndim - 1))))
-    return jax.make_array_from_process_local_data(sharding, x)
-
-  return jax.tree.map(put, batch)
-
-
-def to_host(x, mesh, spec=None) -> np.ndarray:
-  """This process's rows of a batch-sharded global array, in its local batch's order: the
-  inverse of `to_global` (so eval outputs pair with the host-local batch they came from)."""
-  from jax.experimental import multihost_utils
-  from jax.sharding import PartitionSpec
-
-  spec = PartitionSpec(tuple(mesh.axis_names)) if spec is None else spec
-  return np.asarray(multihost_utils.global_array_to_host_local_array(x, mesh, spec))
-
-
-def gather_rows(rows: dict) -> dict:
-  """{name: host-local array [n, ...]} of every process, concatenated in process order along
-  axis 0 (a collective: every process calls it, with the same n). One process: unchanged."""
-  import jax
-  from jax.experimental import multihost_utils
-
-  if jax.process_count() == 1:
-    return rows
-  return {k: np.asarray(v) for k, v in
-          multihost_utils.process_allgather(rows, tiled=True).items()}
