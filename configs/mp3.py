@@ -1,16 +1,17 @@
 """MP3: forecast log1p(streams) per step after the chart debut, from audio + the first k steps.
 
-Demo (README command one; CPU, ~15 minutes on 2 cores; everything from nothing):
-  python -m mpjax.main --config=configs/mp3.py:demo --workdir=/tmp/mpjax_demo
+Demo (README "The two commands"; CPU, about a quarter of an hour on 2 cores; from nothing):
+  python -m mpjax.main --config=configs/mp3.py:demo --workdir=/tmp/mp3_demo
   Builds the synthetic dataset into WORKDIR/data, trains the MP2 demo into WORKDIR/mp2 (unless
   --config.init_from names a checkpoint), trains MP3 from its encoder, then scores MP3 against
   every baseline on the test split: WORKDIR/forecast/{forecast_table.md, forecast_metrics.json,
   fan_charts.png}, and writes the research report (H, T, regions) into WORKDIR/analysis/report.md.
-  Expected: MP3 has the lowest MAE of log streams at the later steps, where the
-  planted truth is driven by the audio (decay rate, TikTok second wave); at the first steps the
-  last-value / drift baselines are as good (the level there is extrinsic and known from the
-  prefix). Last, the inference bundle is exported into WORKDIR/bundle, ready for
-  `python -m mpjax.predict --model=WORKDIR/bundle song.mp3`.
+  Expected: MP3 has the lowest MAE of log streams at the later steps, by a small margin over
+  `train_drift`, where the planted truth is driven by the audio (decay rate, TikTok second
+  wave); at the first steps the last-value / drift baselines are as good (the level there is
+  extrinsic and known from the prefix). The test split is small: margins of this size move
+  with float rounding (docs/results.md, "The demo"). Last, the inference bundle is exported
+  into WORKDIR/bundle, ready for `python -m mpjax.predict --model=WORKDIR/bundle song.mp3`.
 
 Demo with SSL first (CPU, under an hour on 2 cores): pretrains the encoder on 960 unlabelled
 synthetic songs (configs/ssl.py:demo, WORKDIR/ssl), fine-tunes it gently in the MP2 demo
@@ -26,8 +27,10 @@ backtest's val MAE), time split at a cutoff:
   python -m data_prep.build --raw RAW --out DATA --chart-only --period daily --horizon 91 \
       --cutoff 2025-12-01 --val-horizon 35 --window ,2025-12-31
   python -m mpjax.main --config=configs/mp3.py:kworb --workdir=/tmp/mp3_kworb --config.data_dir=DATA
-  Rolling-origin backtest over several cutoffs (mpjax/backtest.py):
-  python -m mpjax.backtest --raw=RAW --workdir=/tmp/backtest --seeds=0,1 \
+  Expected: MP3 (no audio) a few per cent below `last_value` in MAE per series on the test
+  songs, short of a decisive win; months differ (docs/results.md, the kworb backtest).
+  Rolling-origin backtest over several cutoffs (launch/backtest.py):
+  python launch/backtest.py --raw=RAW --workdir=/tmp/backtest --seeds=0,1 \
       --cutoffs=2025-09-01,2025-10-01,2025-11-01,2025-12-01,2026-01-01
 
 Accelerators (default): AST-Base encoder from an MP2 checkpoint, weekly series:
@@ -54,7 +57,7 @@ def get_config(arg: str | None = None):
   c.train_mp2_first = demo
   # demo_long: before that, pretrain the encoder with SSL on unlabelled clips (WORKDIR/ssl),
   # and fine-tune it in MP2 gently (lower LR, layer-wise decay: at the demo's 1e-3 MP2 erases
-  # what SSL learnt; README "Self-supervised pretraining").
+  # what SSL learnt; docs/results.md "SSL pretraining and audio probes").
   c.ssl_first = ssl_first
   if ssl_first:
     c.mp2_finetune = ml_collections.ConfigDict(dict(lr=3e-4, layer_decay=0.75))
@@ -84,7 +87,7 @@ def get_config(arg: str | None = None):
     c.eval_every = 200
     c.checkpoint.every = 200
     # Every region of the demo's four in each example: with region CLS tokens one encoder pass
-    # then supervises four curves of the same audio (measured: late-step MAE 0.445 vs 0.477).
+    # then supervises four curves of the same audio (lower late-step MAE; docs/results.md).
     c.input.regions_per_example = 4
     c.augment.gain_db = 0.0  # loudness is one of the planted audio attributes: keep it
     c.augment.mixup_alpha = 0.0  # series targets are not mixed

@@ -10,6 +10,10 @@ world (seed 1) than the MP2/MP3 demo's, so no demo test song is seen):
   python -m mpjax.main --config=configs/ssl.py:demo --workdir=/tmp/ssl_demo
   python -m mpjax.main --config=configs/mp2.py:demo --workdir=/tmp/mp2_from_ssl \
       --config.init_from=/tmp/ssl_demo/checkpoints
+  Expected: linear probes of the pretrained encoder (`python -m mpjax.analysis.probes`) recover
+  the planted brightness and loudness nearly as well as fbank statistics, and tempo and
+  percussiveness partly, with a large spread between seeds; MP2 keeps this only when fine-tuned
+  gently (lower LR, layer-wise decay, as configs/mp3.py:demo_long). Figures: docs/results.md.
 
 Real data (accelerators; the encoder's shape must match the MP2 / MP3 config that loads it):
   python -m data_prep.build --raw RAW --out /data/audio --audio-only

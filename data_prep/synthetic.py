@@ -80,8 +80,9 @@ not given) given (a) extrinsic truth (f_a, h_a, P_s, K_s), (b) audio truth (the 
 (c) both; over all (song, region) pairs, pooled (region known, so region means count as
 explained), per region, and 'within_region' = the mean of the per-region values (the number to
 compare a model's per-region R² with). No model can beat (c) in expectation; (b) is the ceiling
-of an audio-only model. Default demo, seed 0 (within region): mp2 extrinsic 0.76, audio 0.09,
-both 0.87; late extrinsic 0.20, audio 0.69, both 0.95 -- debut is extrinsic, longevity is audio.
+of an audio-only model. On the default demo world the MP2 target is mostly explained by the
+extrinsic truth and the 'late' target mostly by the audio: debut is extrinsic, longevity is
+audio (the figures: docs/results.md).
 """
 from __future__ import annotations
 

@@ -4,8 +4,8 @@ Two settings are kept, each because it measurably shortens the CPU train step
 (`benchmarks/ast_step.py`; figures in docs/results.md):
 
   * `tune_malloc()`: glibc `mallopt(M_ARENA_MAX=1, M_MMAP_MAX=0, M_TRIM_THRESHOLD=-1)`.
-    XLA:CPU allocates a step's temporaries (about 1.5 GB for AST-tiny, batch 8) afresh at every
-    call, on one of its worker threads. A thread with its own glibc arena cannot hold a block
+    XLA:CPU allocates a step's temporaries (over a gigabyte already for AST-tiny, batch 8)
+    afresh at every call, on one of its worker threads. A thread with its own glibc arena cannot hold a block
     that large, so glibc maps it with mmap() and unmaps it after the step: every step then
     page-faults all of it in again. With one arena, no mmap and no trimming, freed memory is
     reused. glibc fixes a thread's arena at its first allocation and the arena limit at the
