@@ -388,7 +388,7 @@ def build(cfg: BuildConfig) -> dict:
       writers[split].write(ex)
       if split == "train":
         records.add_targets(target_sums, tg.table["mp2_target"].to_numpy(np.float64)[rows],
-                             tg.series[rows], tg.series_mask[rows])
+                            tg.series[rows], tg.series_mask[rows])
       if split == "train" and fb16.size:
         x = fb16.astype(np.float64)
         stats["sum"] += float(x.sum())

@@ -117,10 +117,6 @@ def track_url(track_id: str) -> str:
   return f"{BASE_URL}/track/{track_id}.html"
 
 
-def artist_songs_url(artist_id: str) -> str:
-  return f"{BASE_URL}/artist/{artist_id}_songs.html"
-
-
 # --------------------------------------------------------------------------------------------
 # HTML: lxml parses (omitted </td> and </tr> included); these helpers read a cell's text and its
 # text split per link, which is all the parsers need (artist vs title vs featured links).
