@@ -1,4 +1,6 @@
-"""mpjax.backtest: test windows, the averaging over cutoffs and seeds, and a tiny run end to end."""
+"""launch/backtest.py: test windows, the averaging over cutoffs and seeds, and a tiny run end to
+end."""
+import importlib.util
 import json
 import os
 import subprocess
@@ -7,11 +9,15 @@ import sys
 import pytest
 
 from data_prep import tables
-from mpjax import backtest
 
 from fakes import daily_charts
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BACKTEST_PY = os.path.join(REPO, "launch", "backtest.py")
+
+_spec = importlib.util.spec_from_file_location("launch_backtest", BACKTEST_PY)
+backtest = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(backtest)
 
 
 def test_test_windows_run_to_the_next_cutoff():
@@ -44,7 +50,7 @@ def test_backtest_end_to_end(tmp_path):
   raw.mkdir()
   tables.write(daily_charts(days=90, n_tracks=60), str(raw / "charts.csv"), "charts")
   work = tmp_path / "bt"
-  cmd = [sys.executable, "-m", "mpjax.backtest", f"--raw={raw}", f"--workdir={work}",
+  cmd = [sys.executable, BACKTEST_PY, f"--raw={raw}", f"--workdir={work}",
          "--cutoffs=2025-03-25,2025-04-05", "--horizon=14", "--window=10", "--val_days=10", "--seeds=0",
          "--set=total_steps=6", "--set=optim.warmup_steps=1", "--set=eval_every=6", "--set=checkpoint.every=6",
          "--set=log_every=3", "--set=mp3.prefix_steps=3", "--set=mp3.window=10",
@@ -64,6 +70,7 @@ def test_backtest_end_to_end(tmp_path):
     assert cal["chosen_on"] == "val" and cal["scale"] > 0
   md = (work / "backtest.md").read_text()
   assert "Averaged over cutoffs" in md and "| mp3 |" in md and "| mp3 (val) |" in md
+  assert out["command"].startswith("python launch/backtest.py --raw=")
   assert out["results"]["2025-03-25"]["0"]["mp3 (val)"]["mae_series"] > 0
   # Rerunning skips everything finished (no training log grows).
   log = work / "2025-03-25" / "seed0.log"

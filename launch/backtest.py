@@ -1,6 +1,6 @@
 """Rolling-origin backtest of MP3 on real chart data against every baseline.
 
-    python -m mpjax.backtest --raw=RAW --workdir=W \
+    python launch/backtest.py --raw=RAW --workdir=W \
         --cutoffs=2025-09-01,2025-10-01,2025-11-01,2025-12-01,2026-01-01 [--seeds=0,1] \
         [--config=configs/mp3.py:kworb] [--set=total_steps=1200 ...] [--test_days=0]
 
@@ -233,7 +233,7 @@ def main(argv):
             f"{r['mp3']['mae_series']:.4f}, last_value {r['last_value']['mae_series']:.4f}",
             flush=True)
   summary = summarise({c: r for c, r in results.items() if r})
-  command = "python -m mpjax.backtest " + " ".join(a for a in sys.argv[1:])
+  command = "python launch/backtest.py " + " ".join(a for a in sys.argv[1:])
   md = markdown(summary, windows, counts, command)
   atomic.write_json(os.path.join(F.workdir, "backtest.json"),
                     {"command": command, "windows": windows, "results": results,
