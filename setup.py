@@ -40,6 +40,9 @@ TEST_REQUIRES = [
     "torch==2.13.0",
     "transformers>=5.0",
     "responses>=0.25",
+    # An independent TFRecord reader/writer (own example.proto, crc32c package) for the format
+    # compatibility tests in tests/test_tfrecord.py; needs only numpy, protobuf, crc32c.
+    "tfrecord>=1.14.6",
 ]
 
 setup(

@@ -111,9 +111,139 @@ def test_example_codec_roundtrip():
     tfrecord.encode_example({"bad": np.array([1j])})
 
 
-def test_tensorflow_reads_our_files_if_installed(tmp_path):
-  tf = pytest.importorskip("tensorflow", reason="TensorFlow not installed (not a dependency)")
-  payloads = [tfrecord.encode_example({"i": np.array([i])}) for i in range(3)]
-  path = write(tmp_path, "tf.tfrecord", payloads)
-  got = [r.numpy() for r in tf.data.TFRecordDataset(path)]
-  assert got == payloads
+# ------------------------------------------------------------------------------------------------
+# Compatibility with an implementation this project did not write: the `tfrecord` PyPI package
+# (github.com/vahidk/tfrecord, in TEST_REQUIRES): its own reader, writer, index tool and copy of
+# TensorFlow's example.proto, and CRC-32C from the `crc32c` package (ours: google-crc32c). It is
+# imported inside the tests: when it is missing they fail (ImportError), they never skip.
+# ------------------------------------------------------------------------------------------------
+
+
+def _independent():
+  from tfrecord import reader, writer
+  from tfrecord.tools import tfrecord2idx
+  return reader, writer, tfrecord2idx
+
+
+def _features(i):
+  """Features as data_prep.build.make_example writes them, with edge values."""
+  rng = np.random.RandomState(i)
+  fbank = rng.randn(5 + i, 8).astype(np.float16)
+  fbank[0, :2] = fbank[-1, -2:] = 0  # NUL bytes inside and at the end of the fbank bytes
+  r = 1 + i % 3
+  return {
+      "clip_id": f"itunes:{1000 + i}", "track_id": f"t{i}", "song_id": "ISRC%03d" % i,
+      "source": "synthetic", "fbank": fbank.tobytes(), "fbank_shape": np.asarray(fbank.shape, np.int64),
+      "regions": ["us", "kr", "th"][:r], "debut": ["2025-10-03", "2025-10-04", "2025-10-05"][:r],
+      "mp2_target": np.array([np.nan, 12.5, -0.0][:r], np.float32),
+      "mp2_observed_steps": np.array([6, 0, 3][:r], np.int64),
+      "series": rng.randn(r, 4).astype(np.float32) * np.float32(1e30) ** (i % 2),
+      "series_mask": rng.randint(0, 2, (r, 4)).astype(np.int64),
+      "extrinsic": np.array([np.inf, -np.inf, 1e-45, 3.4e38, i], np.float32),
+      "label/big": np.array([np.iinfo(np.int64).max, np.iinfo(np.int64).min, -1, i], np.int64),
+  }
+
+
+_KIND = {"clip_id": "byte", "track_id": "byte", "song_id": "byte", "source": "byte",
+         "fbank": "byte", "regions": "byte", "debut": "byte", "fbank_shape": "int",
+         "mp2_observed_steps": "int", "series_mask": "int", "label/big": "int",
+         "mp2_target": "float", "series": "float", "extrinsic": "float"}
+
+
+def _as_bytes_list(v):
+  return [x.encode() if isinstance(x, str) else x for x in ([v] if isinstance(v, (str, bytes)) else v)]
+
+
+def _assert_features_equal(got, want, where):
+  assert set(got) == set(want), where
+  for k, v in want.items():
+    if _KIND[k] == "byte":
+      assert _as_bytes_list(got[k]) == _as_bytes_list(v), (where, k)
+    else:
+      dtype = np.int64 if _KIND[k] == "int" else np.float32
+      g = np.asarray(got[k])
+      assert g.dtype == dtype, (where, k, g.dtype)
+      # Bitwise: NaN payload, -0.0, subnormals and infinities must survive as written.
+      np.testing.assert_array_equal(g.view(np.int64 if dtype == np.int64 else np.int32),
+                                    np.asarray(v, dtype).ravel().view(g.dtype.str.replace("f", "i")),
+                                    err_msg=f"{where}: {k}")
+
+
+def test_independent_reader_reads_our_shards(tmp_path):
+  """Shards written by the data_prep.build writer, read back by the `tfrecord` package: frames,
+  both CRCs, the .idx files and every decoded tf.train.Example feature equal what we wrote."""
+  reader, writer, tfrecord2idx = _independent()
+  from data_prep.build import SplitWriter
+
+  # 8 records in shards of 3, 3, 2 (their reader cannot seek through a one-line index:
+  # np.loadtxt gives a 1-D array there, with their own index tool's file too).
+  feats = [_features(i) for i in range(8)]
+  payloads = [tfrecord.encode_example(f) for f in feats]
+  w = SplitWriter(str(tmp_path), "train", per_shard=3)
+  for p in payloads:
+    w.write(p)
+  names = w.finish()
+  assert names == [tfrecord.shard_name("train", i, 3) for i in range(3)]
+  paths = [str(tmp_path / n) for n in names]
+  per_shard = [payloads[0:3], payloads[3:6], payloads[6:8]]
+
+  for path, want in zip(paths, per_shard):
+    # Framing: their sequential reader finds exactly our payloads...
+    got = [bytes(r) for r in reader.tfrecord_iterator(path)]
+    assert got == want, path
+    # ...and every header/footer is what their writer (their CRC-32C, their masking) produces.
+    crc = writer.TFRecordWriter.masked_crc
+    expect = b"".join(struct.pack("<Q", len(p)) + crc(struct.pack("<Q", len(p))) + p + crc(p)
+                      for p in want)
+    with open(path, "rb") as f:
+      assert f.read() == expect, path
+    # Index: their index tool writes our .idx byte for byte, and their reader seeks through ours.
+    tfrecord2idx.create_index(path, str(tmp_path / "theirs.idx"))
+    with open(path + ".idx") as ours, open(tmp_path / "theirs.idx") as theirs:
+      assert ours.read() == theirs.read(), path
+    parts = [[bytes(r) for r in reader.tfrecord_iterator(path, path + ".idx", shard=(i, 2))]
+             for i in range(2)]
+    assert parts[0] + parts[1] == want, path
+
+  # Features: decoded by their Example proto and loader (with a declared type per feature, which
+  # their loader checks), compared with the values we encoded, not with our decoder.
+  got = [ex for path in paths for ex in reader.tfrecord_loader(path, None, description=_KIND)]
+  assert len(got) == len(feats)
+  for i, (g, f) in enumerate(zip(got, feats)):
+    _assert_features_equal(g, f, f"record {i}")
+  # Bytes lists exactly (their loader turns multi-value lists into numpy bytes, which drops
+  # trailing NULs): the raw proto fields, through their own Example class.
+  from tfrecord import example_pb2
+  for i, (p, f) in enumerate(zip(payloads, feats)):
+    ex = example_pb2.Example.FromString(p)
+    assert set(ex.features.feature) == set(f)
+    for k in f:
+      kind = ex.features.feature[k].WhichOneof("kind")
+      assert kind == {"byte": "bytes_list", "int": "int64_list", "float": "float_list"}[_KIND[k]], (i, k)
+      if _KIND[k] == "byte":
+        assert list(ex.features.feature[k].bytes_list.value) == _as_bytes_list(f[k]), (i, k)
+
+
+def test_our_reader_reads_independently_written_records(tmp_path):
+  """Records written by the `tfrecord` package's writer (its proto, its CRC-32C) are read by our
+  CRC-checking reader and decoder; our index rebuild equals their index tool's."""
+  reader, writer, tfrecord2idx = _independent()
+  path = str(tmp_path / "theirs.tfrecord")
+  data = [_features(i) for i in range(5)]
+  w = writer.TFRecordWriter(path)
+  for f in data:
+    w.write({k: (_as_bytes_list(v) if _KIND[k] == "byte" else np.asarray(v).ravel().tolist(), _KIND[k])
+             for k, v in f.items()})
+  w.close()
+  tfrecord2idx.create_index(path, path + ".idx")
+  src = tfrecord.TFRecordSource([path])  # reads their .idx, checks both CRCs of every record
+  assert len(src) == 5
+  for i in range(5):
+    _assert_features_equal(tfrecord.decode_example(src[i]), data[i], f"record {i}")
+  assert [tfrecord.decode_example(r)["clip_id"] for r in tfrecord.iter_records(path)] == [
+      [f["clip_id"].encode()] for f in data]
+  with open(path + ".idx") as f:
+    theirs = f.read()
+  tfrecord.write_index(path)
+  with open(path + ".idx") as f:
+    assert f.read() == theirs
