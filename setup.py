@@ -50,7 +50,8 @@ setup(
     version="0.1.0",
     description="Music popularity prediction from audio with an Audio Spectrogram Transformer in JAX/Flax",
     python_requires=">=3.11",
-    packages=find_packages(include=["mpjax", "mpjax.*", "data_prep", "data_prep.*"]),
+    # configs too: the demo chains configs (mp3 -> mp2 -> ssl), importable from any directory.
+    packages=find_packages(include=["mpjax", "mpjax.*", "data_prep", "data_prep.*", "configs"]),
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": TEST_REQUIRES},
 )

@@ -26,8 +26,10 @@ from mpjax import checkpoint as ckpt_lib
 from mpjax import export as export_lib
 from mpjax import forecast as forecast_lib
 from mpjax import sharding
+from mpjax import tasks
 from mpjax import train
-from mpjax.input import pipeline
+from mpjax import records
+from mpjax.models import factory
 
 
 def check_compatible(run_manifest: dict, manifest: dict, task: str, data_dir: str):
@@ -47,9 +49,9 @@ def evaluate(workdir: str, data_dir: str | None = None, split: str = "test", ste
              out: str | None = None) -> dict[str, float]:
   """Scores the run's checkpoint on `split` of `data_dir`; returns the metrics (module doc)."""
   config = export_lib.run_config(workdir)
-  run_manifest = pipeline.load_manifest(config.data_dir)
+  run_manifest = records.load_manifest(config.data_dir)
   data_dir = data_dir or config.data_dir
-  manifest = pipeline.load_manifest(data_dir)
+  manifest = records.load_manifest(data_dir)
   check_compatible(run_manifest, manifest, config.task, data_dir)
   step_n, _ = export_lib.choose_step(workdir, str(step), config)
   with config.unlocked():
@@ -64,7 +66,7 @@ def evaluate(workdir: str, data_dir: str | None = None, split: str = "test", ste
   # The model as training built it, on the run's mesh, with the checkpoint's parameters.
   n_dev = config.get("num_devices") or len(jax.devices())
   mesh = sharding.make_mesh(config.mesh, devices=jax.devices()[:n_dev])
-  model = nnx.eval_shape(lambda: train.build_model(config, run_manifest))
+  model = nnx.eval_shape(lambda: factory.build_model(config, run_manifest))
   graphdef, abs_params = nnx.split(model, nnx.Param)
   param_sh = sharding.param_shardings(abs_params, mesh, [tuple(r) for r in config.sharding_rules])
   values = ckpt_lib.read_checkpoint_params(os.path.join(workdir, "checkpoints"), step_n)
@@ -75,19 +77,20 @@ def evaluate(workdir: str, data_dir: str | None = None, split: str = "test", ste
   params = jax.device_put(export_lib.params_tree(abs_params, values), param_sh)
   batch_sh = sharding.batch_sharding(mesh)
 
-  window = forecast_lib.window_of(config, run_manifest) if config.task == "mp3" else None
-  _, eval_step = train.make_steps(graphdef, None, mesh, config, window=window)
+  task = tasks.get(config)
+  _, eval_step = train.make_steps(graphdef, None, mesh, config,
+                                  window=task.window(config, run_manifest))
   eval_fn = jax.jit(eval_step, in_shardings=(param_sh, batch_sh), out_shardings=batch_sh)
-  metrics = train.evaluate(eval_fn, params, data_dir, split, config, manifest, mesh)
+  metrics = task.evaluate(eval_fn, params, data_dir, split, config, manifest, mesh)
   is_main = jax.process_index() == 0
   if is_main:
     atomic.write_json(os.path.join(out, "metrics.json"),
                       {"workdir": os.path.abspath(workdir), "step": step_n,
                        "data_dir": os.path.abspath(data_dir), "split": split,
                        "metrics": metrics}, indent=2, sort_keys=True)
-    print(f"{split} {step_n:6d}  " + train._headline(metrics, config)
+    print(f"{split} {step_n:6d}  " + task.headline(metrics)
           + (f"  (n={int(metrics['n'])})" if "n" in metrics else ""), flush=True)
-  if config.task == "mp3":
+  if task.forecast_report:
     table = forecast_lib.report(eval_fn, params, data_dir, config, manifest, mesh, out,
                                 split=split)
     if is_main:

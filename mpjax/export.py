@@ -41,12 +41,12 @@ from flax import nnx
 
 from mpjax import atomic
 from mpjax import checkpoint as ckpt_lib
-from mpjax import forecast as forecast_lib
 from mpjax import provenance
 from mpjax import sharding
 from mpjax.audio import decode as decode_lib
-from mpjax.input import pipeline
+from mpjax import records
 from mpjax.input import tfrecord
+from mpjax.models import factory
 
 BUNDLE_FORMAT = 1
 PLATFORMS = ("cpu", "cuda", "tpu")
@@ -148,10 +148,9 @@ def inference_config(config) -> ml_collections.ConfigDict:
 
 def abstract_model(meta: dict):
   """(graphdef, abstract params) of the bundle's model (no parameter is allocated)."""
-  from mpjax import train
   config = ml_collections.ConfigDict(meta["config"])
   manifest = {"regions": meta["regions"], "horizon": meta["targets"]["horizon"]}
-  model = nnx.eval_shape(lambda: train.build_model(config, manifest))
+  model = nnx.eval_shape(lambda: factory.build_model(config, manifest))
   return nnx.split(model, nnx.Param)
 
 
@@ -218,7 +217,7 @@ def describe(workdir: str, config, manifest: dict, step: int, metrics: dict) -> 
   with open(os.path.join(data_dir, "manifest.json"), "rb") as f:
     manifest_sha = hashlib.sha256(f.read()).hexdigest()
   task = config.task
-  quantiles = forecast_lib.quantiles_of(config) if task == "mp3" else None
+  quantiles = factory.quantiles_of(config) if task == "mp3" else None
   horizon = int(manifest["horizon"])
   k = int(config.mp3.prefix_steps) if task == "mp3" else 0
   period = manifest.get("period", "weekly")
@@ -272,7 +271,7 @@ def export(workdir: str, out: str, step: str = "best", *, platforms=PLATFORMS) -
     # The bundle's program takes no weekday, origin or known-day input yet.
     raise ValueError(f"{workdir}: an MP3 with mp3.weekday_input, origins or window set cannot "
                      "be exported yet")
-  manifest = pipeline.load_manifest(config.data_dir)
+  manifest = records.load_manifest(config.data_dir)
   step_n, metrics = choose_step(workdir, str(step), config)
   print(f"[export] {workdir}: step {step_n} ({step}); "
         + (", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items())

@@ -135,9 +135,8 @@ def main(argv):
   workdir = _WORKDIR.value
   os.makedirs(workdir, exist_ok=True)
   prepare_data(config, workdir)
-  from mpjax import train
-  if config.task not in train.TASKS:
-    raise ValueError(f"config.task={config.task!r}: unknown task (known: {train.TASKS})")
+  from mpjax import tasks, train
+  tasks.get(config)  # an unknown task fails here, before any demo step
   if config.task == "mp3" and config.get("train_mp2_first") and not config.init_from:
     ssl_ckpt = train_ssl_demo(workdir) if config.get("ssl_first") else None
     with config.unlocked():

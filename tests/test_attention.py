@@ -11,6 +11,7 @@ from flax import nnx
 
 from configs import mp2 as configs_mp2
 from mpjax import sharding, train
+from mpjax.models import factory
 from mpjax.models import ast, mp2
 from mpjax.ops import attention as attn
 
@@ -121,7 +122,7 @@ def mp2_step_lowered(platform, dtype, attention="auto", batch=2):
   lowered for `platform`; StableHLO text."""
   config = configs_mp2.get_config("demo")
   config.model.update(dtype=dtype, attention=attention, depth=2, input_tdim=64, input_fdim=32)
-  cfg = train.model_config(config)
+  cfg = factory.model_config(config)
   graphdef, params = nnx.split(mp2.MP2(cfg, 3, "cls_token", rngs=nnx.Rngs(0)), nnx.Param)
   tx = train.make_optimizer(config, params, cfg.depth)
   step, _ = train.make_steps(graphdef, tx, None, config)

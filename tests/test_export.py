@@ -16,7 +16,8 @@ from flax import nnx
 from configs import mp2 as mp2_config
 from configs import mp3 as mp3_config
 from mpjax import checkpoint as ckpt_lib
-from mpjax import export, predict, train
+from mpjax import export, predict, tasks, train
+from mpjax.models import factory
 from mpjax.input import pipeline
 
 from fakes import tiny_dataset, tiny_train
@@ -93,7 +94,7 @@ def training_model(work):
   checkpoint's latest parameters."""
   config = export.run_config(work)
   manifest = pipeline.load_manifest(config.data_dir)
-  model = train.build_model(config, manifest)
+  model = factory.build_model(config, manifest)
   params = ckpt_lib.read_checkpoint_params(os.path.join(work, "checkpoints"))
   nnx.update(model, export.params_tree(nnx.state(model, nnx.Param), params))
   return model, config
@@ -112,7 +113,7 @@ def test_bundle_predicts_like_the_trained_model(runs, data, task, tmp_path):
   for k in got:
     np.testing.assert_allclose(np.asarray(got[k]), np.asarray(ref[k]), rtol=1e-5, atol=1e-5)
   # The training loop's own forward on the same batch (its region slots) agrees too.
-  fwd = np.asarray(train.forward(model, jax.tree.map(jax.numpy.asarray, batch), config))
+  fwd = np.asarray(tasks.get(config).forward(model, jax.tree.map(jax.numpy.asarray, batch), config))
   ids = np.asarray(batch["region_ids"])
   pred = np.asarray(got["prediction"])
   for i in range(ids.shape[0]):

@@ -12,7 +12,8 @@ from flax import nnx
 from configs import mp2 as mp2_config
 from configs import mp3 as mp3_config
 from data_prep import build, synthetic
-from mpjax import checkpoint, train
+from mpjax import checkpoint, tasks, train
+from mpjax.models import factory
 from mpjax.models import ast, mp3
 
 from fakes import tiny_train
@@ -269,7 +270,7 @@ def test_demo_config_trains_from_the_mp2_encoder(data, mp2_ckpt, tmp_path, capsy
 def train_model(c, data):
   """A fresh MP3 with the train loop's construction (same seed), for comparison."""
   manifest = json.load(open(os.path.join(data, "manifest.json")))
-  return mp3.MP3(train.model_config(c), len(manifest["regions"]), c.region_mode,
+  return mp3.MP3(factory.model_config(c), len(manifest["regions"]), c.region_mode,
                  horizon=manifest["horizon"], prefix_steps=c.mp3.prefix_steps,
                  quantiles=tuple(c.mp3.quantiles), dec_depth=c.mp3.dec_depth, rngs=nnx.Rngs(c.seed))
 
@@ -310,18 +311,16 @@ def _origin_config(origins, k=2):
 
 
 def test_forecast_window_from_the_debut_in_evaluation():
-  from mpjax import train
   rs = np.random.RandomState(0)
   batch = {"series": jnp.asarray(rs.rand(3, 2, 10), jnp.float32),
            "series_mask": jnp.asarray(rs.rand(3, 2, 10) > 0.3, jnp.float32),
            "series_known": jnp.ones((3, 2, 10), jnp.float32)}
-  out = train.forecast_window(batch, _origin_config(4), 6)  # no key: evaluation
+  out = tasks.forecast_window(batch, _origin_config(4), 6)  # no key: evaluation
   np.testing.assert_array_equal(np.asarray(out["series"]), np.asarray(batch["series"][..., :6]))
   np.testing.assert_array_equal(np.asarray(out["origin"]), 0)
 
 
 def test_forecast_origins_are_uniform_over_charted_prefixes():
-  from mpjax import train
   k, o_max, w = 2, 4, 5
   t = w + o_max
   series = jnp.broadcast_to(jnp.arange(t, dtype=jnp.float32), (1, 3, t))
@@ -334,7 +333,7 @@ def test_forecast_origins_are_uniform_over_charted_prefixes():
   seen = {0: set(), 1: set(), 2: set()}
   counts = np.zeros(o_max + 1)
   for i in range(400):
-    out = train.forecast_window(batch, _origin_config(o_max, k), w, jax.random.key(i))
+    out = tasks.forecast_window(batch, _origin_config(o_max, k), w, jax.random.key(i))
     o = np.asarray(out["origin"])[0]
     for r in range(3):
       seen[r].add(int(o[r]))

@@ -78,6 +78,11 @@ def test_encoder_features_match_the_ast_scanned_or_not():
   assert layers.shape == (2, 3, 32)
   np.testing.assert_allclose(pooled, want_pooled, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(layers[:, -1], want_tokens[:, 2:].mean(1), rtol=1e-5, atol=1e-5)
+  # The earlier layers against the blocks applied one by one, here.
+  x = model.embed(fbank)
+  for i, blk in enumerate(model.blocks[:-1]):
+    x = blk(x)
+    np.testing.assert_allclose(layers[:, i], x[:, 2:].mean(1), rtol=1e-4, atol=1e-5)
   scanned = _ast_with(dataclasses.replace(cfg, scan=True), flat)
   pooled_s, layers_s = probes._embed(*nnx.split(scanned), fbank)
   np.testing.assert_allclose(pooled_s, pooled, rtol=1e-5, atol=1e-5)

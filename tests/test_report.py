@@ -5,7 +5,7 @@ import os
 import numpy as np
 
 from mpjax import baselines, metrics
-from mpjax.analysis import report
+from mpjax import forecast as report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 NAMES = ["us", "gb"]

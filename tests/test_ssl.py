@@ -11,7 +11,8 @@ from flax import nnx
 from configs import mp2 as mp2_config
 from configs import ssl as ssl_config
 from data_prep import build, synthetic
-from mpjax import checkpoint, sharding, train
+from mpjax import checkpoint, sharding, tasks, train
+from mpjax.models import factory
 from mpjax.input import pipeline, tfrecord
 from mpjax.models import ast as ast_lib
 from mpjax.models import ssl as ssl_lib
@@ -48,9 +49,9 @@ def test_a_clip_mask_follows_its_record_not_its_row():
   config.model.update(input_tdim=64)
   fb = jnp.zeros((4, 64, 128))
   rec = jnp.asarray([7, 3, 9, 1], jnp.int32)
-  a = train.with_mask({"fbank": fb, "record": rec}, config, jax.random.key(5))["mask_idx"]
+  a = tasks.with_mask({"fbank": fb, "record": rec}, config, jax.random.key(5))["mask_idx"]
   perm = jnp.asarray([2, 0, 3, 1])
-  b = train.with_mask({"fbank": fb, "record": rec[perm]}, config, jax.random.key(5))["mask_idx"]
+  b = tasks.with_mask({"fbank": fb, "record": rec[perm]}, config, jax.random.key(5))["mask_idx"]
   np.testing.assert_array_equal(np.asarray(a)[np.asarray(perm)], np.asarray(b))
   assert len({tuple(np.sort(r)) for r in np.asarray(a)}) == 4  # different clips, different masks
 
@@ -207,7 +208,7 @@ def test_init_from_an_ssl_checkpoint_loads_the_encoder_and_nothing_else(audio_on
   assert "mask_token" in src and any(k.startswith("recon_head/") for k in src)
 
   m = tiny_train(mp2_config.get_config("demo"), data)
-  mp2 = train.build_model(m, {"regions": ["kr", "us"]})
+  mp2 = factory.build_model(m, {"regions": ["kr", "us"]})
   before = {sharding.path_str(p): np.asarray(v)
             for p, v in jax.tree_util.tree_leaves_with_path(nnx.state(mp2, nnx.Param))}
   report = checkpoint.init_from(mp2, str(tmp_path / "ssl" / "checkpoints"))
@@ -229,7 +230,7 @@ def test_ssl_step_traced_here_lowers_for_accelerators(platform):
   import re
   config = ssl_config.get_config("demo")
   config.model.update(dtype="bfloat16", depth=2, input_tdim=64)
-  cfg = train.model_config(config)
+  cfg = factory.model_config(config)
   graphdef, params = nnx.split(ssl_lib.SSAST(cfg, rngs=nnx.Rngs(0)), nnx.Param)
   tx = train.make_optimizer(config, params, cfg.depth)
   step, _ = train.make_steps(graphdef, tx, None, config)

@@ -10,6 +10,7 @@ from flax import nnx
 
 from configs import mp2 as mp2_config
 from mpjax import checkpoint, train
+from mpjax.models import factory
 from mpjax.input import pipeline
 
 from fakes import tiny_dataset, tiny_train
@@ -90,7 +91,7 @@ def test_overfits_a_tiny_batch(data):
   c = tiny_config(data)
   c.optim.lr = 3e-3
   c.total_steps = 60
-  cfg = train.model_config(c)
+  cfg = factory.model_config(c)
   from mpjax.models import mp2
   manifest = json.load(open(os.path.join(data, "manifest.json")))
   model = mp2.MP2(cfg, len(manifest["regions"]), "cls_token", rngs=nnx.Rngs(0), head_bias=15.0)

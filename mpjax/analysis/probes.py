@@ -48,6 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from mpjax import records
 from mpjax.models import ast as ast_lib
 
 ATTRIBUTES = ("tempo", "brightness", "percussiveness", "hook", "loudness", "mode")
@@ -122,12 +123,12 @@ class _Holder(nnx.Module):
 def load_encoders(workdir: str, config, step: int, seed: int = 0):
   """(trained AST, random AST of the same config, init_from report) for a run directory."""
   from mpjax import checkpoint as ckpt_lib
-  from mpjax import train
+  from mpjax.models import factory
 
   task = config.get("task")
   if task == "mp3" and not config.get("mp3", {}).get("audio", True):
     raise ValueError(f"{workdir}: an MP3 run with mp3.audio=False has no audio encoder to probe")
-  cfg = dataclasses.replace(train.model_config(config), patchout_time=0.0, patchout_freq=0.0)
+  cfg = dataclasses.replace(factory.model_config(config), patchout_time=0.0, patchout_freq=0.0)
   # One compiled init rather than one compilation per initialiser op.
   make = nnx.jit(lambda key: _Holder(cfg, rngs=nnx.Rngs(params=key)))
   trained = make(jax.random.key(seed + 1))
@@ -146,25 +147,11 @@ def load_encoders(workdir: str, config, step: int, seed: int = 0):
 
 
 def encoder_features(encoder, fbank):
-  """[B, T, F] -> (pooled [B, D], per-layer patch-token means [B, depth, D]); AST.encode's
-  computation with the intermediate tokens kept."""
-  x = encoder.embed(fbank)
-  if encoder.cfg.scan:  # stacked blocks: one layer's parameters per scan step
-    graphdef, params = nnx.split(encoder.blocks)
-
-    def body(y, p):
-      y = nnx.merge(graphdef, p)(y)
-      return y, y[:, 2:].mean(axis=1)
-
-    x, means = jax.lax.scan(body, x, params)
-    means = jnp.swapaxes(means, 0, 1)
-  else:
-    per_layer = []
-    for blk in encoder.blocks:
-      x = blk(x)
-      per_layer.append(x[:, 2:].mean(axis=1))
-    means = jnp.stack(per_layer, axis=1)
-  tokens = encoder.norm(x)
+  """[B, T, F] -> (pooled [B, D], per-layer patch-token means [B, depth, D]) from the encoder's
+  own forward pass (`AST.encode(..., layers=True)`); the last layer's means are taken after the
+  final LayerNorm, as the pooled embedding is."""
+  tokens, per_layer = encoder.encode(fbank, layers=True)
+  means = jnp.swapaxes(per_layer[:, :, 2:].mean(axis=2), 0, 1)
   means = means.at[:, -1].set(tokens[:, 2:].mean(axis=1))
   return (tokens[:, 0] + tokens[:, 1]) / 2, means
 
@@ -187,15 +174,7 @@ def fbank_stats(fbank: np.ndarray) -> np.ndarray:
 
 def record_keys(data_dir: str, split: str, manifest: dict) -> list[tuple[str, str]]:
   """(song_id, track_id) of each record of the split, in the pipeline's 'record' order."""
-  from mpjax.input import tfrecord
-
-  out = []
-  for shard in manifest["shards"][split]:
-    for data in tfrecord.iter_records(os.path.join(data_dir, shard)):
-      ex = tfrecord.decode_example(data)
-      get = lambda k: ex[k][0].decode() if ex.get(k) else ""  # noqa: E731
-      out.append((get("song_id"), get("track_id")))
-  return out
+  return [(r["song_id"], r["track_id"]) for r in records.read(data_dir, split, manifest=manifest)]
 
 
 def find_raw(data_dir: str, manifest: dict, raw: str | None) -> str | None:
@@ -229,9 +208,8 @@ def truth_attributes(raw: str) -> dict[str, dict[str, float]]:
 def embed_config(config, manifest: dict) -> None:
   """In place: one centre crop, normalised with the run's training data statistics (as
   mpjax.evaluate does; `manifest`'s, the data being embedded, when the run's is unreadable)."""
-  from mpjax.input import pipeline
   try:
-    run_fbank = pipeline.load_manifest(config.data_dir)["fbank"]
+    run_fbank = records.load_manifest(config.data_dir)["fbank"]
   except (FileNotFoundError, ValueError, KeyError, TypeError):
     run_fbank = manifest["fbank"]
   with config.unlocked():
@@ -250,7 +228,7 @@ def embed_split(trained, random, data_dir: str, split: str, config, *, log=print
   gd_r, st_r = nnx.split(random) if random is not None else (None, None)
   ds = pipeline.make_dataset(data_dir, split, cfg=config.input, seed=0, train=False,
                              process_index=0, process_count=1)
-  total = pipeline.load_manifest(data_dir).get("counts", {}).get(split, {}).get("records")
+  total = records.load_manifest(data_dir).get("counts", {}).get(split, {}).get("records")
   parts = {k: [] for k in ("record", "labels", "mp2", "fbank", "trained", "trained_layers",
                            "random", "random_layers")}
   done, t0 = 0, time.time()
@@ -305,13 +283,12 @@ def run(workdir: str, data_dir: str | None = None, split: str = "test", raw: str
   """Probes the run's encoder on `split` (or comma-separated splits) of `data_dir`; writes
   OUT/probes.json, .md, .png on process 0 and returns what probes.json holds."""
   from mpjax import export as export_lib
-  from mpjax.input import pipeline
 
   config = export_lib.run_config(workdir)
   data_dir = data_dir or config.get("data_dir")
   if not data_dir:
     raise ValueError(f"{workdir}/config.json has no data_dir; pass --data")
-  manifest = pipeline.load_manifest(data_dir)
+  manifest = records.load_manifest(data_dir)
   splits = [s for s in split.split(",") if s]
   absent = [s for s in splits if s not in manifest["shards"]]
   if absent or not splits:

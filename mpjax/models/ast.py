@@ -273,8 +273,10 @@ class AST(nnx.Module):
     return x.reshape(x.shape[0], keep_f * keep_t, -1)
 
   def encode(self, fbank, *, prefix_tokens=None, token_bias=None, patchout_key=None,
-             patch_mask=None, mask_token=None):
-    """Final-normed tokens `[B, P + 2 + N, D]`.
+             patch_mask=None, mask_token=None, layers: bool = False):
+    """Final-normed tokens `[B, P + 2 + N, D]`; with layers=True, (those tokens, every block's
+    output tokens `[depth, B, P + 2 + N, D]` before the final norm), for probes of what each
+    layer holds (`mpjax.analysis.probes`).
 
     prefix_tokens: optional `[B, P, D]` tokens (region CLS tokens) placed before cls/dist.
       They carry no position embedding. Each sees only itself and the audio tokens, and the
@@ -302,11 +304,19 @@ class AST(nnx.Module):
       block = jax.checkpoint(block, policy=policy, static_argnums=(0,))
     if self.cfg.scan:
       graphdef, params = nnx.split(self.blocks)
-      x, _ = jax.lax.scan(lambda y, p: (block(graphdef, p, y), None), x, params)
+
+      def step(y, p):
+        y = block(graphdef, p, y)
+        return y, (y if layers else None)
+
+      x, per_layer = jax.lax.scan(step, x, params)
     else:
+      per_layer = []
       for blk in self.blocks:
         x = block(*nnx.split(blk), x)
-    return self.norm(x)
+        per_layer.append(x)
+      per_layer = jnp.stack(per_layer) if layers else None
+    return (self.norm(x), per_layer) if layers else self.norm(x)
 
   def __call__(self, fbank, patchout_key=None):
     tokens = self.encode(fbank, patchout_key=patchout_key)
