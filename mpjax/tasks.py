@@ -75,21 +75,11 @@ def in_record_order(rows: dict, keep) -> dict:
   return {k: v[order] for k, v in rows.items()}
 
 
-# ------------------------------------------------------------------------------------------------
-# MP2: summed streams over the first weeks, per region (regression)
-# ------------------------------------------------------------------------------------------------
-
-
-def mp2_loss(pred, batch):
-  """Masked MSE over the (example, region) pairs with a target."""
-  w = batch["mp2_weight"]
-  sq = jnp.where(w > 0, (pred - batch["mp2"]) ** 2, 0.0) * w
-  return sq.sum() / jnp.maximum(w.sum(), 1.0)
-
-
-class MP2Task:
-  name = "mp2"
-  head_stat = "mp2_mean"
+class Task:
+  """The defaults: no extra config fields, any dataset, no per-step batch transform, nothing
+  frozen, the model's output evaluated as is."""
+  name = ""
+  head_stat = None
   forecast_report = False
 
   def check(self, config):
@@ -110,6 +100,26 @@ class MP2Task:
   def eval_batch(self, batch, config, window):
     return batch
 
+  def eval_output(self, out, config):
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# MP2: summed streams over the first weeks, per region (regression)
+# ------------------------------------------------------------------------------------------------
+
+
+def mp2_loss(pred, batch):
+  """Masked MSE over the (example, region) pairs with a target."""
+  w = batch["mp2_weight"]
+  sq = jnp.where(w > 0, (pred - batch["mp2"]) ** 2, 0.0) * w
+  return sq.sum() / jnp.maximum(w.sum(), 1.0)
+
+
+class MP2Task(Task):
+  name = "mp2"
+  head_stat = "mp2_mean"
+
   def forward(self, model, batch, config, fbank=None, patchout_key=None):
     """[B, R] predictions."""
     fbank = batch["fbank"] if fbank is None else fbank
@@ -117,9 +127,6 @@ class MP2Task:
 
   def loss(self, out, batch, config):
     return mp2_loss(out, batch)
-
-  def eval_output(self, out, config):
-    return out
 
   def evaluate(self, eval_fn, params, data_dir, split, config, manifest, mesh):
     """Per-region regression metrics of `split` (`metrics.per_region`)."""
@@ -202,7 +209,7 @@ def forecast_rows(data_dir, split, config, manifest, *, eval_fn=None, params=Non
   return rows
 
 
-class MP3Task:
+class MP3Task(Task):
   name = "mp3"
   head_stat = "series_mean"
   forecast_report = True
@@ -268,9 +275,6 @@ class MP3Task:
                                  series_known=batch.get("series_known"),
                                  per_series=f.get("loss_per_series", False))
 
-  def eval_output(self, out, config):
-    return out
-
   def evaluate(self, eval_fn, params, data_dir, split, config, manifest, mesh):
     """Forecast metrics of the window on `split`: overall and per-region MAE."""
     rows = forecast_rows(data_dir, split, config, manifest, eval_fn=eval_fn, params=params,
@@ -311,10 +315,8 @@ def with_mask(batch, config, key):
   return dict(batch, mask_idx=ssl_lib.mask_indices(keys, cfg.grid, count, config.ssl.cluster))
 
 
-class SSLTask:
+class SSLTask(Task):
   name = "ssl"
-  head_stat = None
-  forecast_report = False
 
   def check(self, config):
     s = config.ssl
@@ -328,15 +330,6 @@ class SSLTask:
       _bad("ssl.recon_weight", f"{s.recon_weight} must be >= 0")
     if config.input.get("eval_crops", 1) != 1:
       _bad("input.eval_crops", "SSL evaluates one centre crop (set 1)")
-
-  def check_data(self, config, manifest, data_dir):
-    pass
-
-  def window(self, config, manifest):
-    return None
-
-  def frozen(self, config):
-    return None
 
   def train_batch(self, batch, config, step, window):
     key = jax.random.fold_in(jax.random.key(config.seed + MASK_SEED_OFFSET), step)

@@ -16,7 +16,7 @@ from flax import nnx
 from configs import mp2 as mp2_config
 from configs import mp3 as mp3_config
 from mpjax import checkpoint as ckpt_lib
-from mpjax import export, predict, tasks, train
+from mpjax import export, predict, records, tasks, train
 from mpjax.models import factory
 from mpjax.input import pipeline
 
@@ -93,7 +93,7 @@ def training_model(work):
   """The model as training built it (the run's own config: attention 'auto'), with the
   checkpoint's latest parameters."""
   config = export.run_config(work)
-  manifest = pipeline.load_manifest(config.data_dir)
+  manifest = records.load_manifest(config.data_dir)
   model = factory.build_model(config, manifest)
   params = ckpt_lib.read_checkpoint_params(os.path.join(work, "checkpoints"))
   nnx.update(model, export.params_tree(nnx.state(model, nnx.Param), params))
