@@ -154,7 +154,7 @@ def make_optimizer(config, params, depth: int):
 
 
 def make_steps(graphdef, tx, mesh, config, window: int | None = None):
-  """(train_step, eval_step) of config.task. window: the series length a forecasting task
+  """(train_step, eval_step) of the config's task. window: the series length a forecasting task
   sees (`tasks.get(config).window`; None = the batch's)."""
   task = tasks.get(config)
   m = config.model

@@ -47,11 +47,19 @@ def losses(workdir):
     ("optim.lr", -1e-3, r"config\.optim\.lr: -0\.001 must be > 0"),
     ("model.input_tdim", 8, r"config\.model\.input_tdim: 8 frames is shorter than one 16-frame patch"),
     ("optim.schedule", "linear", r"config\.optim\.schedule"),
+    ("task", "mp4", r"config\.task: 'mp4': choose one of \('mp2', 'mp3', 'ssl'\)"),
 ])
 def test_bad_config_fails_at_start(data, tmp_path, field, value, match):
   with pytest.raises(ValueError, match=match):
     train.train_and_evaluate(tiny_config(data, **{field: value}), str(tmp_path))
   assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def test_the_loop_never_asks_which_task_it_runs():
+  """Task-specific code lives in mpjax.tasks; the loop reads config.task nowhere."""
+  import inspect
+  assert "config.task" not in inspect.getsource(train)
+  assert "config[\"task\"]" not in inspect.getsource(train)
 
 
 def test_resume_is_bit_identical(data, tmp_path):
