@@ -37,8 +37,11 @@ u ~ U(0, 1) and the centred value x = 2u - 1 in [-1, 1] enters the formulas:
   tempo          BPM = 70 + 100 u               (note / drum onsets per second ∝ BPM)
   brightness     harmonic amplitudes ∝ n^-(3 - 2.6 u)   (spectral tilt; centroid rises with u)
   percussiveness drum bus (kick, snare, hi-hat noise bursts) gain = u × tonal RMS
-  hook           a 2-beat melodic motif; each half-bar is the motif with probability
-                 0.1 + 0.85 u, motif notes 1 + 0.8 u louder than other melody notes
+  hook           a 1-beat melodic motif (four sixteenth slots); each beat's melody cell is the
+                 motif with probability 0.1 + 0.85 u, motif notes 1 + 0.8 u louder than other
+                 melody notes. One beat, not two: a 5.12 s crop (what the demo model sees) then
+                 holds at least 5.9 motif periods even at 70 BPM, so the repetition that is the
+                 hook can be heard in every crop (with 2-beat cells a crop held 3).
   loudness       clip RMS = -32 + 14 u dBFS
   mode           major (x = +1, p = 0.6) or minor (x = -1): triad quality and melody scale
 Nuisance per song (not in any formula): key (-3..+3 semitones from C), chord progression of
@@ -47,9 +50,10 @@ I/IV/V, the motif's notes; per track: start offset, non-motif melody cells, osci
 Per (song, region), with region constants mu_r, d0_r, g_r and preference weights w_r (REGIONS):
   debut level    L = mu_r + 0.55 f_a + 0.6 P_s + 0.7 [h_a = r] + 0.35 e_L          (no audio)
                  = log streams in the release week, up to eta_0 and the TikTok wave's tail
-  appeal         A = sum_j w_rj x_sj  over the six attributes
+  appeal         A = e sum_j w_rj x_sj  over the six attributes; e = audio_effect (the dose,
+                 default 1; 0 gives a world whose popularity ignores the audio)
   decay          d = d0_r exp(-A + 0.15 e_d)       (per week, in natural-log streams)
-  TikTok wave    V = K_s g_r (0.4 + 1.8 u_hook): a second audience wave whose peak is V times
+  TikTok wave    V = K_s g_r (0.4 + 1.8 e u_hook): a second audience wave whose peak is V times
                  the debut streams, at k_b ~ U{4..10} weeks after release, width
                  sigma_b ~ U(1, 2) weeks (k_b, sigma_b per song, shared by all regions)
   log streams    y(k) = L + eta_k + log(exp(-d k) + V exp(-(k - k_b)^2 / (2 sigma_b^2)))
@@ -201,7 +205,7 @@ def composition(seed: int, song: int) -> dict:
   rng = _rng(seed, "audio", song)
   key = int(rng.integers(-3, 4))  # semitones from C: a narrow range keeps pitch from masking timbre
   prog = _PROGRESSIONS[int(rng.integers(len(_PROGRESSIONS)))]
-  # Motif: a 2-beat cell of eighth-note slots 0..3; a note on slot 0, plus 1-3 more.
+  # Motif: a 1-beat cell of sixteenth-note slots 0..3; a note on slot 0, plus 1-3 more.
   slots = np.sort(np.r_[0, rng.choice([1, 2, 3], size=int(rng.integers(1, 4)), replace=False)])
   steps = rng.choice([-2, -1, 1, 2, 3], size=len(slots) - 1)
   degrees = np.clip(np.cumsum(np.r_[rng.integers(0, 5), steps]), 0, 9)  # scale degrees
@@ -219,8 +223,8 @@ def render_clip(attrs: dict, comp: dict, seconds: float, seed: int, song: int,
   offset and different non-motif melody cells; everything else is the same.
 
   Voices: pads (the bar's triad, one chord per 4-beat bar, roots I/IV/V of the key), bass (chord
-  root on every beat), melody (eighth-note grid, 2-beat cells: the motif or random scale notes or
-  a rest), drums (kick on beats 1 and 3, snare on 2 and 4, hi-hat on every eighth). Wavetable
+  root on every beat), melody (sixteenth-note grid, 1-beat cells: the motif or random scale notes
+  or a rest), drums (kick on beats 1 and 3, snare on 2 and 4, hi-hat on every eighth). Wavetable
   oscillators, harmonics up to 7.6 kHz (no aliasing). Mix: tonal bus (pads 0.5, bass 0.45,
   melody 0.6, each at unit RMS, then the bus at unit RMS) + percussiveness × drum bus (unit RMS),
   scaled to the loudness RMS; a soft knee above 0.8 keeps every sample below 0.99 (it touches
@@ -274,13 +278,14 @@ def render_clip(attrs: dict, comp: dict, seconds: float, seed: int, song: int,
     for q in range(4):
       add(bass, b * bar + q * beat, beat, [_midi_hz(36 + key + root)], bass_table, 1.0, 0.005, 0.35)
 
-  # Melody: 2-beat cells.
+  # Melody: 1-beat cells of four sixteenth slots (a 5.12 s crop holds >= 5.9 cells at 70 BPM).
   melody = np.zeros(n)
   mel_table = _wavetable(tilt, _midi_hz(60 + key + 12 + 4))  # degree 9: a major tenth
   h = attrs["hook"]
   p_motif = 0.1 + 0.85 * h
-  for c in range(2 * n_bars):
-    t0 = c * 2 * beat
+  sixteenth = beat / 4
+  for c in range(4 * n_bars):
+    t0 = c * beat
     if rng.random() < p_motif:
       notes, gain = comp["motif"], 1.0 + 0.8 * h
     elif rng.random() < 0.25:
@@ -293,7 +298,7 @@ def render_clip(attrs: dict, comp: dict, seconds: float, seed: int, song: int,
     for i, (slot, deg) in enumerate(notes):
       end = notes[i + 1][0] if i + 1 < len(notes) else 4
       midi = 60 + key + 12 * (deg // 7) + scale[deg % 7]
-      add(melody, t0 + slot * eighth, (end - slot) * eighth, [_midi_hz(midi)], mel_table, gain,
+      add(melody, t0 + slot * sixteenth, (end - slot) * sixteenth, [_midi_hz(midi)], mel_table, gain,
           0.008, 0.5)
 
   # Drums: fixed templates placed on the grid.
@@ -361,7 +366,7 @@ def _names(rng, n_artists, n_songs):
 
 
 def sample_world(*, seed, n_songs, n_artists, regions, weeks, horizon, tiktok_fraction,
-                 alt_fraction, null):
+                 alt_fraction, null, audio_effect=1.0):
   """Draws everything but the weekly noise and the audio: a dict of numpy arrays and lists."""
   if n_songs < 1 or n_artists < 1:
     raise ValueError("need at least one song and one artist")
@@ -412,6 +417,7 @@ def sample_world(*, seed, n_songs, n_artists, regions, weeks, horizon, tiktok_fr
       "release": release, "promo": promo, "tiktok": tiktok, "feat": feat, "u": u, "u_pref": u_pref,
       "wave_week": wave_week, "wave_width": wave_width, "duration_ms": duration_ms,
       "alt_song": alt_song, "alt_share": alt_share, "alt_delay": alt_delay, "null": bool(null),
+      "audio_effect": float(audio_effect),
   }
 
 
@@ -440,14 +446,14 @@ def _levels(world, fame, promo, home_idx, e_L):
 
 def _decays(world, u_pref, e_d):
   d0 = np.array([p["d0"] for p in world["region_params"]])
-  appeal = _centred(u_pref) @ _pref_matrix(world).T
+  appeal = world["audio_effect"] * (_centred(u_pref) @ _pref_matrix(world).T)
   return d0 * np.exp(-appeal + DECAY_SD * e_d), appeal
 
 
 def _waves(world, tiktok, u_pref):
   g = np.array([p["tiktok_gain"] for p in world["region_params"]])
   hook = u_pref[..., ATTRIBUTES.index("hook")]
-  return (tiktok * (WAVE_BASE + WAVE_HOOK * hook))[..., None] * g
+  return (tiktok * (WAVE_BASE + WAVE_HOOK * world["audio_effect"] * hook))[..., None] * g
 
 
 def _ar_noise(rng, shape, steps):
@@ -463,7 +469,10 @@ def _ar_noise(rng, shape, steps):
 def _curve(L, d, V, kb, sb, eta, k):
   """Log streams at weeks since release k >= 0 (broadcasting; k < 0 is treated as 0)."""
   k = np.maximum(k, 0)
-  return L + eta + np.log(np.exp(-d * k) + V * np.exp(-0.5 * ((k - kb) / sb) ** 2))
+  with np.errstate(divide="ignore"):  # V = 0 (no wave): log V = -inf, and logaddexp is exact
+    log_v = np.log(V)
+  # log(exp(-d k) + V exp(...)), without underflow when a large dose makes d k huge.
+  return L + eta + np.logaddexp(-d * k, log_v - 0.5 * ((k - kb) / sb) ** 2)
 
 
 def simulate(world, *, seed, weeks):
@@ -669,14 +678,14 @@ FORMULAS = {
                  "effect",
     "attributes": "u ~ U(0,1) per attribute (mode: 1 major with p 0.6, else 0); x = 2u-1 "
                   "(mode: +1/-1). tempo BPM = 70+100u; brightness harmonic amplitude n^-(3-2.6u); "
-                  "percussiveness drum gain u x tonal RMS; hook: a half-bar is the motif with p "
+                  "percussiveness drum gain u x tonal RMS; hook: a beat is the 1-beat motif with p "
                   "0.1+0.85u, motif notes (1+0.8u) louder; loudness RMS = -32+14u dBFS",
     "debut_level": "L = mu_r + 0.55 f_a + 0.6 P_s + 0.7 [h_a = r] + 0.35 e_L  (natural-log weekly "
                    "streams at release; no audio term)",
-    "appeal": "A = sum_j w_rj x_sj over the six attributes (w_r = region prefs); null variant: x "
+    "appeal": "A = e sum_j w_rj x_sj (e = params.audio_effect, the dose) over the six attributes (w_r = region prefs); null variant: x "
               "from an independent phantom draw instead of the audio",
     "decay": "d = d0_r exp(-A + 0.15 e_d) per week",
-    "wave": "TikTok wave V = K_s g_r (0.4 + 1.8 u_hook) (null: phantom hook): peak of the second "
+    "wave": "TikTok wave V = K_s g_r (0.4 + 1.8 e u_hook) (null: phantom hook): peak of the second "
             "wave as a multiple of the debut streams, at k_b ~ U{4..10} weeks, width sigma_b ~ "
             "U(1, 2) weeks",
     "curve": "y(k) = L + eta_k + log(exp(-d k) + V exp(-(k-k_b)^2 / (2 sigma_b^2))), eta AR(1) rho "
@@ -833,7 +842,8 @@ def generate(raw_dir: str, *, seed: int = 0, n_songs: int = 240, n_artists: int 
              regions=("global", "us", "kr", "br"), clip_seconds: float = 8.0, weeks: int = 60,
              horizon: int = 26, null: bool = False, tiktok_fraction: float = 0.15,
              chart_size: int = 50, alt_fraction: float = 0.05, mp2_weeks: int = 6,
-             start_date: str = START_DATE, progress: bool = False) -> dict:
+             start_date: str = START_DATE, audio_effect: float = 1.0,
+             progress: bool = False) -> dict:
   """Writes the synthetic raw-data directory (see the module docstring); returns a summary dict.
 
   seed: everything is a deterministic function of the arguments. n_songs songs by n_artists
@@ -842,7 +852,10 @@ def generate(raw_dir: str, *, seed: int = 0, n_songs: int = 240, n_artists: int 
   0..weeks-horizon, and the oracle's 'late' window ends there. null: audio has no effect on
   popularity. chart_size: entries per weekly chart (at most: fewer while few tracks are above
   the region floor). alt_fraction: share of songs with a second (album version) track.
-  mp2_weeks: the oracle's MP2 window. progress: log to stderr.
+  mp2_weeks: the oracle's MP2 window. audio_effect: the dose of the planted audio effect, a
+  factor on the appeal A and on the hook's part of the TikTok wave (0: the audio has no effect
+  on popularity, the same world otherwise; 1: the default world; 2: twice the effect).
+  progress: log to stderr.
   """
   t_start = time.perf_counter()
   regions = [str(r) for r in regions]
@@ -857,17 +870,19 @@ def generate(raw_dir: str, *, seed: int = 0, n_songs: int = 240, n_artists: int 
     raise ValueError(f"clip_seconds must be >= 1, got {clip_seconds}")
   if chart_size < 1:
     raise ValueError(f"chart_size must be >= 1, got {chart_size}")
+  if not (np.isfinite(audio_effect) and audio_effect >= 0):
+    raise ValueError(f"audio_effect must be a finite number >= 0, got {audio_effect}")
   start = dt.date.fromisoformat(start_date)
   log = (lambda *a: print(*a, file=sys.stderr, flush=True)) if progress else (lambda *a: None)
   params = {"n_songs": n_songs, "n_artists": n_artists, "regions": regions,
             "clip_seconds": clip_seconds, "weeks": weeks, "horizon": horizon,
             "tiktok_fraction": tiktok_fraction, "chart_size": chart_size,
             "alt_fraction": alt_fraction, "mp2_weeks": mp2_weeks, "start_date": start_date,
-            "sample_rate": SAMPLE_RATE}
+            "sample_rate": SAMPLE_RATE, "audio_effect": float(audio_effect)}
 
   world = sample_world(seed=seed, n_songs=n_songs, n_artists=n_artists, regions=regions,
                        weeks=weeks, horizon=horizon, tiktok_fraction=tiktok_fraction,
-                       alt_fraction=alt_fraction, null=null)
+                       alt_fraction=alt_fraction, null=null, audio_effect=audio_effect)
   sim = simulate(world, seed=seed, weeks=weeks)
   S, R = n_songs, len(regions)
   n_alt = len(world["alt_song"])
@@ -952,6 +967,8 @@ def main(argv=None):
                   help="share of songs with a second (album version) track")
   ap.add_argument("--mp2-weeks", type=int, default=6)
   ap.add_argument("--null", action="store_true", help="audio has no effect on popularity")
+  ap.add_argument("--audio-effect", type=float, default=1.0,
+                  help="dose of the planted audio effect (0 none, 1 default, 2 twice)")
   ap.add_argument("--build", metavar="DATASET", default=None,
                   help="then build TFRecords into DATASET through data_prep.build (one command "
                        "for the whole demo dataset)")
@@ -962,7 +979,8 @@ def main(argv=None):
       regions=tuple(r.strip() for r in args.regions.split(",") if r.strip()),
       clip_seconds=args.clip_seconds, weeks=args.weeks, horizon=args.horizon, null=args.null,
       tiktok_fraction=args.tiktok_fraction, chart_size=args.chart_size,
-      alt_fraction=args.alt_fraction, mp2_weeks=args.mp2_weeks, progress=not args.quiet)
+      alt_fraction=args.alt_fraction, mp2_weeks=args.mp2_weeks,
+      audio_effect=args.audio_effect, progress=not args.quiet)
   print(json.dumps(summary, indent=1))
   if args.build:
     from data_prep import build as build_lib

@@ -1,8 +1,8 @@
 """The demo's workflow around one training run (`python -m mpjax.main --config=configs/*.py:demo`).
 
 before the run  `prepare_data`: the synthetic demo dataset into WORKDIR/data when the config has
-                no dataset (config.demo_data; demo_seed, demo_songs, demo_audio_only, demo_null
-                shape it), through data_prep; process 0 builds it while the others wait.
+                no dataset (config.demo_data; demo_seed, demo_songs, demo_audio_only, demo_null,
+                demo_audio_effect shape it), through data_prep; process 0 builds it while the others wait.
                 `encoder_first`: for the MP3 demo (config.train_mp2_first) the MP2 demo is
                 trained (or resumed) into WORKDIR/mp2 and MP3 starts from its encoder; with
                 config.ssl_first the SSL demo pretrains that encoder before, into WORKDIR/ssl
@@ -35,6 +35,7 @@ def ensure_data(config, workdir: str) -> None:
                       seed=config.get("demo_seed", 0),
                       audio_only=config.get("demo_audio_only", False),
                       null=config.get("demo_null", False),
+                      audio_effect=config.get("demo_audio_effect", 1.0),
                       **({"n_songs": config.demo_songs} if config.get("demo_songs") else {}))
   with config.unlocked():
     config.data_dir = data_dir

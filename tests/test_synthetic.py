@@ -391,3 +391,32 @@ def test_rerun_removes_stale_clips(tmp_path):
 def test_bad_arguments(tmp_path, kw):
   with pytest.raises(ValueError):
     synthetic.generate(str(tmp_path), **{"n_songs": 4, "n_artists": 2, **kw})
+
+
+def _oracle_at(dose, **kw):
+  world = synthetic.sample_world(seed=3, n_songs=160, n_artists=40, regions=REGIONS, weeks=40,
+                                 horizon=20, tiktok_fraction=0.2, alt_fraction=0.0, null=False,
+                                 audio_effect=dose)
+  sim = synthetic.simulate(world, seed=3, weeks=40)
+  return world, sim, synthetic.oracle(world, sim, seed=3, mp2_weeks=6, horizon=20, samples=64)
+
+
+def test_audio_effect_dose_scales_the_planted_effect():
+  w0, s0, o0 = _oracle_at(0.0)
+  w1, s1, o1 = _oracle_at(1.0)
+  _, _, o2 = _oracle_at(2.0)
+  # Dose 0: the appeal is 0 and the wave ignores the hook, so no target depends on the audio.
+  assert np.all(s0["appeal"] == 0)
+  for target in ("mp2", "late"):
+    assert abs(o0[target]["audio"]["within_region"]) < 0.05, o0[target]["audio"]
+  # The same world otherwise: debut levels are identical, and so are the TikTok songs.
+  np.testing.assert_array_equal(s0["level"], s1["level"])
+  np.testing.assert_array_equal(w0["u"], w1["u"])
+  # The audio's share of the late (longevity) target rises with the dose.
+  late = [o["late"]["audio"]["within_region"] for o in (o0, o1, o2)]
+  assert late[0] < 0.05 < late[1] < late[2], late
+
+
+def test_audio_effect_must_be_a_non_negative_number(tmp_path):
+  with pytest.raises(ValueError, match="audio_effect"):
+    synthetic.generate(str(tmp_path), audio_effect=-1.0, **SMALL)
