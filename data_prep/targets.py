@@ -49,6 +49,17 @@ Targets.
   ``mp2_observed_steps == mp2_weeks``. NaN when any of the N weeks is not known (the data end comes
   first, or a week with fewer than 4 chart days).
 
+- ``longevity_target`` = how slowly the song's streams decay after its debut: the slope b, per
+  step, of the line a + b k fitted to log1p(streams) over the T series steps by censored-normal
+  maximum likelihood (a Tobit fit, sd ``LONGEVITY_SIGMA``, a N(0, ``LONGEVITY_SLOPE_PRIOR_SD``²)
+  prior on b): an observed step counts with its value; a known step off the chart counts as
+  *below that chart's floor* (the lowest streams on the region's chart that step, in the series'
+  unit), not as missing and not as 0; an unknown step does not count. Leaving the chart is
+  therefore evidence of decay, and the debut level a is fitted away, so the target is the
+  curve's shape, not its height (hypothesis H: debut extrinsic, longevity audio). NaN when the
+  region's data ends before step T-1 starts. Higher = longer-lived; 0 = flat; -0.25 per week =
+  streams falling by 22 % a week.
+
 Extrinsic features (``Targets.extrinsic``, known at debut, per (track, region), never NaN). The
 artist is the lead artist: ``artist_id`` when known (also taken from another row whose normalised
 name maps to exactly one id), else `tables.normalise`(artist). History = the rows used, of other
@@ -81,6 +92,7 @@ import dataclasses
 
 import numpy as np
 import pandas as pd
+from scipy import special
 
 from data_prep import tables
 
@@ -101,6 +113,10 @@ FEATURE_NAMES = [
 ]
 WEEKS_CAP = 52.0
 MIN_CHART_DAYS_PER_WEEK = 4
+# The longevity fit: residual sd of log1p streams about the line, and the prior sd of the slope
+# per step (weak: it only settles series the data cannot, e.g. one observed step, none censored).
+LONGEVITY_SIGMA = 0.3
+LONGEVITY_SLOPE_PRIOR_SD = 1.0
 _BIG = np.int64(1) << 24  # > any day offset in the data (46,000 years)
 
 
@@ -110,7 +126,8 @@ class Targets:
   belongs to row i of `table` (index 0..n-1). See the module doc / `definitions`.
 
   table: one row per pair: track_key, song_key, region, debut (YYYY-MM-DD), debut_pos,
-    mp2_target (NaN when not computable), mp2_observed_steps, n_observed, n_known, track_id,
+    mp2_target (NaN when not computable), mp2_observed_steps, longevity_target (NaN when not
+    computable), n_observed, n_known, track_id,
     artist, title, featured, artist_key, debut_movement, debut_on_chart, debut_is_new, source.
   series: [n, T] float32 log1p(streams) per step after debut (0 where unobserved).
   series_mask: [n, T] uint8, 1 = observed on chart.
@@ -191,6 +208,13 @@ def definitions(period: str, horizon: int, mp2_weeks: int, window, min_history_d
                     "days; off-chart: 0), so it is a lower bound unless mp2_observed_steps = "
                     f"{mp2_weeks}; NaN when any of these weeks is not known",
       "mp2_observed_steps": f"number of observed weeks among weeks 0..{mp2_weeks - 1}",
+      "longevity_target": f"slope b per step of a + b k fitted to log1p(streams) over steps "
+                          f"0..{horizon - 1} by censored-normal maximum likelihood (sd "
+                          f"{LONGEVITY_SIGMA}, prior b ~ N(0, {LONGEVITY_SLOPE_PRIOR_SD}^2)): "
+                          "observed steps count with their value, known off-chart steps as "
+                          "below that chart's floor (its lowest streams, in the series' unit), "
+                          "unknown steps not at all; NaN when the region's data ends before step "
+                          f"{horizon - 1} starts; higher = slower decay",
       "n_observed": "number of observed steps among the T series steps (= series_mask.sum(1))",
       "n_known": "number of known steps among the T series steps (= series_known.sum(1))",
       "debut_movement": "the source's movement at debut ('NEW', 'RE', '+N', ...; '' unknown)",
@@ -272,6 +296,65 @@ def _keys(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   return tk, sk, ak
 
 
+def longevity_slopes(series, observed, known, floor_log, *, sigma: float = LONGEVITY_SIGMA,
+                     prior_sd: float = LONGEVITY_SLOPE_PRIOR_SD, iters: int = 100) -> np.ndarray:
+  """The slope b of a + b k per series by censored-normal maximum likelihood (module doc).
+
+  series [n, T] log1p streams (read where observed); observed, known [n, T] booleans; floor_log
+  [n, T] log1p of the chart floor at each step (read where known and not observed; NaN = no
+  floor, the step does not count). The log-likelihood is concave in (a, b), so Newton's method
+  (steps capped while far from the optimum) finds the one maximum. NaN for a series with no
+  observed step.
+  """
+  y = np.asarray(series, np.float64)
+  obs = np.asarray(observed, bool)
+  cens = np.asarray(known, bool) & ~obs & np.isfinite(floor_log)
+  f = np.where(cens, floor_log, 0.0)
+  n, T = y.shape
+  k = np.arange(T, dtype=np.float64)
+  n_obs = obs.sum(1)
+  a = np.where(n_obs > 0, np.where(obs, y, 0.0).sum(1) / np.maximum(n_obs, 1), 0.0)
+  b = np.zeros(n)
+  inv_var, inv_prior = 1.0 / sigma ** 2, 1.0 / prior_sd ** 2
+  for _ in range(iters):
+    mu = a[:, None] + b[:, None] * k
+    z = (f - mu) / sigma
+    lam = np.exp(-0.5 * z * z - 0.5 * np.log(2 * np.pi) - special.log_ndtr(z))  # phi / Phi
+    g = np.where(obs, (y - mu) * inv_var, np.where(cens, -lam / sigma, 0.0))
+    h = np.where(obs, -inv_var, np.where(cens, -lam * (z + lam) * inv_var, 0.0))
+    ga, gb = g.sum(1), (g * k).sum(1) - b * inv_prior
+    haa, hab, hbb = h.sum(1), (h * k).sum(1), (h * k * k).sum(1) - inv_prior
+    det = haa * hbb - hab * hab
+    det = np.where(n_obs > 0, det, 1.0)  # nothing observed: no fit (NaN below)
+    da = np.clip(-(hbb * ga - hab * gb) / det, -5.0, 5.0)
+    db = np.clip(-(haa * gb - hab * ga) / det, -0.5, 0.5)
+    a, b = a + da, b + db
+    if np.all(np.abs(db) < 1e-9) and np.all(np.abs(da) < 1e-9):
+      break
+  return np.where(n_obs > 0, b, np.nan)
+
+
+def _step_floors(period, T, sel_first, sel_region, sel_weekly, floor_day, has_chart, day0):
+  """[n, T] the chart floor (lowest streams on the region's chart) at each series step, in the
+  series' unit; NaN where the step has no chart."""
+  R, ncol = floor_day.shape
+  rr = sel_region[:, None]
+  if period == "daily":
+    col = sel_first[:, None] + np.arange(T)[None, :] - day0
+    inside = (col >= 0) & (col < ncol)
+    return np.where(inside, floor_day[rr, np.clip(col, 0, ncol - 1)], np.nan)
+  start = sel_first[:, None] + 7 * np.arange(T)[None, :] - day0
+  weekly = floor_day[rr, np.clip(start, 0, ncol - 1)]
+  weekly = np.where(start < ncol, weekly, np.nan)
+  # Daily regions aggregated into weeks: 7 x the mean daily floor over the block's chart days.
+  cum_f = np.concatenate([np.zeros((R, 1)), np.cumsum(np.nan_to_num(floor_day), axis=1)], axis=1)
+  cum_n = np.concatenate([np.zeros((R, 1), np.int64), np.cumsum(has_chart, axis=1)], axis=1)
+  lo, hi = np.clip(start, 0, ncol), np.clip(start + 7, 0, ncol)
+  days = cum_n[rr, hi] - cum_n[rr, lo]
+  daily = np.where(days > 0, 7.0 * (cum_f[rr, hi] - cum_f[rr, lo]) / np.maximum(days, 1), np.nan)
+  return np.where(sel_weekly[:, None], weekly, daily)
+
+
 def _weeks(K, sel_first, sel_region, sel_weekly, r_pair, off, streams, has_chart, cum, day0,
            last_day):
   """Weekly aggregation for the selected pairs (see the module doc).
@@ -349,7 +432,7 @@ def build_targets(charts: pd.DataFrame, *, period: str = "weekly", horizon: int 
   df = df[use.to_numpy()].reset_index(drop=True)
 
   cols = ["track_key", "song_key", "region", "debut", "debut_pos", "mp2_target",
-          "mp2_observed_steps", "n_observed", "n_known", "track_id", "artist", "title", "featured",
+          "mp2_observed_steps", "longevity_target", "n_observed", "n_known", "track_id", "artist", "title", "featured",
           "artist_key", "debut_movement", "debut_on_chart", "debut_is_new", "source"]
   if df.empty:
     table = pd.DataFrame({c: [] for c in cols})
@@ -429,6 +512,8 @@ def build_targets(charts: pd.DataFrame, *, period: str = "weekly", horizon: int 
   wval, wobs, wknown = _weeks(K, sel_first, sel_region, sel_weekly, e, off, s_rows, has_chart, cum,
                               day0, last_day)
   mp2_sum = wval[:, :N].sum(1)
+  floor_day = np.full((R, ncol), np.nan)
+  np.fmin.at(floor_day, (r, day - day0), streams)  # fmin skips NaN streams
   mp2 = np.where(wknown[:, :N].all(1), np.log1p(mp2_sum), np.nan)
   mp2_obs = wobs[:, :N].sum(1)
 
@@ -444,6 +529,11 @@ def build_targets(charts: pd.DataFrame, *, period: str = "weekly", horizon: int 
     mask[e[ok], off[ok]] = True
     col = sel_first[:, None] + np.arange(T)[None, :] - day0
     known = (col < ncol) & has_chart[sel_region[:, None], np.clip(col, 0, ncol - 1)]
+
+  floors = _step_floors(period, T, sel_first, sel_region, sel_weekly, floor_day, has_chart, day0)
+  last_step = sel_first + (7 * (T - 1) if period == "weekly" else T - 1)
+  longevity = np.where(last_step <= last_day[sel_region],
+                       longevity_slopes(series, mask, known, np.log1p(floors)), np.nan)
 
   # -- Extrinsic features ----------------------------------------------------------------------
   # Artist-region group per row; peak streams in the series' unit.
@@ -519,6 +609,7 @@ def build_targets(charts: pd.DataFrame, *, period: str = "weekly", horizon: int 
       "debut_pos": pos[starts[sel]],
       "mp2_target": mp2,
       "mp2_observed_steps": mp2_obs.astype(np.int64),
+      "longevity_target": longevity,
       "n_observed": mask.sum(1).astype(np.int64),
       "n_known": known.sum(1).astype(np.int64),
       "track_id": d["track_id"],

@@ -330,3 +330,63 @@ def test_song_history_in_other_regions_before_the_debut():
   # de on day 11: us and gb before it; us's day-9 2000 is now history.
   np.testing.assert_allclose(got[("s - spread", "de")][cols], [2, 8, L(2000.0)], rtol=1e-6)
   np.testing.assert_allclose(got[("l - local", "gb")][cols], [0, 0, 0])
+
+
+# ------------------------------------------------------------------------------- longevity
+
+
+def test_longevity_slope_of_an_uncensored_line_is_its_slope():
+  k = np.arange(26)
+  y = np.stack([12 - 0.3 * k, 11 + 0.05 * k, np.full(26, 10.0)])
+  ones = np.ones_like(y, bool)
+  b = targets.longevity_slopes(y, ones, ones, np.full(y.shape, np.nan))
+  np.testing.assert_allclose(b, [-0.3, 0.05, 0.0], atol=1e-4)  # the weak prior moves it < 1e-4
+
+
+def test_longevity_leaving_the_chart_is_decay_not_missing():
+  """Three series alike for steps 0..2: one stays flat on the chart, one leaves it (known steps
+  below the floor), one's data ends (unknown steps). Off-chart is evidence of decay; the end of
+  the data is not."""
+  T, floor = 12, np.log1p(2e4)
+  k = np.arange(T)
+  y = np.full((3, T), np.log1p(1e5))
+  y[:, :3] = np.log1p([1e5, 8e4, 6e4])
+  obs = np.ones((3, T), bool)
+  known = np.ones((3, T), bool)
+  obs[1, 3:] = False  # left the chart: below the floor from step 3 on
+  obs[2, 3:] = known[2, 3:] = False  # the data ends after step 2
+  floors = np.full((3, T), floor)
+  b = targets.longevity_slopes(y, obs, known, floors)
+  b_first3 = np.polyfit(k[:3], y[0, :3], 1)[0]
+  assert b[1] < b_first3 - 0.05, b  # censoring pulls the slope down: the curve fell below 2e4
+  only3 = targets.longevity_slopes(y[2:, :3], obs[2:, :3], known[2:, :3], floors[2:, :3])
+  np.testing.assert_allclose(b[2], only3[0], atol=1e-9)  # unknown steps count for nothing
+  assert b[0] > b[2]
+  # A song that leaves earlier decays faster; one never observed gets NaN.
+  obs2 = np.ones((2, T), bool)
+  obs2[0, 2:] = False
+  obs2[1, 6:] = False
+  y2 = np.tile(12 - 0.2 * k, (2, 1))
+  b2 = targets.longevity_slopes(y2, obs2, np.ones_like(obs2), np.full((2, T), 11.0))
+  assert b2[0] < b2[1] < 0
+  assert np.isnan(targets.longevity_slopes(y2[:1], np.zeros((1, T), bool), np.ones((1, T), bool),
+                                           np.full((1, T), 11.0)))[0]
+
+
+def test_longevity_target_in_build_targets():
+  """A weekly chart whose #2 spot falls from 1000 streams; the floor = the chart's lowest
+  streams that week. Song D decays and leaves; song S stays; song E debuts too late for the
+  horizon (NaN)."""
+  rows = [dict(date=week(k), pos=1, artist="Filler", title="Old", streams=9e5) for k in range(14)]
+  rows += [dict(date=week(k), pos=9, artist="Low", title="Floor", streams=100) for k in range(14)]
+  rows += [dict(date=week(1 + k), pos=2, artist="D", title="Decays", streams=1000 * 0.6 ** k)
+           for k in range(4)]  # 1000, 600, 360, 216, then off the chart (below 100? no: leaves)
+  rows += [dict(date=week(1 + k), pos=3, artist="S", title="Stays", streams=800) for k in range(12)]
+  rows += [dict(date=week(10), pos=4, artist="E", title="Late", streams=500)]
+  tg = targets.build_targets(chart(rows), period="weekly", horizon=8, mp2_weeks=2)
+  t = tg.table.set_index("track_key")
+  lon = t["longevity_target"]
+  assert lon["s - stays"] == pytest.approx(0.0, abs=1e-3)
+  assert lon["d - decays"] < np.log(0.6) + 0.01  # at least the observed decay: it then left
+  assert np.isnan(lon["e - late"])  # the data ends before its step 7
+  assert "longevity_target" in tg.definitions and "floor" in tg.definitions["longevity_target"]
