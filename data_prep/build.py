@@ -193,6 +193,7 @@ def make_example(*, clip_id, track_id, song_id, source, fbank16, rows, tg, label
       "debut": [str(d) for d in t["debut"].to_numpy()[rows]],
       "mp2_target": t["mp2_target"].to_numpy(np.float32)[rows],
       "mp2_observed_steps": t["mp2_observed_steps"].to_numpy(np.int64)[rows],
+      "longevity_target": t["longevity_target"].to_numpy(np.float32)[rows],
       "series": tg.series[rows],
       "series_mask": tg.series_mask[rows].astype(np.int64),
       "series_known": tg.series_known[rows].astype(np.int64),
@@ -388,7 +389,8 @@ def build(cfg: BuildConfig) -> dict:
       writers[split].write(ex)
       if split == "train":
         records.add_targets(target_sums, tg.table["mp2_target"].to_numpy(np.float64)[rows],
-                            tg.series[rows], tg.series_mask[rows])
+                            tg.series[rows], tg.series_mask[rows],
+                            tg.table["longevity_target"].to_numpy(np.float64)[rows])
       if split == "train" and fb16.size:
         x = fb16.astype(np.float64)
         stats["sum"] += float(x.sum())
@@ -440,7 +442,8 @@ def build(cfg: BuildConfig) -> dict:
           "clip_id": "bytes", "track_id": "bytes", "song_id": "bytes", "source": "bytes",
           "fbank": "bytes: float16 [frames, mel_bins], C order", "fbank_shape": "int64 [2]",
           "regions": "bytes [R]", "debut": "bytes [R] YYYY-MM-DD", "mp2_target": "float [R]",
-          "mp2_observed_steps": "int64 [R]", "series": "float [R*horizon] log1p streams",
+          "mp2_observed_steps": "int64 [R]", "longevity_target": "float [R]",
+          "series": "float [R*horizon] log1p streams",
           "series_mask": "int64 [R*horizon] 1 = observed",
           "series_known": "int64 [R*horizon] 1 = the region's chart that step is in the data",
           "extrinsic": "float [R*F]",

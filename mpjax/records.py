@@ -18,6 +18,8 @@ manifest horizon, F = extrinsic features, L = manifest labels)::
     regions              int32 [r]       manifest vocabulary ids
     mp2                  float32 [r]     MP2 target (NaN = none)
     mp2_observed_steps   int64 [r]       weeks of the first N observed on the chart
+    longevity            float32 [r]     longevity target (NaN = none, and for records built
+                                         before it was written)
     series               float32 [r, H]  log1p streams per step (meaningful where series_mask)
     series_mask          bool [r, H]     observed on the chart
     series_known         bool [r, H]     that step's chart is in the data (records built
@@ -197,6 +199,8 @@ def parse(data: bytes, schema: Schema, record: int = 0) -> dict:
       "regions": np.asarray([m.region_index[c] for c in codes], np.int32),
       "mp2": np.asarray(ex["mp2_target"], np.float32).reshape(r),
       "mp2_observed_steps": np.asarray(ex["mp2_observed_steps"], np.int64).reshape(r),
+      "longevity": (np.asarray(ex["longevity_target"], np.float32).reshape(r)
+                    if len(ex.get("longevity_target", [])) else np.full(r, np.nan, np.float32)),
       "series": np.asarray(ex["series"], np.float32).reshape(r, m.horizon),
       "series_mask": smask,
       "series_known": known,
@@ -256,16 +260,21 @@ def target_stats(data_dir: str, manifest: dict | None = None) -> dict:
   acc = new_target_sums()
   if manifest["shards"].get("train"):
     for rec in read(data_dir, "train", manifest=manifest):
-      add_targets(acc, rec["mp2"], rec["series"], rec["series_mask"])
+      add_targets(acc, rec["mp2"], rec["series"], rec["series_mask"], rec["longevity"])
   return summarise_targets(acc)
 
 
 def new_target_sums() -> dict:
-  return {"mp2_sum": 0.0, "mp2_pairs": 0, "series_sum": 0.0, "series_steps": 0}
+  return {"mp2_sum": 0.0, "mp2_pairs": 0, "series_sum": 0.0, "series_steps": 0,
+          "longevity_sum": 0.0, "longevity_pairs": 0}
 
 
-def add_targets(acc: dict, mp2, series, series_mask) -> None:
-  """Adds one record's finite MP2 targets and observed series steps to the sums."""
+def add_targets(acc: dict, mp2, series, series_mask, longevity=None) -> None:
+  """Adds one record's finite MP2 and longevity targets and observed series steps to the sums."""
+  if longevity is not None:
+    lon = np.asarray(longevity, np.float64)
+    acc["longevity_sum"] += float(lon[np.isfinite(lon)].sum())
+    acc["longevity_pairs"] += int(np.isfinite(lon).sum())
   mp2 = np.asarray(mp2, np.float64)
   series = np.asarray(series, np.float64)
   observed = (np.asarray(series_mask) > 0).reshape(series.shape) & np.isfinite(series)
@@ -278,7 +287,9 @@ def add_targets(acc: dict, mp2, series, series_mask) -> None:
 def summarise_targets(acc: dict) -> dict:
   """Sums -> the manifest's target_stats (means are None where nothing was observed)."""
   mean = lambda total, n: float(total / n) if n else None  # noqa: E731
-  return {"over": "train split: finite MP2 targets; observed series steps",
+  return {"over": "train split: finite MP2 and longevity targets; observed series steps",
           "mp2_mean": mean(acc["mp2_sum"], acc["mp2_pairs"]), "mp2_pairs": int(acc["mp2_pairs"]),
+          "longevity_mean": mean(acc.get("longevity_sum", 0.0), acc.get("longevity_pairs", 0)),
+          "longevity_pairs": int(acc.get("longevity_pairs", 0)),
           "series_mean": mean(acc["series_sum"], acc["series_steps"]),
           "series_steps": int(acc["series_steps"])}

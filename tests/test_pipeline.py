@@ -63,7 +63,8 @@ def test_train_batch_shapes_and_dtypes(data, manifest):
   H, F, L = manifest["horizon"], len(manifest["feature_names"]), len(manifest["labels"])
   expect = {"fbank": ((4, TDIM, 128), np.float32), "region_ids": ((4, 2), np.int32),
             "region_mask": ((4, 2), np.float32), "mp2": ((4, 2), np.float32),
-            "mp2_weight": ((4, 2), np.float32), "series": ((4, 2, H), np.float32),
+            "mp2_weight": ((4, 2), np.float32), "longevity": ((4, 2), np.float32),
+            "longevity_weight": ((4, 2), np.float32), "series": ((4, 2, H), np.float32),
             "series_mask": ((4, 2, H), np.float32), "series_known": ((4, 2, H), np.float32),
             "weekday": ((4, 2), np.int32), "extrinsic": ((4, 2, F), np.float32),
             "labels": ((4, L), np.int32), "record": ((4,), np.int32), "valid": ((4,), np.float32),
@@ -103,10 +104,14 @@ def test_targets_follow_the_records(data, manifest):
           assert b["mp2_weight"][i, slot] == 1
         else:
           assert b["mp2_weight"][i, slot] == 0 and b["mp2"][i, slot] == 0
+        lon = ex["longevity_target"][row]
+        assert b["longevity_weight"][i, slot] == float(np.isfinite(lon))
+        assert b["longevity"][i, slot] == pytest.approx(lon if np.isfinite(lon) else 0.0)
         np.testing.assert_array_equal(b["series_mask"][i, slot],
                                       ex["series_mask"].reshape(-1, H)[row])
       # Padding slots (fewer regions than requested) count for nothing.
       assert (b["mp2_weight"][i, ~real] == 0).all() and (b["series_mask"][i, ~real] == 0).all()
+      assert (b["longevity_weight"][i, ~real] == 0).all()
       assert (b["region_ids"][i, ~real] == 0).all()
       assert len(set(b["region_ids"][i, real].tolist())) == real.sum()  # no region twice
 

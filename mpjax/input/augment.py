@@ -262,6 +262,7 @@ def mixup(a: Mapping[str, Any], b: Mapping[str, Any], lam: float) -> dict:
   Regions: the mix is defined only for the regions both examples charted in (`regions` ids;
   examples without `regions` are treated as having the same region list), per region:
     mp2, series          mixed in the linear stream domain (`mix_log1p`)
+    longevity            lam a + (1 - lam) b (a slope, not a stream count)
     series_mask          observed only where both are observed
     series_known         known only where both are known
     weekday              a's
@@ -295,6 +296,9 @@ def mixup(a: Mapping[str, Any], b: Mapping[str, Any], lam: float) -> dict:
   for key in ("mp2", "series"):
     if key in a and key in b:
       out[key] = mix_log1p(np.asarray(a[key])[ia], np.asarray(b[key])[ib], lam)
+  if "longevity" in a and "longevity" in b:
+    la, lb = np.asarray(a["longevity"], np.float64)[ia], np.asarray(b["longevity"])[ib]
+    out["longevity"] = (lam * la + (1.0 - lam) * lb).astype(np.float32)
   if "series_mask" in a and "series_mask" in b:
     ma, mb = np.asarray(a["series_mask"])[ia], np.asarray(b["series_mask"])[ib]
     out["series_mask"] = (ma.astype(bool) & mb.astype(bool)).astype(ma.dtype)

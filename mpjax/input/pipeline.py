@@ -47,6 +47,8 @@ vocabulary size V in eval, H = manifest horizon, F = number of extrinsic feature
     mp2           float32 [B, R]     log1p(streams over the first N weeks); 0 where no target
     mp2_weight    float32 [B, R]     1 = real region with a finite target (and, when
                                      require_full_mp2, all N weeks observed on the chart)
+    longevity     float32 [B, R]     the longevity target (decay slope); 0 where none
+    longevity_weight float32 [B, R]  1 = real region with a finite longevity target
     series        float32 [B, R, H]  log1p(streams) per step; 0 where not observed
     series_mask   float32 [B, R, H]  1 = observed on the chart (censoring: see DESIGN.md 3)
     series_known  float32 [B, R, H]  1 = the region's chart that step is in the data, so an
@@ -282,6 +284,8 @@ def _targets(ex: dict, rows: np.ndarray, slot_ids: np.ndarray, meta: _Meta) -> d
   h, f = meta.horizon, len(meta.feature_names)
   if n_have:
     mp2 = np.where(real, ex["mp2"][r], np.nan)
+    lon = (np.where(real, ex["longevity"][r], np.nan) if "longevity" in ex
+           else np.full(len(rows), np.nan))
     steps = np.where(real, ex["mp2_observed_steps"][r], 0)
     series = ex["series"][r]
     smask = ex["series_mask"][r].astype(bool)
@@ -290,6 +294,7 @@ def _targets(ex: dict, rows: np.ndarray, slot_ids: np.ndarray, meta: _Meta) -> d
     extr = ex["extrinsic"][r]
   else:
     mp2, steps = np.full(len(rows), np.nan), np.zeros(len(rows), np.int64)
+    lon = np.full(len(rows), np.nan)
     series, smask = np.zeros((len(rows), h), np.float32), np.zeros((len(rows), h), bool)
     known, weekday = np.zeros((len(rows), h), bool), np.full(len(rows), -1, np.int32)
     extr = np.zeros((len(rows), f), np.float32)
@@ -302,6 +307,8 @@ def _targets(ex: dict, rows: np.ndarray, slot_ids: np.ndarray, meta: _Meta) -> d
       "region_mask": real.astype(np.float32),
       "mp2": np.where(ok, mp2, 0.0).astype(np.float32),
       "mp2_weight": ok.astype(np.float32),
+      "longevity": np.where(real & np.isfinite(lon), lon, 0.0).astype(np.float32),
+      "longevity_weight": (real & np.isfinite(lon)).astype(np.float32),
       "series": np.where(smask, series, 0.0).astype(np.float32),
       "series_mask": smask.astype(np.float32),
       "series_known": (known & real[:, None]).astype(np.float32),
