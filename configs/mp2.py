@@ -44,6 +44,10 @@ def get_config(arg: str | None = None):
       remat_policy="none", patchout_time=0.0, patchout_freq=0.0,
       depth=4 if demo else 12))
   c.region_mode = "cls_token"  # 'cls_token' | 'embedding' | 'none'
+  # What the head predicts, the first being the headline target: 'mp2' (the seeds' log summed
+  # streams over the first weeks) and/or 'longevity' (the censoring-aware decay slope after the
+  # debut, data_prep.targets). The demo learns both: the audio drives longevity, not the debut.
+  c.mp2 = ml_collections.ConfigDict(dict(targets=("mp2", "longevity") if demo else ("mp2",)))
   c.init_from = ml_collections.FieldReference(None, field_type=str)  # checkpoint dir or weights file
 
   # Input -----------------------------------------------------------------------------------
@@ -52,10 +56,11 @@ def get_config(arg: str | None = None):
       input_tdim=c.model.get_ref("input_tdim"), regions_per_example=1 if demo else 2,
       workers=0 if demo else 8, prefetch=2, skip_corrupt=False, eval_crops=1,
       require_full_mp2=False))
+  # Demo gain jitter 1 dB: far below the 14 dB of planted loudness, which it must not erase.
   c.augment = ml_collections.ConfigDict(dict(
       specaug=dict(freq_masks=1, freq_width=24 if demo else 48, time_masks=1,
                    time_width=48 if demo else 192),
-      roll=True, gain_db=6.0, pitch_bins=0, tilt_db=0.0, mixup_alpha=0.0))
+      roll=True, gain_db=1.0 if demo else 6.0, pitch_bins=0, tilt_db=0.0, mixup_alpha=0.0))
 
   # Optimisation ----------------------------------------------------------------------------
   c.total_steps = 300 if demo else 30_000
@@ -75,7 +80,8 @@ def get_config(arg: str | None = None):
   c.log_every = 10 if demo else 50
   c.eval_every = 100 if demo else 1000
   c.checkpoint = ml_collections.ConfigDict(dict(
-      every=100 if demo else 1000, keep_latest=2, keep_best=1, best_metric="val/r2",
+      every=100 if demo else 1000, keep_latest=2, keep_best=1,
+      best_metric="val/within_region_r2",
       best_mode="max", use_async=True))
   c.tensorboard = True
   return c

@@ -8,6 +8,8 @@ for MP3, the same horizon), is read with the run's own input settings and the fb
 normalisation of the run's training data (not the new dataset's). Written to `--out` (default
 RUN/eval/<dataset>-<split>-step<N>/):
   metrics.json   the model's metrics on the split (what training logs as test/... at its end)
+  MP2 also:      predictions.npz: per (record, region) the song_id, region, each target of
+                 config.mp2.targets and its prediction (for song-bootstrap intervals)
   MP3 also:      forecast_table.md, forecast_metrics.json, summary.json, predictions.npz,
                  fan_charts.png (`mpjax.forecast.report`: the model against every baseline,
                  the baselines fitted on DATASET's train split)
@@ -15,10 +17,12 @@ Every process runs it (the evaluation is sharded over the run's mesh); process 0
 """
 from __future__ import annotations
 
+import io
 import os
 
 from absl import app, flags, logging
 import jax
+import numpy as np
 from flax import nnx
 
 from mpjax import atomic
@@ -43,6 +47,28 @@ def check_compatible(run_manifest: dict, manifest: dict, task: str, data_dir: st
   if manifest["fbank"]["mel_bins"] != run_manifest["fbank"]["mel_bins"]:
     raise ValueError(f"{data_dir}: {manifest['fbank']['mel_bins']} mel bins, the run was "
                      f"trained on {run_manifest['fbank']['mel_bins']}")
+
+
+def write_mp2_predictions(path: str, rows: dict, config, data_dir: str, split: str,
+                          manifest: dict) -> None:
+  """One row per (record, region) with a target: song_id, region, pred_<t> and <t> (NaN where
+  that target is missing) for every target t of config.mp2.targets."""
+  songs = np.array([r["song_id"] for r in records.read(data_dir, split, manifest=manifest)])
+  targets = factory.mp2_targets(config)
+  keep = np.zeros(rows["region_ids"].shape, bool)
+  for t in targets:
+    keep |= rows[f"{t}_weight"] > 0
+  rec, col = np.nonzero(keep)
+  out = {"song_id": songs[rows["record"][rec]],
+         "region": np.array(manifest["regions"])[rows["region_ids"][rec, col]],
+         "targets": np.array(targets)}
+  for j, t in enumerate(targets):
+    ok = rows[f"{t}_weight"][rec, col] > 0
+    out[t] = np.where(ok, rows[t][rec, col], np.nan)
+    out[f"pred_{t}"] = rows["pred"][rec, col, j]
+  buf = io.BytesIO()
+  np.savez(buf, **out)
+  atomic.write_bytes(path, buf.getvalue())
 
 
 def evaluate(workdir: str, data_dir: str | None = None, split: str = "test", step: str = "latest",
@@ -83,6 +109,11 @@ def evaluate(workdir: str, data_dir: str | None = None, split: str = "test", ste
   eval_fn = jax.jit(eval_step, in_shardings=(param_sh, batch_sh), out_shardings=batch_sh)
   metrics = task.evaluate(eval_fn, params, data_dir, split, config, manifest, mesh)
   is_main = jax.process_index() == 0
+  if config.task == "mp2":  # per-pair predictions, for song-bootstrap intervals
+    rows = task.rows(eval_fn, params, data_dir, split, config, mesh)
+    if is_main and rows:
+      write_mp2_predictions(os.path.join(out, "predictions.npz"), rows, config, data_dir,
+                            split, manifest)
   if is_main:
     atomic.write_json(os.path.join(out, "metrics.json"),
                       {"workdir": os.path.abspath(workdir), "step": step_n,

@@ -222,6 +222,10 @@ def describe(workdir: str, config, manifest: dict, step: int, metrics: dict) -> 
   k = int(config.mp3.prefix_steps) if task == "mp3" else 0
   period = manifest.get("period", "weekly")
   defs = manifest.get("definitions", {})
+  if task == "mp2" and factory.mp2_targets(config)[0] != "mp2":
+    raise ValueError(f"{workdir}: config.mp2.targets = {factory.mp2_targets(config)}: the bundle "
+                     "serves the summed-streams target; export a run whose first target is 'mp2' "
+                     "(the other heads are trained but not exported)")
   if task == "mp2":
     output = (f"log1p(streams summed over the first {manifest.get('mp2_weeks')} chart "
               f"{'weeks' if period == 'weekly' else 'days'} after the debut in the region); "

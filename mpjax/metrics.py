@@ -46,16 +46,30 @@ def regression(pred, target, weight) -> dict[str, float]:
 
 
 def per_region(pred, target, weight, region_ids, region_names: Sequence[str]) -> dict[str, float]:
-  """{'mse': ..., 'r2': ..., 'us/r2': ..., ...}: overall, then per region."""
+  """{'within_region_r2': ..., 'region_means_r2': ..., 'mse': ..., 'r2': ..., 'us/r2': ...}.
+
+  r2, mse, ... are pooled over regions, then per region 'us/r2', ...; within_region_r2 = the
+  mean of the per-region R² (regions with 2+ pairs): how well songs are ranked within a region,
+  the figure to compare with an audio-only ceiling. region_means_r2 = the pooled R² of predicting
+  every pair by its region's mean target in the same split: what knowing the region alone buys
+  (an upper bound of that baseline, the means being the split's own), to read the pooled R² by.
+  """
   out = regression(pred, target, weight)
   ids = np.asarray(region_ids).ravel()
   w = np.asarray(weight).ravel()
+  t = np.asarray(target, np.float64).ravel()
+  means = np.zeros_like(t)
+  within = []
   for i, name in enumerate(region_names):
     sel = (ids == i) & (w > 0)
     if sel.any():
-      for k, v in regression(np.asarray(pred).ravel()[sel], np.asarray(target).ravel()[sel],
-                             np.ones(sel.sum())).items():
+      means[sel] = t[sel].mean()
+      for k, v in regression(np.asarray(pred).ravel()[sel], t[sel], np.ones(sel.sum())).items():
         out[f"{name}/{k}"] = v
+      if sel.sum() >= 2 and np.isfinite(out[f"{name}/r2"]):
+        within.append(out[f"{name}/r2"])
+  out["within_region_r2"] = float(np.mean(within)) if within else np.nan
+  out["region_means_r2"] = regression(means, t, w)["r2"]
   return out
 
 

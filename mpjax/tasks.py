@@ -11,8 +11,7 @@
     task.evaluate(eval_fn, params, data_dir, split, config, manifest, mesh) -> flat metrics
     task.headline(metrics)                                    # one log line
 
-and the attributes `head_stat` (the manifest target statistic the head starts at),
-`frozen(config)` (parameter-path prefix the optimizer keeps fixed) and `forecast_report`
+and `head_bias(config, target_stats)` (the level the head starts at), `frozen(config)` (parameter-path prefix the optimizer keeps fixed) and `forecast_report`
 (the test split also gets `mpjax.forecast.report`). The model itself comes from
 `mpjax.models.factory.build_model`.
 """
@@ -79,11 +78,13 @@ class Task:
   """The defaults: no extra config fields, any dataset, no per-step batch transform, nothing
   frozen, the model's output evaluated as is."""
   name = ""
-  head_stat = None
   forecast_report = False
 
   def check(self, config):
     pass
+
+  def head_bias(self, config, stats):
+    return 0.0
 
   def check_data(self, config, manifest, data_dir):
     pass
@@ -109,40 +110,63 @@ class Task:
 # ------------------------------------------------------------------------------------------------
 
 
-def mp2_loss(pred, batch):
-  """Masked MSE over the (example, region) pairs with a target."""
-  w = batch["mp2_weight"]
-  sq = jnp.where(w > 0, (pred - batch["mp2"]) ** 2, 0.0) * w
+def mp2_loss(pred, batch, name: str = "mp2"):
+  """Masked MSE over the (example, region) pairs with a target `name` (its weight: name_weight)."""
+  w = batch[f"{name}_weight"]
+  sq = jnp.where(w > 0, (pred - batch[name]) ** 2, 0.0) * w
   return sq.sum() / jnp.maximum(w.sum(), 1.0)
 
 
 class MP2Task(Task):
+  """Regression per (song, region) of the targets in config.mp2.targets ('mp2': the seeds' summed
+  streams; 'longevity': the decay slope, data_prep.targets): one head output each, the loss their
+  mean MSE. Metrics of the first target are unprefixed, the others' prefixed 'longevity/'."""
   name = "mp2"
-  head_stat = "mp2_mean"
+
+  def check(self, config):
+    factory.mp2_targets(config)
+
+  def head_bias(self, config, stats):
+    return [stats.get(f"{t}_mean") or 0.0 for t in factory.mp2_targets(config)]
 
   def forward(self, model, batch, config, fbank=None, patchout_key=None):
-    """[B, R] predictions."""
+    """[B, R, targets] predictions."""
     fbank = batch["fbank"] if fbank is None else fbank
-    return model(fbank, batch["region_ids"], patchout_key=patchout_key)
+    return model.all_targets(fbank, batch["region_ids"], patchout_key=patchout_key)
 
   def loss(self, out, batch, config):
-    return mp2_loss(out, batch)
+    targets = factory.mp2_targets(config)
+    return sum(mp2_loss(out[..., j], batch, t) for j, t in enumerate(targets)) / len(targets)
 
-  def evaluate(self, eval_fn, params, data_dir, split, config, manifest, mesh):
-    """Per-region regression metrics of `split` (`metrics.per_region`)."""
-    keys = ("mp2", "mp2_weight", "region_ids", "record", "valid")
+  def rows(self, eval_fn, params, data_dir, split, config, mesh) -> dict:
+    """`split`'s eval rows in record order (a collective): pred [N, V, targets] and, per target
+    t, t / t_weight [N, V]; region_ids [N, V], record [N]. {} when the split is empty."""
+    targets = factory.mp2_targets(config)
+    keys = ("region_ids", "record", "valid") + sum(((t, f"{t}_weight") for t in targets), ())
     rows = eval_rows(data_dir, split, config, lambda b, pred: {"pred": pred, **{k: b[k] for k in keys}},
                      eval_fn=eval_fn, params=params, mesh=mesh)
+    return in_record_order(rows, rows["valid"] > 0) if rows else {}
+
+  def evaluate(self, eval_fn, params, data_dir, split, config, manifest, mesh):
+    """Per-region regression metrics of `split` (`metrics.per_region`), per target."""
+    targets = factory.mp2_targets(config)
+    rows = self.rows(eval_fn, params, data_dir, split, config, mesh)
     if not rows:
       return {}
-    rows = in_record_order(rows, rows["valid"] > 0)
-    return metrics_lib.per_region(rows["pred"], rows["mp2"], rows["mp2_weight"],
-                                   rows["region_ids"], manifest["regions"])
+    out = {}
+    for j, t in enumerate(targets):
+      m = metrics_lib.per_region(rows["pred"][..., j], rows[t], rows[f"{t}_weight"],
+                                 rows["region_ids"], manifest["regions"])
+      out.update({(k if j == 0 else f"{t}/{k}"): v for k, v in m.items()})
+    return out
 
   def headline(self, m):
     nan = float("nan")
-    return (f"r2 {m.get('r2', nan):.4f}  mse {m.get('mse', nan):.4f}  "
-            f"spearman {m.get('spearman', nan):.4f}")
+    return (f"within-region r2 {m.get('within_region_r2', nan):.4f}  pooled r2 "
+            f"{m.get('r2', nan):.4f} (region means {m.get('region_means_r2', nan):.4f})  "
+            f"mse {m.get('mse', nan):.4f}  spearman {m.get('spearman', nan):.4f}"
+            + (f"  | longevity within-region r2 {m['longevity/within_region_r2']:.4f} pooled "
+               f"{m.get('longevity/r2', nan):.4f}" if "longevity/within_region_r2" in m else ""))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -211,8 +235,10 @@ def forecast_rows(data_dir, split, config, manifest, *, eval_fn=None, params=Non
 
 class MP3Task(Task):
   name = "mp3"
-  head_stat = "series_mean"
   forecast_report = True
+
+  def head_bias(self, config, stats):
+    return stats.get("series_mean") or 0.0
 
   def check(self, config):
     f = config.mp3

@@ -333,8 +333,7 @@ def init_state(config, manifest: dict, mesh):
   nnx.eval_shape, its parameters' shardings from config.sharding_rules, then one jitted init
   that writes every array straight into its shard. The head starts at the train split's mean
   target (manifest statistics: the same value, so the same program, on every process)."""
-  stat = tasks.get(config).head_stat
-  head_bias = (records.target_stats(config.data_dir, manifest)[stat] or 0.0) if stat else 0.0
+  head_bias = tasks.get(config).head_bias(config, records.target_stats(config.data_dir, manifest))
 
   def make_model(seed):
     return factory.build_model(config, manifest, seed=seed, head_bias=head_bias)

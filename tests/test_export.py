@@ -114,6 +114,8 @@ def test_bundle_predicts_like_the_trained_model(runs, data, task, tmp_path):
     np.testing.assert_allclose(np.asarray(got[k]), np.asarray(ref[k]), rtol=1e-5, atol=1e-5)
   # The training loop's own forward on the same batch (its region slots) agrees too.
   fwd = np.asarray(tasks.get(config).forward(model, jax.tree.map(jax.numpy.asarray, batch), config))
+  if task == "mp2":
+    fwd = fwd[..., 0]  # [B, R, targets]: the bundle serves the first target of config.mp2.targets
   ids = np.asarray(batch["region_ids"])
   pred = np.asarray(got["prediction"])
   for i in range(ids.shape[0]):

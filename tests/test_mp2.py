@@ -97,3 +97,47 @@ def test_jitted_adamw_steps_reduce_loss_and_train_region_params(mode):
   assert losses[-1] < 0.5 * losses[0]
   after = np.array(m.regions.table[...])
   assert np.abs(after - before).max() > 1e-4
+
+
+def test_several_targets_one_head_output_each():
+  m = mp2.MP2(CFG, 4, "cls_token", rngs=nnx.Rngs(0), head_bias=[15.0, -0.2], num_targets=2)
+  r = np.array([[0, 2], [1, 3], [3, 0]], np.int32)
+  allt = m.all_targets(jnp.asarray(X), r)
+  assert allt.shape == (3, 2, 2)
+  np.testing.assert_allclose(allt[..., 0], 15.0)  # zero kernel: each head starts at its bias
+  np.testing.assert_allclose(allt[..., 1], -0.2, rtol=1e-6)
+  m.head.kernel[...] = jax.random.normal(jax.random.key(1), m.head.kernel.shape)
+  allt = m.all_targets(jnp.asarray(X), r)
+  np.testing.assert_array_equal(m(jnp.asarray(X), r), allt[..., 0])  # __call__: the first
+  assert not np.allclose(allt[..., 0] - 15.0, allt[..., 1] + 0.2)  # two distinct heads
+  with pytest.raises(ValueError, match="num_targets"):
+    mp2.MP2(CFG, 4, "cls_token", rngs=nnx.Rngs(0), num_targets=0)
+
+
+def test_mp2_targets_config_is_checked():
+  import ml_collections
+  from mpjax.models import factory
+  c = ml_collections.ConfigDict({"mp2": {"targets": ("longevity", "mp2")}})
+  assert factory.mp2_targets(c) == ("longevity", "mp2")
+  assert factory.mp2_targets(ml_collections.ConfigDict({})) == ("mp2",)
+  for bad in ((), ("mp2", "mp2"), ("mp2", "late")):
+    with pytest.raises(ValueError, match=r"config\.mp2\.targets"):
+      factory.mp2_targets(ml_collections.ConfigDict({"mp2": {"targets": bad}}))
+
+
+def test_within_region_r2_and_region_means_baseline():
+  from mpjax import metrics
+  rng = np.random.default_rng(0)
+  ids = np.repeat([0, 1], 200)
+  level = np.where(ids == 0, 10.0, 14.0)
+  signal = rng.normal(size=400)
+  target = level + signal
+  w = np.ones(400)
+  # Region means alone: a high pooled R², 0 within regions.
+  m = metrics.per_region(level, target, w, ids, ["a", "b"])
+  assert m["r2"] > 0.7 and abs(m["within_region_r2"]) < 0.02
+  assert m["region_means_r2"] == pytest.approx(m["r2"], abs=0.02)
+  # The within-region signal: within-region R² 1.
+  m = metrics.per_region(target, target, w, ids, ["a", "b"])
+  assert m["within_region_r2"] == pytest.approx(1.0)
+  assert m["within_region_r2"] == pytest.approx(np.mean([m["a/r2"], m["b/r2"]]))

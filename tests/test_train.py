@@ -100,9 +100,9 @@ def test_overfits_a_tiny_batch(data):
   c.optim.lr = 3e-3
   c.total_steps = 60
   cfg = factory.model_config(c)
-  from mpjax.models import mp2
   manifest = json.load(open(os.path.join(data, "manifest.json")))
-  model = mp2.MP2(cfg, len(manifest["regions"]), "cls_token", rngs=nnx.Rngs(0), head_bias=15.0)
+  assert factory.mp2_targets(c) == ("mp2", "longevity")  # both heads learn the one batch
+  model = factory.build_model(c, manifest, seed=0, head_bias=[15.0, 0.0])
   graphdef, params = nnx.split(model, nnx.Param)
   tx = train.make_optimizer(c, params, cfg.depth)
   step, _ = train.make_steps(graphdef, tx, None, c)

@@ -25,6 +25,20 @@ def model_config(config) -> ast_lib.ASTConfig:
                             **({"depth": m.depth} if m.get("depth") else {}))
 
 
+MP2_TARGETS = ("mp2", "longevity")
+
+
+def mp2_targets(config) -> tuple[str, ...]:
+  """config.mp2.targets: what the MP2 head predicts, the first being the headline target
+  (the one `MP2.__call__` returns and the unprefixed metrics describe). ('mp2',) when unset."""
+  f = config.get("mp2")
+  targets = tuple(f.get("targets", ("mp2",))) if f is not None else ("mp2",)
+  if not targets or len(set(targets)) != len(targets) or set(targets) - set(MP2_TARGETS):
+    raise ValueError(f"config.mp2.targets: {targets}: choose distinct names among {MP2_TARGETS} "
+                     "(the first is the headline target)")
+  return targets
+
+
 def quantiles_of(config):
   """config.mp3.quantiles as a tuple of floats, or None (point forecast)."""
   q = config.mp3.quantiles
@@ -38,16 +52,18 @@ def window_of(config, manifest: dict) -> int:
   return w or int(manifest["horizon"])
 
 
-def build_model(config, manifest: dict, *, seed: int = 0, head_bias: float = 0.0):
+def build_model(config, manifest: dict, *, seed: int = 0, head_bias=0.0):
   """The task's model (config.task: mp2, mp3 or ssl) for a dataset with this manifest (its
-  regions, horizon and feature names). head_bias: the regression head's initial level."""
+  regions, horizon and feature names). head_bias: the regression head's initial level (MP2:
+  one per target of config.mp2.targets, or one number for all)."""
   cfg = model_config(config)
   rngs = nnx.Rngs(seed)
   if config.task == "ssl":
     return ssl_lib.SSAST(cfg, rngs=rngs)
   num_regions = len(manifest["regions"])
   if config.task == "mp2":
-    return mp2_lib.MP2(cfg, num_regions, config.region_mode, rngs=rngs, head_bias=head_bias)
+    return mp2_lib.MP2(cfg, num_regions, config.region_mode, rngs=rngs, head_bias=head_bias,
+                       num_targets=len(mp2_targets(config)))
   if config.task == "mp3":
     f = config.mp3
     return mp3_lib.MP3(cfg, num_regions, config.region_mode,

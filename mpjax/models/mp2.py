@@ -1,6 +1,8 @@
 """MP2: AST encoder + regions + regression head -> log1p(streams over the first N weeks).
 
-`model(fbank [B, T, F], regions [B, R] int) -> [B, R]`, one prediction per requested region.
+`model(fbank [B, T, F], regions [B, R] int) -> [B, R]`, one prediction per requested region;
+`model.all_targets(...) -> [B, R, num_targets]` when the head predicts several targets (the
+first is the one `model(...)` returns; config.mp2.targets names them).
 How the region enters depends on `region_mode` (see `mpjax.models.regions`):
 - cls_token: region tokens are prepended; the head reads each region token's output.
 - embedding: the region vector is added to every audio token; the head reads the pooled
@@ -23,10 +25,14 @@ from mpjax.models import regions as regions_lib
 class MP2(nnx.Module):
 
   def __init__(self, cfg: ast_lib.ASTConfig, num_regions: int, region_mode: str = "cls_token",
-               *, rngs: nnx.Rngs, encoder: ast_lib.AST | None = None, head_bias: float = 0.0):
+               *, rngs: nnx.Rngs, encoder: ast_lib.AST | None = None, head_bias=0.0,
+               num_targets: int = 1):
     """encoder: an AST to use (e.g. converted weights from `ast.load`); else a fresh one.
-    head_bias: initial output (e.g. the training-set mean target) so training starts centred.
+    head_bias: initial output (e.g. the training-set mean target) so training starts centred; a
+    number, or one per target. num_targets: outputs of the head per (example, region).
     """
+    if num_targets < 1:
+      raise ValueError(f"num_targets={num_targets}: need at least one target")
     regions_lib.check_mode(region_mode)
     if num_regions < 1:
       raise ValueError(f"num_regions={num_regions}: need at least one region")
@@ -40,9 +46,10 @@ class MP2(nnx.Module):
                     if region_mode != "none" else None)
     dtype = jnp.dtype(cfg.dtype)
     self.head_norm = nnx.LayerNorm(cfg.hidden, epsilon=cfg.ln_eps, dtype=dtype, rngs=rngs)
-    self.head = nnx.Linear(cfg.hidden, 1, kernel_init=nnx.initializers.zeros_init(),
-                           bias_init=nnx.initializers.constant(head_bias), dtype=jnp.float32,
-                           rngs=rngs)
+    bias = jnp.broadcast_to(jnp.asarray(head_bias, jnp.float32), (num_targets,))
+    self.head = nnx.Linear(cfg.hidden, num_targets, kernel_init=nnx.initializers.zeros_init(),
+                           bias_init=lambda key, shape, dtype=jnp.float32: bias.astype(dtype),
+                           dtype=jnp.float32, rngs=rngs)
 
   def features(self, fbank, regions, patchout_key=None):
     """[B, R, hidden] features the head reads, one per (example, region)."""
@@ -65,6 +72,11 @@ class MP2(nnx.Module):
     pooled = self.encoder(fbank, patchout_key)
     return jnp.broadcast_to(pooled[:, None], (b, r, pooled.shape[-1]))
 
-  def __call__(self, fbank, regions, patchout_key=None):
+  def all_targets(self, fbank, regions, patchout_key=None):
+    """[B, R, num_targets]: every target's prediction."""
     features = self.features(fbank, regions, patchout_key)
-    return self.head(self.head_norm(features).astype(jnp.float32))[..., 0]
+    return self.head(self.head_norm(features).astype(jnp.float32))
+
+  def __call__(self, fbank, regions, patchout_key=None):
+    """[B, R]: the first target's prediction."""
+    return self.all_targets(fbank, regions, patchout_key)[..., 0]
