@@ -23,7 +23,7 @@ INSTALL_REQUIRES = [
     "audioread>=3.0",  # m4a/aac via ffmpeg (apt package ffmpeg)
     "soxr>=0.3",  # resampling to 16 kHz
     "pandas>=2.0",
-    "scikit-learn>=1.3",  # baselines: extrinsic-features ridge regressor
+    "scikit-learn>=1.6",  # baselines (ridge), probes (GroupKFold with shuffle: 1.6+)
     "spotipy>=2.24",
     "requests>=2.31",
     "urllib3>=2.0",  # Retry(backoff_jitter=...)

@@ -314,6 +314,22 @@ def test_evaluate_reproduces_the_end_of_training_test_metrics(runs, task, tmp_pa
   if task == "mp3":
     ref = open(os.path.join(work, "forecast", "forecast_table.md")).read()
     assert open(tmp_path / "ev" / "forecast_table.md").read() == ref
+  if task == "mp2":  # per-pair predictions: they reproduce the metrics of every target
+    from mpjax import metrics as metrics_lib
+    z = np.load(tmp_path / "ev" / "predictions.npz")
+    config = export.run_config(work)
+    assert list(z["targets"]) == list(factory.mp2_targets(config)) == ["mp2", "longevity"]
+    songs = {r["song_id"] for r in records.read(config.data_dir, "test")}
+    assert set(z["song_id"]) <= songs and len(z["song_id"]) == len(z["region"])
+    for j, t in enumerate(z["targets"]):
+      ok = np.isfinite(z[t])
+      names = sorted(set(z["region"]))
+      ids = np.array([names.index(r) for r in z["region"]])
+      m = metrics_lib.per_region(z[f"pred_{t}"], np.where(ok, z[t], 0.0), ok, ids, names)
+      key = "" if j == 0 else f"{t}/"
+      for k in ("r2", "within_region_r2", "mse"):  # NaN = NaN where a target has too few pairs
+        np.testing.assert_allclose(m[k], got[f"{key}{k}"], rtol=1e-5)
+    assert np.isfinite(z["mp2"]).sum() >= 3 and np.isfinite(got["r2"])  # the tiny split: 3 pairs
 
 
 def test_evaluate_on_another_dataset_and_a_foreign_vocabulary(runs, tmp_path_factory):
