@@ -9,7 +9,7 @@
       clips.csv         one clip per track, provider 'synthetic', audio/{track_id}.wav
       labels.csv        key (track_id), name 'tiktok', value 0/1  (read by data_prep.build)
       audio/            16 kHz mono PCM16 WAV, `clip_seconds` long
-      truth.json        the planted truth (below), parameters, seed, oracle R²
+      truth.json        the planted truth (below), parameters, seed, oracle R², detectability
       truth_series.npz  uncensored weekly curves [songs, regions, weeks]
 
     python -m data_prep.synthetic --out /tmp/syn_demo [--seed 0] [--songs 240] [--null]
@@ -87,6 +87,14 @@ compare a model's per-region R² with). No model can beat (c) in expectation; (b
 of an audio-only model. On the default demo world the MP2 target is mostly explained by the
 extrinsic truth and the 'late' target mostly by the audio: debut is extrinsic, longevity is
 audio (the figures: docs/results.md).
+
+Detectability (`data_prep.detect`): songs[i]['detect'] holds one plain oracle audio feature per
+attribute (onset BPM, harmonic centroid, percussive/harmonic dB, beat-lag self-similarity, RMS
+dBFS, third contrast) of the main track's evaluation crop (the centre 512 fbank frames: samples
+22880..105040 of an 8 s clip), computed as each clip is rendered; truth['detectability'] holds,
+per attribute, how well that feature recovers the planted value across songs (out-of-fold R² of
+an isotonic fit; mode also the rule's accuracy), the crop and a definition: the ceiling a probe
+of a trained encoder is compared with. `python -m data_prep.detect --raw RAW` recomputes it.
 """
 from __future__ import annotations
 
@@ -745,7 +753,13 @@ def _tracks_table(world, ids, track_song, start):
 
 
 def _write_audio(raw_dir, world, ids, track_song, *, seed, clip_seconds, log):
-  """Renders and writes every track's clip; returns (clips table rows, compositions)."""
+  """Renders and writes every track's clip; returns (clips table rows, compositions, detect).
+
+  detect: per song, `detect.features` of the main track's evaluation crop, computed on the
+  rendered samples in memory (`python -m data_prep.detect --raw` recomputes them from the PCM16
+  files: the same values up to the 16-bit rounding).
+  """
+  from data_prep import detect  # imported here: detect imports this module at its top
   S = len(world["artist"])
   audio_dir = os.path.join(raw_dir, "audio")
   os.makedirs(audio_dir, exist_ok=True)
@@ -756,7 +770,7 @@ def _write_audio(raw_dir, world, ids, track_song, *, seed, clip_seconds, log):
       if f.startswith("syn") and f.endswith(".wav") and f not in keep:
         os.remove(os.path.join(audio_dir, f))
   comps = [composition(seed, s) for s in range(S)]
-  rows = []
+  rows, det = [], []
   t0 = time.perf_counter()
   n = len(ids["track"])
   for t, tid in enumerate(ids["track"]):
@@ -768,13 +782,15 @@ def _write_audio(raw_dir, world, ids, track_song, *, seed, clip_seconds, log):
                  "provider": "synthetic", "url": f"synthetic://{tid}?seed={seed}",
                  "match_score": 1.0, "audio_path": rel,
                  "sha256": _write_wav(os.path.join(raw_dir, rel), x), "status": "ok"})
+    if t < S:  # a main track (track t is song t's): the oracle features of the model's crop
+      det.append(detect.features(detect.centre_crop(x)))
     if (t + 1) % 50 == 0 or t + 1 == n:
       rate = (t + 1) / (time.perf_counter() - t0)
       log(f"[synthetic] audio {t + 1}/{n} clips ({rate:.0f} clips/s)")
-  return rows, comps
+  return rows, comps, det
 
 
-def _truth(world, sim, ids, pos, comps, orc, *, seed, params, start, dates):
+def _truth(world, sim, ids, pos, comps, orc, det, *, seed, params, start, dates):
   S = sim["level"].shape[0]
   regions = world["regions"]
   charted = pos[:S] > 0
@@ -808,7 +824,8 @@ def _truth(world, sim, ids, pos, comps, orc, *, seed, params, start, dates):
         "attributes_u": dict(zip(ATTRIBUTES, u.tolist())),
         "attributes_x": dict(zip(ATTRIBUTES, x[s].tolist())),
         "phantom_u": dict(zip(ATTRIBUTES, world["u_pref"][s].tolist())) if world["null"] else None,
-        "composition": comps[s], "regions": per_region})
+        "composition": comps[s], "regions": per_region,
+        "detect": {a: v if np.isfinite(v) else None for a, v in det["songs"][s].items()}})
   names = world["artist_names"]
   return {
       "format_version": 1, "generator": "data_prep.synthetic", "seed": int(seed),
@@ -830,6 +847,7 @@ def _truth(world, sim, ids, pos, comps, orc, *, seed, params, start, dates):
                          for j, s in enumerate(world["alt_song"])],
       "labels": {"tiktok": {ids["isrc"][s]: int(world["tiktok"][s]) for s in range(S)}},
       "oracle": orc,
+      "detectability": det["detectability"],
       "files": {"truth_series.npz": "log1p_streams float32 [songs, regions, weeks] (uncensored; 0 "
                                     "before release), on_chart bool [songs, regions, weeks] (the "
                                     "main track is listed), alt_log1p_streams [album versions, "
@@ -906,8 +924,8 @@ def generate(raw_dir: str, *, seed: int = 0, n_songs: int = 240, n_artists: int 
   log(f"[synthetic] {len(charts):,} chart rows: {R} regions x {weeks} weeks, top {chart_size}")
   tables.write(_tracks_table(world, ids, track_song, start), os.path.join(raw_dir, "tracks.csv"),
                "tracks")
-  clip_rows, comps = _write_audio(raw_dir, world, ids, track_song, seed=seed,
-                                  clip_seconds=clip_seconds, log=log)
+  clip_rows, comps, det = _write_audio(raw_dir, world, ids, track_song, seed=seed,
+                                       clip_seconds=clip_seconds, log=log)
   tables.write(pd.DataFrame(clip_rows), os.path.join(raw_dir, "clips.csv"), "clips")
   pd.DataFrame({"key": ids["track"], "name": "tiktok",
                 "value": world["tiktok"][track_song].astype(np.int64)}).to_csv(
@@ -915,8 +933,13 @@ def generate(raw_dir: str, *, seed: int = 0, n_songs: int = 240, n_artists: int 
 
   log("[synthetic] oracle R² (Monte Carlo)")
   orc = oracle(world, sim, seed=seed, mp2_weeks=mp2_weeks, horizon=horizon)
-  truth = _truth(world, sim, ids, pos, comps, orc, seed=seed, params=params, start=start,
-                 dates=dates)
+  from data_prep import detect  # imported here: detect imports this module at its top
+  detectability = detect.detectability(
+      det, [dict(zip(ATTRIBUTES, u)) for u in world["u"].tolist()],
+      int(round(clip_seconds * SAMPLE_RATE)))
+  truth = _truth(world, sim, ids, pos, comps, orc,
+                 {"songs": det, "detectability": detectability}, seed=seed, params=params,
+                 start=start, dates=dates)
   _write_json(os.path.join(raw_dir, "truth.json"), truth)
   charted = pos[:S] > 0
   _write_npz(os.path.join(raw_dir, "truth_series.npz"), {
@@ -939,6 +962,7 @@ def generate(raw_dir: str, *, seed: int = 0, n_songs: int = 240, n_artists: int 
       "tiktok_songs": int(world["tiktok"].sum()),
       **{f"oracle_{n}_r2_within_region": {g: orc[n][g]["within_region"] for g in orc[n]}
          for n in ("mp2", "late") if n in orc},
+      "detect_r2": {a: detectability[a]["r2"] for a in ATTRIBUTES},
       "bytes": int(size), "seconds": round(time.perf_counter() - t_start, 2),
   }
   log(f"[synthetic] done in {summary['seconds']:.1f} s: {len(ids['track'])} clips, "
