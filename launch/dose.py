@@ -4,7 +4,7 @@ One command trains the MP2 demo on worlds whose planted audio effect is scaled b
 every seed, and plots the within-region test R² it recovers against what an audio-only oracle
 reaches on the same pairs:
 
-  python launch/dose.py --root=/tmp/dose [--doses=null,0.5,1,2] [--seeds=0,1,2] [--target=longevity]
+  python launch/dose.py --root=/tmp/dose [--doses=null,1,0.5,2] [--seeds=0,1,2] [--target=longevity]
 
 Dose 'null' (plotted at 0) is the null world (`data_prep.synthetic --null`): the same songs and
 audio, popularity driven by a phantom attribute vector of the same distribution, so the target
@@ -12,12 +12,13 @@ keeps its spread but owes nothing to the audio. (audio_effect=0 would also remov
 effect, but with it most of the target's spread within a region, and R² against a near-constant
 target says nothing.)
 
-1. Training: `launch/sweep.py` with configs/mp2.py:demo, --sweep=demo_audio_effect=DOSES
-   --sweep=seed=SEEDS into ROOT/runs (and demo_null=True, --sweep=seed=SEEDS into
-   ROOT/runs_null), config.mp2.targets = (TARGET, the other one), so the checkpoint is chosen on
-   TARGET's validation within-region R². Each point builds its world into POINT/raw (truth.json)
-   and POINT/data; the world's seed stays 0, so a dose's seeds share it. Finished points are
-   skipped on a rerun (the sweep's own rule), so the command resumes.
+1. Training: per dose, in the order given, one `launch/sweep.py` over --sweep=seed=SEEDS with
+   configs/mp2.py:demo into ROOT/runs/dose=D (--set=demo_audio_effect=D; the null world:
+   --set=demo_null=True), config.mp2.targets = (TARGET, the other one), so the checkpoint is
+   chosen on TARGET's validation within-region R². Each point builds its world into POINT/raw
+   (truth.json) and POINT/data; the world's seed stays 0, so a dose's seeds share it. Finished
+   points are skipped on a rerun (the sweep's own rule), so the command resumes, and a later
+   call may add doses or seeds.
 2. Scoring: each point's best-on-val checkpoint on the test split (`mpjax.evaluate`, which
    writes per-pair predictions).
 3. Oracle: per region, gradient boosting on the six TRUE audio attributes (truth.json
@@ -120,8 +121,9 @@ def run(cmd):
 def main(argv=None):
   ap = argparse.ArgumentParser(prog="python launch/dose.py", description=__doc__.split("\n")[0])
   ap.add_argument("--root", required=True, help="output directory (runs/, dose.json, dose.md, dose.png)")
-  ap.add_argument("--doses", default="null,0.5,1,2",
-                  help="audio-effect doses, 'null' = the null world (default null,0.5,1,2)")
+  ap.add_argument("--doses", default="null,1,0.5,2",
+                  help="audio-effect doses, run in this order; 'null' = the null world (default "
+                       "null,1,0.5,2: the control and the default world first)")
   ap.add_argument("--seeds", default="0,1,2", help="training seeds (default 0,1,2)")
   ap.add_argument("--target", default="longevity", choices=TARGETS,
                   help="the target the checkpoint is chosen on and the figure shows")
@@ -136,12 +138,9 @@ def main(argv=None):
   bad = [d for d in doses if d != "null" and not _is_number(d)]
   if bad:
     raise SystemExit(f"--doses: {bad} are neither numbers nor 'null'")
-  numeric = [d for d in doses if d != "null"]
-  sweeps = []  # (runs root, the sweep's own arguments)
-  if numeric:
-    sweeps.append((os.path.join(root, "runs"), [f"--sweep=demo_audio_effect={','.join(numeric)}"]))
-  if "null" in doses:
-    sweeps.append((os.path.join(root, "runs_null"), ["--set=demo_null=True"]))
+  sweeps = [(os.path.join(root, "runs", f"dose={d}"),
+             ["--set=demo_null=True"] if d == "null" else [f"--set=demo_audio_effect={d}"])
+            for d in doses]
 
   for runs, axis in sweeps:
     if args.collect_only:
@@ -155,14 +154,12 @@ def main(argv=None):
       print(f"[dose] the sweep exited {rc}: scoring the points that finished", flush=True)
 
   points = []
-  for runs, _ in sweeps:
+  for dose, (runs, _) in zip(doses, sweeps):
     if os.path.exists(os.path.join(runs, "sweep.json")):
       with open(os.path.join(runs, "sweep.json")) as f:
-        points += json.load(f)["points"]
+        points += [(dose, p) for p in json.load(f)["points"]]
   result = {"target": args.target, "doses": {}, "command": " ".join(sys.argv)}
-  for p in points:
-    dose = ("null" if "demo_audio_effect" not in p["overrides"]
-            else str(p["overrides"]["demo_audio_effect"]))
+  for dose, p in points:
     seed = str(p["overrides"]["seed"])
     w = p["workdir"]
     if not os.path.exists(os.path.join(w, "final_metrics.json")):
