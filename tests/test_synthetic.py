@@ -420,3 +420,28 @@ def test_audio_effect_dose_scales_the_planted_effect():
 def test_audio_effect_must_be_a_non_negative_number(tmp_path):
   with pytest.raises(ValueError, match="audio_effect"):
     synthetic.generate(str(tmp_path), audio_effect=-1.0, **SMALL)
+
+
+def test_chart_oracle_longevity_is_audio_and_mp2_extrinsic():
+  """On the pipeline's own chart-derived targets: the audio truth explains longevity within a
+  region, the extrinsic truth the MP2 sum; in the dose-0 world the audio explains nothing."""
+  import datetime as dt
+  out = {}
+  for dose in (1.0, 0.0):
+    world = synthetic.sample_world(seed=0, n_songs=240, n_artists=60, regions=REGIONS, weeks=60,
+                                   horizon=26, tiktok_fraction=0.15, alt_fraction=0.0,
+                                   null=False, audio_effect=dose)
+    sim = synthetic.simulate(world, seed=0, weeks=60)
+    ids = synthetic._ids(240, 0, 60)
+    start = dt.date.fromisoformat(synthetic.START_DATE)
+    dates = [(start + dt.timedelta(weeks=w)).isoformat() for w in range(60)]
+    rows, _ = synthetic.chart_rows(sim["streams"], ids["track"], list(REGIONS),
+                                   [p["floor"] for p in world["region_params"]], dates, 50)
+    charts = synthetic._charts_table(world, rows, ids, np.arange(240))
+    out[dose] = synthetic.chart_oracle(world, charts, ids["track"], horizon=26, mp2_weeks=6)
+  o = out[1.0]
+  assert o["longevity"]["audio"]["within_region"] > 0.4
+  assert o["longevity"]["extrinsic"]["within_region"] < 0.1
+  assert o["mp2"]["extrinsic"]["within_region"] > 0.4 > o["mp2"]["audio"]["within_region"]
+  assert o["longevity"]["audio"]["pairs"] > 500
+  assert out[0.0]["longevity"]["audio"]["within_region"] < 0.05
