@@ -107,13 +107,15 @@ def evaluate(workdir: str, data_dir: str | None = None, split: str = "test", ste
   _, eval_step = train.make_steps(graphdef, None, mesh, config,
                                   window=task.window(config, run_manifest))
   eval_fn = jax.jit(eval_step, in_shardings=(param_sh, batch_sh), out_shardings=batch_sh)
-  metrics = task.evaluate(eval_fn, params, data_dir, split, config, manifest, mesh)
   is_main = jax.process_index() == 0
-  if config.task == "mp2":  # per-pair predictions, for song-bootstrap intervals
+  if config.task == "mp2":  # also the per-pair predictions, for song-bootstrap intervals
     rows = task.rows(eval_fn, params, data_dir, split, config, mesh)
+    metrics = task.scores(rows, config, manifest)
     if is_main and rows:
       write_mp2_predictions(os.path.join(out, "predictions.npz"), rows, config, data_dir,
                             split, manifest)
+  else:
+    metrics = task.evaluate(eval_fn, params, data_dir, split, config, manifest, mesh)
   if is_main:
     atomic.write_json(os.path.join(out, "metrics.json"),
                       {"workdir": os.path.abspath(workdir), "step": step_n,

@@ -253,10 +253,10 @@ def target_stats(data_dir: str, manifest: dict | None = None) -> dict:
   here from the train records (every process reads the same records, so gets the same values).
   """
   manifest = manifest if manifest is not None else load_manifest(data_dir)
-  if manifest.get("target_stats"):
+  if manifest.get("target_stats") and "longevity_std" in manifest["target_stats"]:
     return manifest["target_stats"]
-  log.warning("%s/manifest.json has no target_stats (built by an older data_prep); computing "
-              "them from the train records", data_dir)
+  log.warning("%s/manifest.json has no (or older) target_stats (built by an older data_prep); "
+              "computing them from the train records", data_dir)
   acc = new_target_sums()
   if manifest["shards"].get("train"):
     for rec in read(data_dir, "train", manifest=manifest):
@@ -265,8 +265,8 @@ def target_stats(data_dir: str, manifest: dict | None = None) -> dict:
 
 
 def new_target_sums() -> dict:
-  return {"mp2_sum": 0.0, "mp2_pairs": 0, "series_sum": 0.0, "series_steps": 0,
-          "longevity_sum": 0.0, "longevity_pairs": 0}
+  return {"mp2_sum": 0.0, "mp2_sumsq": 0.0, "mp2_pairs": 0, "series_sum": 0.0, "series_steps": 0,
+          "longevity_sum": 0.0, "longevity_sumsq": 0.0, "longevity_pairs": 0}
 
 
 def add_targets(acc: dict, mp2, series, series_mask, longevity=None) -> None:
@@ -274,11 +274,13 @@ def add_targets(acc: dict, mp2, series, series_mask, longevity=None) -> None:
   if longevity is not None:
     lon = np.asarray(longevity, np.float64)
     acc["longevity_sum"] += float(lon[np.isfinite(lon)].sum())
+    acc["longevity_sumsq"] += float((lon[np.isfinite(lon)] ** 2).sum())
     acc["longevity_pairs"] += int(np.isfinite(lon).sum())
   mp2 = np.asarray(mp2, np.float64)
   series = np.asarray(series, np.float64)
   observed = (np.asarray(series_mask) > 0).reshape(series.shape) & np.isfinite(series)
   acc["mp2_sum"] += float(mp2[np.isfinite(mp2)].sum())
+  acc["mp2_sumsq"] += float((mp2[np.isfinite(mp2)] ** 2).sum())
   acc["mp2_pairs"] += int(np.isfinite(mp2).sum())
   acc["series_sum"] += float(series[observed].sum())
   acc["series_steps"] += int(observed.sum())
@@ -287,9 +289,18 @@ def add_targets(acc: dict, mp2, series, series_mask, longevity=None) -> None:
 def summarise_targets(acc: dict) -> dict:
   """Sums -> the manifest's target_stats (means are None where nothing was observed)."""
   mean = lambda total, n: float(total / n) if n else None  # noqa: E731
+
+  def std(name):
+    n = acc.get(f"{name}_pairs", 0)
+    if n < 2:
+      return None
+    m = acc[f"{name}_sum"] / n
+    return float(math.sqrt(max(acc[f"{name}_sumsq"] / n - m * m, 0.0)))
+
   return {"over": "train split: finite MP2 and longevity targets; observed series steps",
-          "mp2_mean": mean(acc["mp2_sum"], acc["mp2_pairs"]), "mp2_pairs": int(acc["mp2_pairs"]),
+          "mp2_mean": mean(acc["mp2_sum"], acc["mp2_pairs"]), "mp2_std": std("mp2"),
+          "mp2_pairs": int(acc["mp2_pairs"]),
           "longevity_mean": mean(acc.get("longevity_sum", 0.0), acc.get("longevity_pairs", 0)),
-          "longevity_pairs": int(acc.get("longevity_pairs", 0)),
+          "longevity_std": std("longevity"), "longevity_pairs": int(acc.get("longevity_pairs", 0)),
           "series_mean": mean(acc["series_sum"], acc["series_steps"]),
           "series_steps": int(acc["series_steps"])}

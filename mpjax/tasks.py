@@ -11,7 +11,8 @@
     task.evaluate(eval_fn, params, data_dir, split, config, manifest, mesh) -> flat metrics
     task.headline(metrics)                                    # one log line
 
-and `head_bias(config, target_stats)` (the level the head starts at), `frozen(config)` (parameter-path prefix the optimizer keeps fixed) and `forecast_report`
+and `head_bias(config, target_stats)` (the level the head starts at), `frozen(config)`
+(parameter-path prefix the optimizer keeps fixed) and `forecast_report`
 (the test split also gets `mpjax.forecast.report`). The model itself comes from
 `mpjax.models.factory.build_model`.
 """
@@ -23,6 +24,7 @@ import numpy as np
 
 from mpjax import baselines
 from mpjax import metrics as metrics_lib
+from mpjax import records
 from mpjax import sharding
 from mpjax.input import pipeline
 from mpjax.models import factory
@@ -119,12 +121,29 @@ def mp2_loss(pred, batch, name: str = "mp2"):
 
 class MP2Task(Task):
   """Regression per (song, region) of the targets in config.mp2.targets ('mp2': the seeds' summed
-  streams; 'longevity': the decay slope, data_prep.targets): one head output each, the loss their
-  mean MSE. Metrics of the first target are unprefixed, the others' prefixed 'longevity/'."""
+  streams; 'longevity': the decay slope, data_prep.targets): one head output each. The loss is
+  their mean MSE, each weighted by (train-split sd of the first target / its own)², so every
+  target counts as much as the first whatever its units (one target: the plain MSE). Metrics of
+  the first target are unprefixed, the others' prefixed with their name ('longevity/r2')."""
   name = "mp2"
 
   def check(self, config):
     factory.mp2_targets(config)
+
+  def check_data(self, config, manifest, data_dir):
+    """Sets config.mp2.loss_weights from the train split's target spread (class doc)."""
+    targets = factory.mp2_targets(config)
+    if len(targets) == 1:
+      return
+    stats = records.target_stats(data_dir, manifest)
+    sd = [stats.get(f"{t}_std") for t in targets]
+    missing = [t for t, s in zip(targets, sd) if not s]
+    if missing:
+      raise ValueError(f"config.mp2.targets {targets}: the train split of {data_dir} has no "
+                       f"spread of {missing} (no finite target); train on the others")
+    weights = [(sd[0] / s) ** 2 for s in sd]
+    with config.unlocked():
+      config.mp2.loss_weights = tuple(float(w) for w in weights)
 
   def head_bias(self, config, stats):
     return [stats.get(f"{t}_mean") or 0.0 for t in factory.mp2_targets(config)]
@@ -136,7 +155,9 @@ class MP2Task(Task):
 
   def loss(self, out, batch, config):
     targets = factory.mp2_targets(config)
-    return sum(mp2_loss(out[..., j], batch, t) for j, t in enumerate(targets)) / len(targets)
+    w = config.mp2.get("loss_weights") if config.get("mp2") else None
+    w = w or (1.0,) * len(targets)
+    return sum(w[j] * mp2_loss(out[..., j], batch, t) for j, t in enumerate(targets)) / len(targets)
 
   def rows(self, eval_fn, params, data_dir, split, config, mesh) -> dict:
     """`split`'s eval rows in record order (a collective): pred [N, V, targets] and, per target
@@ -149,8 +170,12 @@ class MP2Task(Task):
 
   def evaluate(self, eval_fn, params, data_dir, split, config, manifest, mesh):
     """Per-region regression metrics of `split` (`metrics.per_region`), per target."""
+    return self.scores(self.rows(eval_fn, params, data_dir, split, config, mesh), config,
+                       manifest)
+
+  def scores(self, rows, config, manifest):
+    """`evaluate`'s metrics of `rows` (as `rows` returns them)."""
     targets = factory.mp2_targets(config)
-    rows = self.rows(eval_fn, params, data_dir, split, config, mesh)
     if not rows:
       return {}
     out = {}
@@ -165,8 +190,9 @@ class MP2Task(Task):
     return (f"within-region r2 {m.get('within_region_r2', nan):.4f}  pooled r2 "
             f"{m.get('r2', nan):.4f} (region means {m.get('region_means_r2', nan):.4f})  "
             f"mse {m.get('mse', nan):.4f}  spearman {m.get('spearman', nan):.4f}"
-            + (f"  | longevity within-region r2 {m['longevity/within_region_r2']:.4f} pooled "
-               f"{m.get('longevity/r2', nan):.4f}" if "longevity/within_region_r2" in m else ""))
+            + "".join(f"  | {t} within-region r2 {m[f'{t}/within_region_r2']:.4f} pooled "
+                      f"{m.get(f'{t}/r2', nan):.4f}" for t in factory.MP2_TARGETS
+                      if f"{t}/within_region_r2" in m))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -141,3 +141,28 @@ def test_within_region_r2_and_region_means_baseline():
   m = metrics.per_region(target, target, w, ids, ["a", "b"])
   assert m["within_region_r2"] == pytest.approx(1.0)
   assert m["within_region_r2"] == pytest.approx(np.mean([m["a/r2"], m["b/r2"]]))
+
+
+def test_two_targets_weigh_alike_in_the_loss(tmp_path):
+  """loss_weights = (sd of the first / sd of each)²: a target in small units (the longevity
+  slope) counts as much as the summed streams."""
+  import ml_collections
+  from mpjax import tasks
+  task = tasks.get(ml_collections.ConfigDict({"task": "mp2"}))
+  c = ml_collections.ConfigDict({"task": "mp2", "mp2": {"targets": ("mp2", "longevity")}})
+  manifest = {"target_stats": {"mp2_mean": 15.0, "mp2_std": 2.0, "longevity_mean": -0.2,
+                               "longevity_std": 0.1}}
+  task.check_data(c, manifest, str(tmp_path))
+  assert c.mp2.loss_weights == pytest.approx((1.0, 400.0))
+  w = jnp.ones((2, 3))
+  batch = {"mp2": jnp.full((2, 3), 15.0), "mp2_weight": w,
+           "longevity": jnp.full((2, 3), -0.2), "longevity_weight": w}
+  out = jnp.stack([jnp.full((2, 3), 17.0), jnp.full((2, 3), -0.1)], -1)  # one sd off each
+  assert float(task.loss(out, batch, c)) == pytest.approx((4.0 + 400.0 * 0.01) / 2)
+  one = ml_collections.ConfigDict({"task": "mp2", "mp2": {"targets": ("mp2",)}})
+  task.check_data(one, manifest, str(tmp_path))
+  assert "loss_weights" not in one.mp2  # one target: the plain MSE, as before
+  bad = {"target_stats": {**manifest["target_stats"], "longevity_std": None}}
+  with pytest.raises(ValueError, match="longevity"):
+    task.check_data(ml_collections.ConfigDict({"task": "mp2", "mp2": {"targets": ("mp2", "longevity")}}),
+                    bad, str(tmp_path))
