@@ -370,7 +370,6 @@ def _weeks(K, sel_first, sel_region, sel_weekly, r_pair, off, streams, has_chart
   e, o, s = r_pair[keep], off[keep], streams[keep]
   k = o // 7
   ok = ~np.isnan(s)
-  w = sel_weekly[e]
   np.add.at(value, (e[ok], k[ok]), s[ok])
   np.add.at(n_val, (e[ok], k[ok]), 1)
   start = sel_first[:, None] + 7 * np.arange(K)[None, :] - day0  # block start, column index
