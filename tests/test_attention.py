@@ -123,13 +123,16 @@ def mp2_step_lowered(platform, dtype, attention="auto", batch=2):
   config = configs_mp2.get_config("demo")
   config.model.update(dtype=dtype, attention=attention, depth=2, input_tdim=64, input_fdim=32)
   cfg = factory.model_config(config)
-  graphdef, params = nnx.split(mp2.MP2(cfg, 3, "cls_token", rngs=nnx.Rngs(0)), nnx.Param)
+  targets = factory.mp2_targets(config)
+  model = mp2.MP2(cfg, 3, "cls_token", num_targets=len(targets), rngs=nnx.Rngs(0))
+  graphdef, params = nnx.split(model, nnx.Param)
   tx = train.make_optimizer(config, params, cfg.depth)
   step, _ = train.make_steps(graphdef, tx, None, config)
   state = {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
   batch = {"fbank": jnp.zeros((batch, 64, 32), jnp.float32),
            "region_ids": jnp.zeros((batch, 2), jnp.int32),
-           "mp2": jnp.zeros((batch, 2), jnp.float32), "mp2_weight": jnp.ones((batch, 2))}
+           **{k: jnp.zeros((batch, 2), jnp.float32) for k in targets},
+           **{f"{k}_weight": jnp.ones((batch, 2)) for k in targets}}
   return jax.jit(step).trace(state, batch).lower(lowering_platforms=(platform,)).as_text()
 
 
