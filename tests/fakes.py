@@ -30,7 +30,7 @@ def tiny_dataset(tmp_path_factory, n_songs=40, n_artists=10):
   raw = str(tmp_path_factory.mktemp("raw"))
   out = str(tmp_path_factory.mktemp("ds"))
   synthetic.generate(raw, seed=2, n_songs=n_songs, n_artists=n_artists,
-                     regions=("global", "us", "kr"), clip_seconds=5.5, weeks=36)
+                     regions=("global", "us", "kr"), clip_seconds=5.5, weeks=36, fit_chart_oracle=False)
   build.build(build.BuildConfig(raw=raw, out=out, progress=False, records_per_shard=8))
   return out
 

@@ -216,7 +216,7 @@ def data(tmp_path_factory):
   raw = str(tmp_path_factory.mktemp("raw"))
   out = str(tmp_path_factory.mktemp("ds"))
   synthetic.generate(raw, seed=3, n_songs=40, n_artists=10, regions=("global", "us", "kr"),
-                     clip_seconds=5.5, weeks=36, horizon=12)
+                     clip_seconds=5.5, weeks=36, horizon=12, fit_chart_oracle=False)
   build.build(build.BuildConfig(raw=raw, out=out, progress=False, records_per_shard=8, horizon=12))
   return out
 

@@ -23,7 +23,7 @@ def data(tmp_path_factory):
   root = tmp_path_factory.mktemp("pipeline")
   raw, out = str(root / "raw"), str(root / "ds")
   synthetic.generate(raw, seed=1, n_songs=30, n_artists=8, regions=("global", "us", "kr"),
-                     clip_seconds=5.5, weeks=36)
+                     clip_seconds=5.5, weeks=36, fit_chart_oracle=False)
   build.build(build.BuildConfig(raw=raw, out=out, progress=False, records_per_shard=8))
   return out
 

@@ -21,8 +21,9 @@ REGIONS = ("global", "us", "kr", "br")
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory):
   out = {}
-  for name, kw in (("a", dict(seed=0)), ("a2", dict(seed=0)), ("b", dict(seed=1)),
-                   ("null", dict(seed=0, null=True))):
+  for name, kw in (("a", dict(seed=0)), ("a2", dict(seed=0)),
+                   ("b", dict(seed=1, fit_chart_oracle=False)),
+                   ("null", dict(seed=0, null=True, fit_chart_oracle=False))):
     path = str(tmp_path_factory.mktemp(name))
     out[name] = (path, synthetic.generate(path, **SMALL, **kw))
   return out
@@ -420,6 +421,19 @@ def test_audio_effect_dose_scales_the_planted_effect():
 def test_audio_effect_must_be_a_non_negative_number(tmp_path):
   with pytest.raises(ValueError, match="audio_effect"):
     synthetic.generate(str(tmp_path), audio_effect=-1.0, **SMALL)
+
+
+def test_truth_carries_the_chart_oracle_unless_skipped(dirs):
+  fitted = truth(dirs["a"][0])["oracle_chart"]
+  for target in ("mp2", "longevity"):
+    for group in ("audio", "extrinsic", "both"):
+      res = fitted[target][group]
+      assert set(REGIONS) <= set(res) and res["pairs"] > 0
+      assert -1.0 < res["within_region"] <= 1.0
+  assert dirs["a"][1]["oracle_chart_longevity_r2_within_region"]["audio"] == \
+      fitted["longevity"]["audio"]["within_region"]
+  assert truth(dirs["b"][0])["oracle_chart"] is None
+  assert not any(k.startswith("oracle_chart") for k in dirs["b"][1])
 
 
 def test_chart_oracle_longevity_is_audio_and_mp2_extrinsic():
