@@ -73,12 +73,14 @@ def train_ssl_demo(workdir: str) -> str:
 
 def train_mp2_demo(config, workdir: str, init_from: str | None = None) -> str:
   """The MP3 demo's encoder: trains (or resumes) the MP2 demo in WORKDIR/mp2 on the same data
-  (from `init_from`, e.g. the SSL demo's checkpoints, when given)."""
+  (from `init_from`, e.g. the SSL demo's checkpoints, when given), with the run's seed so that
+  seeds of the demo vary its encoder too."""
   from configs import mp2 as mp2_config
   from mpjax import train
 
   mp2 = mp2_config.get_config("demo")
   mp2.data_dir = config.data_dir
+  mp2.seed = config.seed
   mp2.init_from = init_from
   if init_from and config.get("mp2_finetune"):  # e.g. a gentler LR for a pretrained encoder
     mp2.optim.update(dict(config.mp2_finetune))
