@@ -32,11 +32,32 @@ def test_within_region_r2_ignores_region_offsets():
 
 def test_song_bootstrap_interval_covers_and_excludes_as_it_should():
   y, pred, region, song = _pairs(0.5)
-  lo, hi = dose.song_bootstrap(y, pred, region, song, n=300)
+  lo, hi = dose.song_bootstrap(dose.within_region_r2, y, (pred,), region, song, n=300)
   assert lo < dose.within_region_r2(y, pred, region) < hi and lo > 0.2
   # No signal: a prediction unrelated to the target, the interval holds 0 or lies below it.
   rng = np.random.default_rng(1)
   means = np.array([y[region == r].mean() for r in region])
   noise_pred = means + 0.01 * rng.normal(size=len(y))
-  lo, hi = dose.song_bootstrap(y, noise_pred, region, song, n=300)
+  lo, hi = dose.song_bootstrap(dose.within_region_r2, y, (noise_pred,), region, song, n=300)
   assert lo < 0.05 and hi < 0.2
+
+
+def test_gain_over_the_region_mean_is_paired_and_zero_without_signal():
+  y, pred, region, song = _pairs(0.5)
+  means = np.array([y[region == r].mean() for r in region])
+  assert dose.gain_over(y, means, means, region) == 0.0
+  # Pooled over regions: SSEs and SSTs summed, so it equals the mean R² when regions are alike.
+  assert dose.pooled_within_region_r2(y, pred, region) == pytest.approx(
+      dose.within_region_r2(y, pred, region), abs=0.05)
+  gain = dose.gain_over(y, pred, means, region)
+  lo, hi = dose.song_bootstrap(dose.gain_over, y, (pred, means), region, song, n=300)
+  assert 0.3 < lo < gain < hi
+  rng = np.random.default_rng(2)
+  lo, hi = dose.song_bootstrap(dose.gain_over, y, (means + 0.01 * rng.normal(size=len(y)), means),
+                               region, song, n=300)
+  assert -0.01 < lo <= hi < 0.01
+  # A resampled region whose targets are equal: the pooled figure stays finite, the mean of
+  # per-region R²s leaves that region out.
+  flat = y.copy()
+  flat[region == "br"] = 1.0
+  assert np.isfinite(dose.pooled_within_region_r2(flat, pred, region))
