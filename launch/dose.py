@@ -216,21 +216,20 @@ def main(argv=None):
     y, pred = test[args.target], test[f"pred_{args.target}"]
     region, song = test["region"], test["song_id"]
     d = result["doses"].setdefault(dose, {"seeds": {}})
+    # Per point, on its own test pairs (a dose's seeds share the world, so these agree).
+    orc, means = oracle_predictions(os.path.join(w, "raw"), os.path.join(w, "data"),
+                                    args.target, test)
     if "oracle" not in d:
-      orc, means = oracle_predictions(os.path.join(w, "raw"), os.path.join(w, "data"),
-                                      args.target, test)
-      d["_preds"] = (orc, means)
       d["oracle"] = score(y, orc, means, region, song)
       d["region_mean"] = {"within_region_r2": within_region_r2(y, means, region),
                           "ci95": song_bootstrap(within_region_r2, y, (means,), region, song)}
-    d["seeds"][seed] = {**score(y, pred, d["_preds"][1], region, song),
+    d["seeds"][seed] = {**score(y, pred, means, region, song),
                         "pairs": int(ok.sum()), "songs": int(len(np.unique(song)))}
     print(f"[dose] dose {dose} seed {seed}: within-region R² {d['seeds'][seed]['within_region_r2']:.3f} "
           f"{d['seeds'][seed]['ci95']}, gain {d['seeds'][seed]['gain']:.3f} "
           f"{d['seeds'][seed]['gain_ci95']}; oracle {d['oracle']['within_region_r2']:.3f}, "
           f"gain {d['oracle']['gain']:.3f}", flush=True)
   for d in result["doses"].values():
-    d.pop("_preds", None)
     for key in ("within_region_r2", "gain"):
       v = [s[key] for s in d["seeds"].values()]
       d[f"{key}_mean"] = float(np.mean(v))
