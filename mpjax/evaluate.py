@@ -1,11 +1,12 @@
 """Score a trained run on any dataset built with the same region vocabulary, without training.
 
     python -m mpjax.evaluate --workdir=RUN [--data=DATASET] [--split=test] [--step=latest|best|N]
-        [--out=DIR]
+        [--out=DIR] [--eval_crops=C]
 
 A later period or another country set, built by `data_prep.build` with the same regions (and,
 for MP3, the same horizon), is read with the run's own input settings and the fbank
-normalisation of the run's training data (not the new dataset's). Written to `--out` (default
+normalisation of the run's training data (not the new dataset's). MP2 with --eval_crops=C > 1
+predicts from C evenly spaced crops of each clip and averages them. Written to `--out` (default
 RUN/eval/<dataset>-<split>-step<N>/):
   metrics.json   the model's metrics on the split (what training logs as test/... at its end)
   MP2 also:      predictions.npz: per (record, region) the song_id, region, each target of
@@ -72,7 +73,7 @@ def write_mp2_predictions(path: str, rows: dict, config, data_dir: str, split: s
 
 
 def evaluate(workdir: str, data_dir: str | None = None, split: str = "test", step: str = "latest",
-             out: str | None = None) -> dict[str, float]:
+             out: str | None = None, eval_crops: int | None = None) -> dict[str, float]:
   """Scores the run's checkpoint on `split` of `data_dir`; returns the metrics (module doc)."""
   config = export_lib.run_config(workdir)
   run_manifest = records.load_manifest(config.data_dir)
@@ -82,6 +83,11 @@ def evaluate(workdir: str, data_dir: str | None = None, split: str = "test", ste
   step_n, _ = export_lib.choose_step(workdir, str(step), config)
   with config.unlocked():
     config.data_dir = data_dir
+    if eval_crops is not None:
+      if eval_crops < 1 or (eval_crops > 1 and config.task != "mp2"):
+        raise ValueError(f"eval_crops={eval_crops}: MP2 takes C >= 1 crops, "
+                         f"{config.task} one centre crop")
+      config.input.eval_crops = int(eval_crops)
     if config.input.get("fbank_mean") is None and run_manifest["fbank"].get("mean") is not None:
       config.input.fbank_mean = run_manifest["fbank"]["mean"]
       config.input.fbank_std = run_manifest["fbank"]["std"]
@@ -141,6 +147,8 @@ def define_flags():
   flags.DEFINE_string("step", "latest", "checkpoint: latest, best (by the run's validation "
                       "metric) or a step number")
   flags.DEFINE_string("out", None, "output directory (default RUN/eval/<data>-<split>-step<N>)")
+  flags.DEFINE_integer("eval_crops", None, "MP2: average the predictions of this many evenly "
+                       "spaced crops of each clip (default: the run's input.eval_crops)")
 
 
 def main(argv):
@@ -155,7 +163,7 @@ def main(argv):
   if settings:
     jax.distributed.initialize(**settings)
   try:
-    evaluate(f.workdir, f.data, f.split, f.step, f.out)
+    evaluate(f.workdir, f.data, f.split, f.step, f.out, f.eval_crops)
   except (FileNotFoundError, ValueError) as e:
     raise SystemExit(f"mpjax.evaluate: {e}") from None
 

@@ -149,9 +149,16 @@ class MP2Task(Task):
     return [stats.get(f"{t}_mean") or 0.0 for t in factory.mp2_targets(config)]
 
   def forward(self, model, batch, config, fbank=None, patchout_key=None):
-    """[B, R, targets] predictions."""
+    """[B, R, targets] predictions. Eval with input.eval_crops = C > 1 gives fbank
+    [B, C, T, F]: the prediction is the mean over the C crops of the clip."""
     fbank = batch["fbank"] if fbank is None else fbank
-    return model.all_targets(fbank, batch["region_ids"], patchout_key=patchout_key)
+    regions = batch["region_ids"]
+    if fbank.ndim == 4:
+      b, c = fbank.shape[:2]
+      pred = model.all_targets(fbank.reshape(b * c, *fbank.shape[2:]),
+                               jnp.repeat(regions, c, axis=0), patchout_key=patchout_key)
+      return pred.reshape(b, c, *pred.shape[1:]).mean(axis=1)
+    return model.all_targets(fbank, regions, patchout_key=patchout_key)
 
   def loss(self, out, batch, config):
     targets = factory.mp2_targets(config)

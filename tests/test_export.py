@@ -332,6 +332,20 @@ def test_evaluate_reproduces_the_end_of_training_test_metrics(runs, task, tmp_pa
     assert np.isfinite(z["mp2"]).sum() >= 3 and np.isfinite(got["r2"])  # the tiny split: 3 pairs
 
 
+def test_evaluate_with_several_crops(runs, tmp_path):
+  from mpjax import evaluate
+  work, _ = runs["mp2"]
+  one = evaluate.evaluate(work, split="test", out=str(tmp_path / "c1"))
+  three = evaluate.evaluate(work, split="test", out=str(tmp_path / "c3"), eval_crops=3)
+  z1, z3 = (np.load(tmp_path / d / "predictions.npz") for d in ("c1", "c3"))
+  np.testing.assert_array_equal(z1["song_id"], z3["song_id"])
+  assert three["n"] == one["n"] and not np.allclose(z1["pred_mp2"], z3["pred_mp2"])
+  with pytest.raises(ValueError, match="eval_crops=0"):
+    evaluate.evaluate(work, split="test", out=str(tmp_path / "c0"), eval_crops=0)
+  with pytest.raises(ValueError, match="mp3 one centre crop"):
+    evaluate.evaluate(runs["mp3"][0], split="test", out=str(tmp_path / "m3"), eval_crops=2)
+
+
 def test_evaluate_on_another_dataset_and_a_foreign_vocabulary(runs, tmp_path_factory):
   from data_prep import build, synthetic
   from mpjax import evaluate

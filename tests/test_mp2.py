@@ -166,3 +166,17 @@ def test_two_targets_weigh_alike_in_the_loss(tmp_path):
   with pytest.raises(ValueError, match="longevity"):
     task.check_data(ml_collections.ConfigDict({"task": "mp2", "mp2": {"targets": ("mp2", "longevity")}}),
                     bad, str(tmp_path))
+
+
+def test_eval_crops_average_the_predictions_of_each_crop():
+  """input.eval_crops = C gives fbank [B, C, T, F]; MP2 predicts each crop and averages."""
+  from mpjax import tasks
+  m = mp2.MP2(CFG, 4, "cls_token", rngs=nnx.Rngs(0), num_targets=2)
+  m.head.kernel[...] = jax.random.normal(jax.random.key(1), m.head.kernel.shape)
+  crops = np.random.RandomState(1).randn(3, 2, 48, 32).astype(np.float32)
+  r = np.array([[0, 2], [1, 3], [3, 0]], np.int32)
+  got = tasks.MP2Task().forward(m, {"fbank": jnp.asarray(crops), "region_ids": r}, None)
+  each = [m.all_targets(jnp.asarray(crops[:, c]), r) for c in range(2)]
+  assert got.shape == (3, 2, 2)
+  np.testing.assert_allclose(got, (each[0] + each[1]) / 2, rtol=1e-4, atol=1e-5)
+  assert not np.allclose(each[0], each[1])  # the crops differ, so the mean is not either one
