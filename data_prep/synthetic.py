@@ -62,7 +62,10 @@ Per (song, region), with region constants mu_r, d0_r, g_r and preference weights
 e_L, e_d ~ N(0, 1). Audio acts only on longevity (d) and on the size of the TikTok second rise
 (V), never on the debut level. With `null=True` everything is identical (audio files included)
 except that A and V use a phantom attribute vector drawn independently of the audio (same
-distribution): popularity is then independent of the audio.
+distribution): popularity is then independent of the audio. With `audio_on='debut'` (the
+negative control of H) the audio moves to the debut: L gains DEBUT_AUDIO_W e sum_j w_rj x_sj
+(DEBUT_AUDIO_W = 0.5) while A and V use the phantom, so the audio sets the debut and not the
+decay.
 
 Album versions: a few songs (`alt_fraction`) have a second track (same ISRC, so same song_id; a
 different 8 s excerpt of the same composition) whose streams are share_s × the song's streams,
@@ -139,6 +142,8 @@ FLOOR_GAP = 1.5  # chart floor = exp(mu_r - FLOOR_GAP) weekly streams
 
 # The popularity model's constants (see the module docstring).
 FAME_W, PROMO_W, HOME_W, DEBUT_SD = 0.55, 0.6, 0.7, 0.35
+DEBUT_AUDIO_W = 0.5  # audio_on='debut' only: weight of the appeal in the debut level
+AUDIO_ON = ("longevity", "debut")
 DECAY_SD = 0.15
 AR_RHO, AR_SD = 0.7, 0.08
 WAVE_BASE, WAVE_HOOK = 0.4, 1.8
@@ -374,7 +379,7 @@ def _names(rng, n_artists, n_songs):
 
 
 def sample_world(*, seed, n_songs, n_artists, regions, weeks, horizon, tiktok_fraction,
-                 alt_fraction, null, audio_effect=1.0):
+                 alt_fraction, null, audio_effect=1.0, audio_on="longevity"):
   """Draws everything but the weekly noise and the audio: a dict of numpy arrays and lists."""
   if n_songs < 1 or n_artists < 1:
     raise ValueError("need at least one song and one artist")
@@ -410,7 +415,8 @@ def sample_world(*, seed, n_songs, n_artists, regions, weeks, horizon, tiktok_fr
   rp = _rng(seed, "phantom")
   u_ph = rp.random((n_songs, len(ATTRIBUTES)))
   u_ph[:, ATTRIBUTES.index("mode")] = (rp.random(n_songs) < MAJOR_P).astype(np.float64)
-  u_pref = u_ph if null else u
+  # The debut control: the audio sets the level, and a phantom the decay and the wave.
+  u_pref = u_ph if null or audio_on == "debut" else u
 
   ralt = _rng(seed, "alt")
   n_alt = int(round(alt_fraction * n_songs))
@@ -425,7 +431,7 @@ def sample_world(*, seed, n_songs, n_artists, regions, weeks, horizon, tiktok_fr
       "release": release, "promo": promo, "tiktok": tiktok, "feat": feat, "u": u, "u_pref": u_pref,
       "wave_week": wave_week, "wave_width": wave_width, "duration_ms": duration_ms,
       "alt_song": alt_song, "alt_share": alt_share, "alt_delay": alt_delay, "null": bool(null),
-      "audio_effect": float(audio_effect),
+      "audio_effect": float(audio_effect), "audio_on": audio_on,
   }
 
 
@@ -446,10 +452,14 @@ def _home_onehot(world, home_idx):
   return (codes[np.asarray(home_idx)][..., None] == np.arange(len(regs))).astype(np.float64)
 
 
-def _levels(world, fame, promo, home_idx, e_L):
+def _levels(world, fame, promo, home_idx, e_L, u):
+  """Debut levels [..., R]; u (the audio attributes) counts only in the audio_on='debut' world."""
   mu = np.array([p["mu"] for p in world["region_params"]])
-  return (mu + FAME_W * fame[..., None] + PROMO_W * promo[..., None]
-          + HOME_W * _home_onehot(world, home_idx) + DEBUT_SD * e_L)
+  level = (mu + FAME_W * fame[..., None] + PROMO_W * promo[..., None]
+           + HOME_W * _home_onehot(world, home_idx) + DEBUT_SD * e_L)
+  if world.get("audio_on") == "debut" and not world["null"]:
+    level = level + DEBUT_AUDIO_W * world["audio_effect"] * (_centred(u) @ _pref_matrix(world).T)
+  return level
 
 
 def _decays(world, u_pref, e_d):
@@ -491,7 +501,7 @@ def simulate(world, *, seed, weeks):
   e_d = rc.standard_normal((S, R))
   eta = _ar_noise(rc, (S, R), weeks)
   fame_s = world["fame"][world["artist"]]
-  L = _levels(world, fame_s, world["promo"], world["home"][world["artist"]], e_L)
+  L = _levels(world, fame_s, world["promo"], world["home"][world["artist"]], e_L, world["u"])
   d, appeal = _decays(world, world["u_pref"], e_d)
   V = _waves(world, world["tiktok"], world["u_pref"])
   k = np.arange(weeks)[None, None, :] - world["release"][:, None, None]
@@ -570,7 +580,8 @@ def oracle(world, sim, *, seed, mp2_weeks, horizon, samples=ORACLE_SAMPLES):
   `samples` times from its true distribution -- the audio attributes from their prior (they are
   independent of everything extrinsic), the extrinsic tuple (fame, home, promotion, TikTok) from
   the songs' empirical joint distribution, and all noise (e_L, e_d, eta, k_b, sigma_b) always.
-  In the null variant the attributes that drive decay and wave are a phantom, never given.
+  In the null variant, and in the audio_on='debut' world, the attributes that drive decay and
+  wave are a phantom, never given (in the latter the given audio sets the debut level).
   """
   S, R = sim["level"].shape
   rng = _rng(seed, "oracle")
@@ -595,12 +606,17 @@ def oracle(world, sim, *, seed, mp2_weeks, horizon, samples=ORACLE_SAMPLES):
     else:
       j = rng.integers(S, size=(samples, n))
       e = {name: v[j] for name, v in ext.items()}
-    if "audio" in given and not world["null"]:
-      u = np.broadcast_to(world["u_pref"][songs], (samples, n, len(ATTRIBUTES)))
-    else:
+    def prior():
       u = rng.random((samples, n, len(ATTRIBUTES)))
       u[..., ATTRIBUTES.index("mode")] = rng.random((samples, n)) < MAJOR_P
-    L = _levels(world, e["fame"], e["promo"], e["home"], rng.standard_normal((samples, n, R)))
+      return u
+
+    audio = (np.broadcast_to(world["u"][songs], (samples, n, len(ATTRIBUTES)))
+             if "audio" in given and not world["null"] else prior())
+    # Decay and wave: the audio, else (debut world) a phantom; the null world's audio counts nowhere.
+    u = audio if world["u_pref"] is world["u"] or world["null"] else prior()
+    L = _levels(world, e["fame"], e["promo"], e["home"], rng.standard_normal((samples, n, R)),
+                audio)
     d, _ = _decays(world, u, rng.standard_normal((samples, n, R)))
     V = _waves(world, e["tiktok"], u)
     kb = rng.integers(WAVE_WEEKS[0], WAVE_WEEKS[1] + 1, size=(samples, n))[..., None, None]
@@ -761,7 +777,8 @@ FORMULAS = {
                   "percussiveness drum gain u x tonal RMS; hook: a beat is the 1-beat motif with p "
                   "0.1+0.85u, motif notes (1+0.8u) louder; loudness RMS = -32+14u dBFS",
     "debut_level": "L = mu_r + 0.55 f_a + 0.6 P_s + 0.7 [h_a = r] + 0.35 e_L  (natural-log weekly "
-                   "streams at release; no audio term)",
+                   "streams at release; no audio term; params.audio_on = 'debut': + 0.5 e sum_j "
+                   "w_rj x_sj, the audio's appeal, while A and V use a phantom)",
     "appeal": "A = e sum_j w_rj x_sj (e = params.audio_effect, the dose) over the six attributes (w_r = region prefs); null variant: x "
               "from an independent phantom draw instead of the audio",
     "decay": "d = d0_r exp(-A + 0.15 e_d) per week",
@@ -895,13 +912,14 @@ def _truth(world, sim, ids, pos, comps, orc, det, *, seed, params, start, dates)
                        "mode": "major" if u[5] >= 0.5 else "minor"},
         "attributes_u": dict(zip(ATTRIBUTES, u.tolist())),
         "attributes_x": dict(zip(ATTRIBUTES, x[s].tolist())),
-        "phantom_u": dict(zip(ATTRIBUTES, world["u_pref"][s].tolist())) if world["null"] else None,
+        "phantom_u": (dict(zip(ATTRIBUTES, world["u_pref"][s].tolist()))
+                      if world["u_pref"] is not world["u"] else None),
         "composition": comps[s], "regions": per_region,
         "detect": {a: v if np.isfinite(v) else None for a, v in det["songs"][s].items()}})
   names = world["artist_names"]
   return {
       "format_version": 1, "generator": "data_prep.synthetic", "seed": int(seed),
-      "null": world["null"], "params": params,
+      "null": world["null"], "audio_on": world["audio_on"], "params": params,
       "constants": {"fame_w": FAME_W, "promo_w": PROMO_W, "home_w": HOME_W, "debut_sd": DEBUT_SD,
                     "decay_sd": DECAY_SD, "ar_rho": AR_RHO, "ar_sd": AR_SD, "wave_base": WAVE_BASE,
                     "wave_hook": WAVE_HOOK, "wave_weeks": list(WAVE_WEEKS),
@@ -933,7 +951,8 @@ def generate(raw_dir: str, *, seed: int = 0, n_songs: int = 240, n_artists: int 
              horizon: int = 26, null: bool = False, tiktok_fraction: float = 0.15,
              chart_size: int = 50, alt_fraction: float = 0.05, mp2_weeks: int = 6,
              start_date: str = START_DATE, audio_effect: float = 1.0,
-             fit_chart_oracle: bool = True, progress: bool = False) -> dict:
+             audio_on: str = "longevity", fit_chart_oracle: bool = True,
+             progress: bool = False) -> dict:
   """Writes the synthetic raw-data directory (see the module docstring); returns a summary dict.
 
   seed: everything is a deterministic function of the arguments. n_songs songs by n_artists
@@ -945,6 +964,8 @@ def generate(raw_dir: str, *, seed: int = 0, n_songs: int = 240, n_artists: int 
   mp2_weeks: the oracle's MP2 window. audio_effect: the dose of the planted audio effect, a
   factor on the appeal A and on the hook's part of the TikTok wave (0: the audio has no effect
   on popularity, the same world otherwise; 1: the default world; 2: twice the effect).
+  audio_on: 'longevity' (the default world: audio sets decay and wave, hypothesis H) or 'debut'
+  (the negative control of H: audio sets the debut level, a phantom the decay and wave).
   fit_chart_oracle: fit truth.json's 'oracle_chart' (`chart_oracle`, the largest share of the
   time for big worlds); False writes it as null. progress: log to stderr.
   """
@@ -963,17 +984,23 @@ def generate(raw_dir: str, *, seed: int = 0, n_songs: int = 240, n_artists: int 
     raise ValueError(f"chart_size must be >= 1, got {chart_size}")
   if not (np.isfinite(audio_effect) and audio_effect >= 0):
     raise ValueError(f"audio_effect must be a finite number >= 0, got {audio_effect}")
+  if audio_on not in AUDIO_ON:
+    raise ValueError(f"audio_on must be one of {AUDIO_ON}, got {audio_on!r}")
+  if null and audio_on != "longevity":
+    raise ValueError("null=True (audio has no effect) contradicts audio_on='debut'")
   start = dt.date.fromisoformat(start_date)
   log = (lambda *a: print(*a, file=sys.stderr, flush=True)) if progress else (lambda *a: None)
   params = {"n_songs": n_songs, "n_artists": n_artists, "regions": regions,
             "clip_seconds": clip_seconds, "weeks": weeks, "horizon": horizon,
             "tiktok_fraction": tiktok_fraction, "chart_size": chart_size,
             "alt_fraction": alt_fraction, "mp2_weeks": mp2_weeks, "start_date": start_date,
-            "sample_rate": SAMPLE_RATE, "audio_effect": float(audio_effect)}
+            "sample_rate": SAMPLE_RATE, "audio_effect": float(audio_effect),
+            "audio_on": audio_on}
 
   world = sample_world(seed=seed, n_songs=n_songs, n_artists=n_artists, regions=regions,
                        weeks=weeks, horizon=horizon, tiktok_fraction=tiktok_fraction,
-                       alt_fraction=alt_fraction, null=null, audio_effect=audio_effect)
+                       alt_fraction=alt_fraction, null=null, audio_effect=audio_effect,
+                       audio_on=audio_on)
   sim = simulate(world, seed=seed, weeks=weeks)
   S, R = n_songs, len(regions)
   n_alt = len(world["alt_song"])
@@ -1072,6 +1099,9 @@ def main(argv=None):
                   help="share of songs with a second (album version) track")
   ap.add_argument("--mp2-weeks", type=int, default=6)
   ap.add_argument("--null", action="store_true", help="audio has no effect on popularity")
+  ap.add_argument("--audio-on", choices=AUDIO_ON, default="longevity",
+                  help="what the audio drives: 'longevity' (decay and TikTok wave; H) or "
+                       "'debut' (the debut level: the control world where H must be rejected)")
   ap.add_argument("--audio-effect", type=float, default=1.0,
                   help="dose of the planted audio effect (0 none, 1 default, 2 twice)")
   ap.add_argument("--build", metavar="DATASET", default=None,
@@ -1087,7 +1117,8 @@ def main(argv=None):
       clip_seconds=args.clip_seconds, weeks=args.weeks, horizon=args.horizon, null=args.null,
       tiktok_fraction=args.tiktok_fraction, chart_size=args.chart_size,
       alt_fraction=args.alt_fraction, mp2_weeks=args.mp2_weeks,
-      audio_effect=args.audio_effect, fit_chart_oracle=not args.no_chart_oracle,
+      audio_effect=args.audio_effect, audio_on=args.audio_on,
+      fit_chart_oracle=not args.no_chart_oracle,
       progress=not args.quiet)
   print(json.dumps(summary, indent=1))
   if args.build:

@@ -418,6 +418,32 @@ def test_audio_effect_dose_scales_the_planted_effect():
   assert late[0] < 0.05 < late[1] < late[2], late
 
 
+def test_debut_world_moves_the_audio_from_the_decay_to_the_debut():
+  """audio_on='debut', the negative control of H: the audio sets the debut level, not the decay."""
+  def world(audio_on):
+    w = synthetic.sample_world(seed=3, n_songs=600, n_artists=150, regions=REGIONS, weeks=40,
+                               horizon=20, tiktok_fraction=0.2, alt_fraction=0.0, null=False,
+                               audio_on=audio_on)
+    sim = synthetic.simulate(w, seed=3, weeks=40)
+    appeal = synthetic._centred(w["u"]) @ synthetic._pref_matrix(w).T  # the real audio's [S, R]
+    r = lambda v: np.mean([stats.pearsonr(appeal[:, j], v[:, j])[0] for j in range(len(REGIONS))])
+    return w, sim, r(sim["level"]), r(-np.log(sim["decay"]))
+
+  w_l, s_l, level_l, decay_l = world("longevity")
+  w_d, s_d, level_d, decay_d = world("debut")
+  assert abs(level_l) < 0.1 and decay_l > 0.9        # H's world: audio -> decay only
+  assert level_d > 0.4 and abs(decay_d) < 0.1        # the control: audio -> debut only
+  np.testing.assert_array_equal(w_l["u"], w_d["u"])  # the same songs and audio
+  o = synthetic.oracle(w_d, s_d, seed=3, mp2_weeks=6, horizon=20, samples=64)
+  assert o["mp2"]["audio"]["within_region"] > 0.1
+
+
+@pytest.mark.parametrize("kw", [dict(audio_on="chorus"), dict(audio_on="debut", null=True)])
+def test_audio_on_is_checked(tmp_path, kw):
+  with pytest.raises(ValueError, match="audio_on"):
+    synthetic.generate(str(tmp_path), **{**SMALL, **kw})
+
+
 def test_audio_effect_must_be_a_non_negative_number(tmp_path):
   with pytest.raises(ValueError, match="audio_effect"):
     synthetic.generate(str(tmp_path), audio_effect=-1.0, **SMALL)
