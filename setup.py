@@ -24,6 +24,7 @@ INSTALL_REQUIRES = [
     "soxr>=0.3",  # resampling to 16 kHz
     "pandas>=2.0",
     "scikit-learn>=1.6",  # baselines (ridge), probes (GroupKFold with shuffle: 1.6+)
+    "lifelines>=0.27",  # T: Kaplan-Meier, log-rank, Cox with cluster-robust SEs (pure Python)
     "spotipy>=2.24",
     "requests>=2.31",
     "urllib3>=2.0",  # Retry(backoff_jitter=...)

@@ -1,5 +1,7 @@
 """Research question T: shape statistics on hand-made curves, the planted TikTok wave found (and
-not found under shuffled labels), label CSVs, the report files and the model-error comparison."""
+not found under shuffled labels), label CSVs, the report files and the model-error comparison;
+censored durations, Kaplan-Meier against hand values, the Cox hazard ratio recovered on a
+planted sample, Holm, and T with a label CSV on a chart-only dataset built from real kworb data."""
 from __future__ import annotations
 
 import json
@@ -130,9 +132,15 @@ def test_labels_from_csv(pairs, tmp_path):
   nothing.write_text("key,label\nsomeone - something,1\n")
   with pytest.raises(ValueError, match="nothing.csv"):
     tiktok.labels_from_csv(pairs, str(nothing))
+  # track,label and song,label name the key column too.
+  for col in ("track", "song"):
+    other = tmp_path / f"{col}.csv"
+    other.write_text(f"{col},label\n{track},1\n")
+    assert (tiktok.labels_from_csv(pairs, str(other)) == np.where(pairs["track"] == track, 1, -1)
+            ).all()
   wrong = tmp_path / "wrong.csv"
   wrong.write_text(f"track,tiktok\n{track},1\n")
-  with pytest.raises(ValueError, match="wrong.csv.*key,label"):
+  with pytest.raises(ValueError, match="wrong.csv.*track,label or key,label"):
     tiktok.labels_from_csv(pairs, str(wrong))
   odd = tmp_path / "odd.csv"
   odd.write_text(f"key,label\n{track},yes\n")
@@ -194,30 +202,192 @@ def test_run_writes_report(pairs, tmp_path):
   out = str(tmp_path / "out")
   printed = []
   res = tiktok.run(pairs, labels, out, label_source="dataset label 'tiktok'", predictions=preds,
-                   permutations=500, seed=1, log=printed.append)
-  for name in ("tiktok.json", "tiktok.md", "tiktok_curves.png", "tiktok_stats.png"):
+                   permutations=500, seed=1, bootstrap=100, log=printed.append)
+  for name in ("tiktok.json", "tiktok.md", "tiktok_curves.png", "tiktok_stats.png",
+               "tiktok_survival.png"):
     assert os.path.getsize(os.path.join(out, name)) > 0, name
   with open(os.path.join(out, "tiktok.json")) as f:
     saved = json.load(f)  # strict JSON: NaN written as null
   assert saved["label_source"] == "dataset label 'tiktok'"
-  assert saved["permutations"] == 500 and saved["seed"] == 1
+  assert saved["permutations"] == 500 and saved["seed"] == 1 and saved["bootstrap"] == 100
   assert saved["stats"]["second_rise"]["p"] == pytest.approx(1 / 501)
   assert saved["model_error"]["available"] is True
   assert res["stats"] == saved["stats"]
+  # Holm over the ten tests: every adjusted p is there and >= its raw p.
+  sv, adj = saved["survival"], saved["second_rise_adjusted"]
+  family = [saved["stats"][n] for n in tiktok.STATS] + [sv["logrank"], sv["cox"]["tiktok"], adj]
+  assert len(saved["holm"]["tests"]) == len(family) == 10
+  for t in family:
+    assert t["p_holm"] >= t["p"] - 1e-12 and t["p_holm"] <= 1
+  assert saved["holm"]["p_holm"] == [t["p_holm"] for t in family]
+  # The smallest raw p (the permutation floor) times the family size: Holm's first step.
+  assert min(saved["holm"]["p_holm"]) == pytest.approx(10 / 501)
+  # Survival: both groups have KM curves; the Cox table has the TikTok row and the covariates
+  # but not the song's own outcomes.
+  assert set(sv["km"]) == {"TikTok", "rest"} and sv["cox"]["strata"] == "region"
+  names = [r["covariate"] for r in sv["cox"]["table"]]
+  assert names[0] == "tiktok" and "artist_prior_peak_log_streams" in names
+  assert not set(names) & set(tiktok.OUTCOME_FEATURES)
+  # The planted wave survives the adjustment: a second rise far more likely for TikTok songs.
+  # Every resample agrees on the sign: p at its floor, 2 / (1 + 100 draws).
+  assert adj["log_odds_ratio"] > 1 and adj["ci"][0] > 0 and adj["p"] == pytest.approx(2 / 101)
   md = res["markdown"]
   assert printed == [f"[analysis] T: {saved['verdict']}"]
-  assert saved["verdict"].startswith("TikTok songs differ significantly (p < 0.05) in ")
+  assert saved["verdict"].startswith("TikTok songs differ significantly (Holm-adjusted p < 0.05) "
+                                     "in ")
   assert "second_rise" in saved["verdict"]
   assert open(os.path.join(out, "tiktok.md")).read() == md
   assert md.startswith("## T: TikTok songs vs the rest")
   share = saved["stats"]["second_rise"]
   assert (f"TikTok songs show a second rise in {share['TikTok']['mean'] * 100:.0f} % of their "
-          f"series vs {share['rest']['mean'] * 100:.0f} % of the others (p ≤ 0.002)") in md
+          f"series vs {share['rest']['mean'] * 100:.0f} % of the others (p ≤ 0.002, Holm p = "
+          f"{share['p_holm']:.2g})") in md
   assert "| second_rise |" in md and "| model |" in md and "| train_drift |" in md
+  assert "| half_life (uncensored rows only; see the survival analysis) |" in md
+  assert "| p (Holm) |" in md and "| log-rank (time on chart) |" in md
+  assert "| Cox: hazard of leaving the chart" in md and "| artist_never_charted |" in md
+  assert "no promotion feature" in md and "not corrected" not in md
   assert "](tiktok_curves.png)" in md and "](tiktok_stats.png)" in md
+  assert "](tiktok_survival.png)" in md
 
   # Shuffled labels: the verdict says so.
   null = tiktok.run(pairs, tiktok.shuffle_labels(pairs, labels, seed=3), str(tmp_path / "null"),
-                    label_source="shuffled", permutations=500, seed=1, log=lambda s: None)
-  assert "No shape statistic differs significantly" in null["markdown"]
+                    label_source="shuffled", permutations=500, seed=1, bootstrap=100,
+                    log=lambda s: None)
+  assert "No statistic differs significantly" in null["markdown"]
   assert "show a second rise" not in null["markdown"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Survival
+
+
+def test_chart_durations_censoring():
+  nan = np.nan
+  x = np.array([
+      [10.0, 9.0, 8.0, nan, nan, nan],   # leaves at step 3: duration 3, event 1
+      [10.0, 9.0, 8.0, 7.0, 6.0, 5.0],   # on to the end: censored at 6 known steps
+      [10.0, 9.0, 8.0, 7.0, nan, nan],   # on to step 3, then unknown: censored at 4
+      [nan, 10.0, 9.0, nan, nan, nan],   # debuts at step 1, leaves at 3: duration 2
+      [10.0, nan, 9.0, 8.0, nan, nan],   # leaves at 1 (re-enters later): the first exit counts
+      [nan] * 6,                         # never observed: NaN
+  ])
+  known = np.ones_like(x, bool)
+  known[2, 4:] = False
+  dur, event = tiktok.chart_durations(x, np.isfinite(x), known)
+  np.testing.assert_array_equal(dur[:5], [3, 6, 4, 2, 1])
+  np.testing.assert_array_equal(event[:5], [1, 0, 0, 1, 1])
+  assert math.isnan(dur[5]) and math.isnan(event[5])
+  with pytest.raises(ValueError, match="one shape"):
+    tiktok.chart_durations(x, np.isfinite(x), known[:, :3])
+
+
+def test_kaplan_meier_hand_values():
+  # Product limit on durations [1, 2, 2, 3, 4, 5], events [1, 1, 0, 1, 0, 1] (the censored 2 is
+  # still at risk at 2): t=1: 6 at risk, 1 event, S = 5/6; t=2: 5 at risk, 1 event,
+  # S = 5/6 * 4/5 = 2/3; t=3: 3 at risk, 1 event, S = 2/3 * 2/3 = 4/9; t=4: censored only,
+  # S = 4/9; t=5: 1 at risk, 1 event, S = 0. Median: the first t with S <= 1/2, 3.
+  km = tiktok._km(np.array([1, 2, 2, 3, 4, 5.0]), np.array([1, 1, 0, 1, 0, 1.0]), "x")
+  s = dict(zip(km["time"], km["survival"]))
+  np.testing.assert_allclose([s[1], s[2], s[3], s[4], s[5]], [5 / 6, 2 / 3, 4 / 9, 4 / 9, 0])
+  assert km["median"] == 3 and km["events"] == 4 and km["n_rows"] == 6
+  assert all(lo <= v + 1e-12 <= hi + 2e-12 for lo, v, hi in zip(km["lo"], km["survival"], km["hi"]))
+
+
+def _planted_survival(n=2000, hr=2.0, h=40, seed=0):
+  """A pairs-like dict whose rows leave the chart after exponential times with hazard
+  0.08 * hr^tiktok * exp(0.5 z) (z = artist_prior_peak_log_streams), cut at h steps."""
+  rng = np.random.default_rng(seed)
+  tik = (rng.random(n) < 0.4).astype(int)
+  z = rng.normal(size=n)
+  rate = 0.08 * hr ** tik * np.exp(0.5 * z)
+  steps = np.ceil(rng.exponential(1.0 / rate)).astype(int)  # leaves at this step (>= 1)
+  t = np.arange(h)
+  mask = t[None] < steps[:, None]
+  series = np.where(mask, 10.0 - 0.1 * t[None], np.nan)
+  region = rng.integers(0, 2, n)
+  extrinsic = np.column_stack([z, rng.normal(size=n), np.ones(n)])
+  return {"song": np.array([f"s{i}" for i in range(n)]), "series": series, "mask": mask,
+          "known": np.ones_like(mask), "region": region, "extrinsic": extrinsic,
+          "feature_names": ["artist_prior_peak_log_streams", "debut_pos", "constant"]}, tik, steps
+
+
+def test_cox_recovers_planted_hazard_ratio():
+  pairs, tik, steps = _planted_survival()
+  sv = tiktok.survival(pairs, tik)
+  cox = sv["cox"]
+  # debut_pos is an outcome (left out), the constant column is dropped.
+  assert cox["covariates"] == ["artist_prior_peak_log_streams"] and cox["strata"] == "region"
+  assert cox["tiktok"]["hr"] == pytest.approx(2.0, rel=0.15)
+  assert cox["tiktok"]["lo"] < cox["tiktok"]["hr"] < cox["tiktok"]["hi"]
+  assert cox["tiktok"]["p"] < 1e-6 and sv["logrank"]["p"] < 1e-6
+  fame = cox["table"][1]
+  assert fame["covariate"] == "artist_prior_peak_log_streams"
+  assert math.log(fame["hr"]) == pytest.approx(0.5, rel=0.2)  # per SD of a unit-SD feature
+  # Rows still on the chart at step 40 are censored; TikTok rows leave sooner.
+  assert sv["n_censored"] == int((steps >= 40).sum()) > 0
+  assert sv["km"]["TikTok"]["median"] < sv["km"]["rest"]["median"]
+  # No effect planted: HR near 1, not significant.
+  pairs0, tik0, _ = _planted_survival(hr=1.0, seed=1)
+  cox0 = tiktok.survival(pairs0, tik0)["cox"]["tiktok"]
+  assert cox0["hr"] == pytest.approx(1.0, abs=0.15) and cox0["p"] > 0.01
+
+
+# ------------------------------------------------------------------------------------------------
+# Real chart data with a label file
+
+
+@pytest.fixture(scope="module")
+def real_data(tmp_path_factory):
+  """A chart-only daily dataset built from the real kworb cut (tests/fixtures/charts): no tiktok
+  label, like every real chart."""
+  from data_prep import build, kworb_csv, tables
+
+  base = tmp_path_factory.mktemp("real")
+  raw = base / "raw"
+  raw.mkdir()
+  cut = os.path.join(os.path.dirname(__file__), "fixtures", "charts", "kworb_daily_cut.csv.gz")
+  tables.write(kworb_csv.load_daily_csv(cut), str(raw / "charts.csv"), "charts")
+  build.build(build.BuildConfig(raw=str(raw), out=str(base / "data"), progress=False,
+                                chart_only=True, period="daily", horizon=28))
+  return str(base / "data")
+
+
+def test_t_on_real_chart_data_with_a_label_csv(real_data, tmp_path):
+  from mpjax.analysis import research
+
+  try:
+    pairs = rows.load(real_data, "train,val,test", with_audio=False)
+  except ValueError as e:
+    if "reshape" not in str(e):
+      raise
+    pytest.xfail(f"rows.load cannot read a dataset without labels yet ({e})")
+  assert "tiktok" not in pairs["labels_names"]
+  with pytest.raises(ValueError, match="give the labels as a CSV"):
+    tiktok.labels_from_dataset(pairs)
+  # A label file keyed by track: every other song labelled TikTok.
+  songs = sorted(set(pairs["song"]))
+  first_track = {s: pairs["track"][pairs["song"] == s][0] for s in songs}
+  path = tmp_path / "labels.csv"
+  path.write_text("track,label\n" + "".join(f"{first_track[s]},{i % 2}\n"
+                                            for i, s in enumerate(songs)))
+  labels = tiktok.labels_from_csv(pairs, str(path))
+  assert (labels >= 0).all()
+  res = tiktok.run(pairs, labels, str(tmp_path / "t"), label_source=f"CSV {path}",
+                   permutations=200, bootstrap=30, seed=0, log=lambda s: None)
+  assert f"Labels: CSV {path}." in res["markdown"]
+  assert res["unit"] == "days" and res["n_songs"]["TikTok"] >= 2
+  assert res["survival"]["km"]["rest"]["n_rows"] > 0
+  assert os.path.getsize(tmp_path / "t" / "tiktok_survival.png") > 0
+
+  # The report: T runs from the label file, and without one says how to supply it.
+  out = research.run(None, data_dir=real_data, out=str(tmp_path / "r"), tiktok_labels=str(path),
+                     bootstrap=30, permutations=100, log=lambda s: None)
+  text = open(out["report"]).read()
+  assert f"Labels: CSV {path}." in text and "| log-rank (time on chart) |" in text
+  skipped = research.run(None, data_dir=real_data, out=str(tmp_path / "s"), bootstrap=30,
+                         permutations=100, log=lambda s: None)
+  text = open(skipped["report"]).read()
+  assert "T was skipped" not in text  # said as "Skipped: ..." in the T section
+  assert "## T: TikTok songs vs the rest\n\nSkipped: no TikTok labels" in text
+  assert "--tiktok_labels=LABELS.csv" in text and "`track,label`" in text

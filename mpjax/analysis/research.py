@@ -20,9 +20,11 @@ trained AST encoder; left out for runs without one) and, on synthetic data with 
 `planted` (the song's six planted attributes: what a perfect audio model could add, the
 ceiling the other two are read against).
 
-TikTok labels: --tiktok_labels (a CSV, `mpjax.analysis.tiktok.labels_from_csv`), else the
-dataset's `tiktok` label when it has one; the same comparison with the labels shuffled across
-songs is reported beside it (a check that the test finds nothing when there is nothing).
+TikTok labels: --tiktok_labels (a CSV with columns track,label, `mpjax.analysis.tiktok.
+labels_from_csv`), else the dataset's `tiktok` label when it has one (synthetic worlds); real
+charts carry none, so without the CSV the report says T was skipped and how to supply labels.
+The same comparison with the labels shuffled across songs is reported beside it (a check that
+the test finds nothing when there is nothing).
 
 Host-side: one process reads everything; only process 0 writes (`mpjax.main` runs it at the
 end of the MP3 demo).
@@ -133,16 +135,21 @@ def run(workdir: str | None, *, data_dir: str | None = None, raw: str | None = N
   elif "tiktok" in pairs["labels_names"]:
     labels, source = tiktok.labels_from_dataset(pairs, "tiktok"), "the dataset's `tiktok` label"
   if labels is None:
-    reason = ("no TikTok labels: the dataset has no `tiktok` label and --tiktok_labels was not "
-              "given (a viral-chart proxy needs viral chart data, which this dataset lacks)")
+    reason = ("no TikTok labels: the dataset has no `tiktok` label (real charts carry none) and "
+              "--tiktok_labels was not given")
     results["tiktok"] = {"skipped": reason}
-    sections.append(f"## T: TikTok songs vs the rest\n\nSkipped: {reason}.\n")
+    sections.append(f"## T: TikTok songs vs the rest\n\nSkipped: {reason}. To run T, pass "
+                    "`--tiktok_labels=LABELS.csv`, a CSV with the columns `track,label`: track = "
+                    "a track id or song id of the dataset (the ISRC, or the normalised "
+                    "\"artist - title\"), label = 1 for a TikTok song, 0 for the rest; songs not "
+                    "listed are left out.\n")
   else:
     preds = os.path.join(workdir, "forecast", "predictions.npz") if workdir else None
     preds = preds if preds and os.path.exists(preds) else None
     try:
       res = tiktok.run(pairs, labels, out, label_source=source, predictions=preds,
-                       permutations=permutations, seed=seed, log=log)
+                       permutations=permutations, seed=seed, bootstrap=bootstrap,
+                       log=log)
       shuffled = tiktok.compare(pairs, tiktok.shuffle_labels(pairs, labels, seed),
                                 permutations=permutations, seed=seed)
       res["shuffled_control"] = shuffled

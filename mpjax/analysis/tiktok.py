@@ -17,7 +17,8 @@ Shape statistics (`shape_stats`, per row, from the observed points only):
   half_life        steps after the peak until the curve first falls ln 2 below the peak (half
                    the peak's streams) or the first off-chart step after the peak, whichever
                    comes first; NaN = censored (neither within the known steps). Rows with NaN
-                   are left out of that statistic's means and tests
+                   are left out of that statistic's means and tests: a description only, biased
+                   by the censoring (the survival analysis below handles it)
   longevity        steps on the chart (within the stored horizon, so itself capped)
   rebound          the largest rise over an earlier trough: max over observed s < t of
                    x_t - x_s, where the trough s is an observed step after the debut whose
@@ -32,7 +33,9 @@ Shape statistics (`shape_stats`, per row, from the observed points only):
 A row never observed gets NaN throughout.
 
 Labels: 1 = TikTok song, 0 = the rest, -1 = unknown, from the dataset's label
-(`labels_from_dataset`) or a CSV keyed by track or song id (`labels_from_csv`). The song is the
+(`labels_from_dataset`; synthetic worlds plant one) or a CSV keyed by track or song id
+(`labels_from_csv`: columns track,label or key,label; real charts carry no TikTok label, so on
+real data the labels come from such a file). The song is the
 unit: one song charts in several regions (and may have several tracks), so a song's label is the
 label its rows agree on; every row of the song gets it, and a song whose rows say both 0 and 1
 is left out (counted as `songs_conflicting`). `shuffle_labels` permutes the song labels: the
@@ -43,9 +46,41 @@ of row means (TikTok minus rest), Cohen's d with the pooled row SD and, for the 
 statistics, the two proportions; a two-sided permutation p-value where the song labels are
 permuted (`permutations` times, seeded; the rows of a song move together) and the statistic is
 the difference of row means: p = (1 + #{|null| >= |observed|}) / (1 + permutations), so the
-smallest reachable p is 1 / (1 + permutations). The p-values are not corrected for testing
-seven statistics. Normalised curves: per group and step, the mean of x_t - x_0 over the rows
-observed at t (and at the debut), with a 95 % band from a bootstrap over songs.
+smallest reachable p is 1 / (1 + permutations). Normalised curves: per group and step, the mean
+of x_t - x_0 over the rows observed at t (and at the debut), with a 95 % band from a bootstrap
+over songs.
+
+Time on the chart (`chart_durations`, `survival`): half_life and longevity above stop at the
+horizon, and half_life drops the rows censored before halving (informative censoring), so it is
+kept as a description only ("uncensored rows only" in the report). The survival analysis treats
+time on the chart as right-censored: duration = steps from the debut to the first known
+off-chart step after it (event 1: the series left the chart), or, for a row still on the chart
+when its known steps end, the steps from the debut to the end of its known steps (event 0; the
+number of known steps when they are a prefix, as in built datasets). Unknown steps are never
+"off". Per group a Kaplan-Meier curve with its 95 % band (Greenwood, lifelines' default) and
+median time on the chart, and the log-rank test. The log-rank test treats rows as independent,
+but a song's rows (its regions) are clustered, so its p is optimistic; the Cox model's is not.
+Cox model: hazard of leaving the chart ~ TikTok label + covariates, stratified by chart region
+(one baseline hazard per region), robust (sandwich) standard errors clustered by song, a ridge
+penalizer of `PENALIZER` (0.01) for stability. Covariates (`covariates`): the dataset's
+extrinsic features except the song's own outcomes (`hypothesis.OUTCOME_FEATURES`): artist fame
+(artist_prior_tracks, artist_prior_peak_log_streams, artist_never_charted, ...) and the other
+pre-debut features; those with more than two values standardised (mean 0, SD 1 over the rows
+used), constant ones dropped. The data hold no promotion (marketing, playlisting) feature, so
+the model cannot adjust for promotion. HR > 1: TikTok series leave the chart sooner.
+lifelines rather than scikit-survival: pure-Python wheels with no compiled dependencies, and
+documented Kaplan-Meier, log-rank and Cox (strata, cluster-robust SEs) in one maintained package.
+
+Adjusted second rise (`adjusted_second_rise`): a logistic regression of second_rise ~ TikTok +
+the same covariates + region indicators (scikit-learn, L2 with C = `LOGIT_C`, weak on
+standardised covariates), on the labelled observed rows. The TikTok coefficient is a log odds
+ratio; its 95 % CI comes from the song bootstrap (`stats.bootstrap_weights`, the model refitted
+on each resample), and its two-sided bootstrap p = min(1, 2 min(a, b)) with a, b = (1 + #{draws
+<= 0 or >= 0}) / (1 + draws).
+
+Multiplicity: the ten p-values of T's tables (the seven permutation tests, the log-rank test,
+the Cox TikTok coefficient, the adjusted second rise) are one family: each gets a Holm-adjusted
+p (`stats.holm`), and the verdict reads the adjusted ones.
 
 Model error (`model_error`, optional): an MP3 run's WORKDIR/forecast/predictions.npz rows are
 joined to the dataset's test rows by (record, region); per-series MAE over the observed forecast
@@ -53,9 +88,10 @@ steps of the model's median forecast and of the train_drift baseline when presen
 difference, compared between the groups with the same song-level permutation test.
 
 Outputs of `run` in `outdir`: tiktok.json (every number, the label source, n, seed,
-permutations), tiktok.md (the section "## T: TikTok songs vs the rest": the table, the
-model-error table when given, a plain-language verdict, the figures), tiktok_curves.png (mean
-normalised curve per group with its band) and tiktok_stats.png (distributions per group).
+permutations), tiktok.md (the section "## T: TikTok songs vs the rest": the tables with raw and
+Holm-adjusted p, the Cox coefficients, the model-error table when given, a plain-language
+verdict, the figures), tiktok_curves.png (mean normalised curve per group with its band),
+tiktok_stats.png (distributions per group) and tiktok_survival.png (Kaplan-Meier curves).
 """
 from __future__ import annotations
 
@@ -65,6 +101,8 @@ import os
 import numpy as np
 
 from mpjax import atomic
+from mpjax.analysis import stats as stats_lib
+from mpjax.analysis.hypothesis import OUTCOME_FEATURES
 
 STATS = ("weeks_to_peak", "peak_over_debut", "half_life", "longevity", "rebound", "reentry",
          "second_rise")
@@ -72,6 +110,9 @@ BINARY = ("reentry", "second_rise")
 HALF = math.log(2.0)  # half_life: the fall from the peak that halves the streams
 RISE = math.log(1.5)  # second_rise: a rebound of +50 % streams
 BOOTSTRAP = 500
+PENALIZER = 0.01  # Cox ridge penalty: stabilises the fit on few songs, barely shrinks the HR
+LOGIT_C = 100.0  # adjusted second rise: inverse L2 strength, weak on standardised covariates
+SURVIVAL_TESTS = ("logrank", "cox_tiktok", "second_rise_adjusted")
 GROUP_NAMES = {1: "TikTok", 0: "rest"}
 _DESCRIBE = {
     "weeks_to_peak": "steps from debut to peak",
@@ -129,6 +170,179 @@ def shape_stats(series, mask, known) -> dict[str, np.ndarray]:
 
 
 # ------------------------------------------------------------------------------------------------
+# Time on the chart: right-censored durations, Kaplan-Meier, log-rank, Cox
+
+
+def chart_durations(series, mask, known) -> tuple[np.ndarray, np.ndarray]:
+  """(duration [N], event [N]) float: steps from the debut to the first known off-chart step
+  after it (event 1), else to the end of the known steps (event 0, right-censored; module
+  docstring). NaN for a row never observed."""
+  m = np.asarray(mask, bool) & np.isfinite(np.asarray(series, np.float64))
+  kn = np.asarray(known, bool)
+  if m.ndim != 2 or kn.shape != m.shape:
+    raise ValueError(f"series, mask and known must be [N, H] of one shape; got {m.shape}, "
+                     f"{kn.shape}")
+  off = kn & ~m
+  n, h = m.shape
+  dur = np.full(n, np.nan)
+  event = np.full(n, np.nan)
+  t = np.arange(h)
+  for i in range(n):
+    obs = np.flatnonzero(m[i])
+    if not len(obs):
+      continue
+    debut = obs[0]
+    gone = np.flatnonzero(off[i] & (t > debut))
+    if len(gone):
+      dur[i], event[i] = gone[0] - debut, 1.0
+    else:
+      # Still charting where the data end: censored at the last known (or observed) step.
+      last = max(int(np.flatnonzero(kn[i] | m[i]).max()), int(obs[-1]))
+      dur[i], event[i] = last - debut + 1, 0.0
+  return dur, event
+
+
+def covariates(pairs: dict, rows) -> tuple[np.ndarray, list[str]]:
+  """([n, k] covariates of `rows`, their names): the extrinsic features except the song's own
+  outcomes (`hypothesis.OUTCOME_FEATURES`), constant ones dropped, those with more than two
+  values standardised over `rows` (binary ones stay 0/1)."""
+  names = list(pairs.get("feature_names", []))
+  x = np.asarray(pairs["extrinsic"], np.float64)[rows]
+  if x.shape[1] != len(names):
+    raise ValueError(f"extrinsic has {x.shape[1]} columns for {len(names)} feature_names")
+  cols, out = [], []
+  for j, name in enumerate(names):
+    if name in OUTCOME_FEATURES:
+      continue
+    v = x[:, j].copy()
+    ok = np.isfinite(v)
+    if not ok.any():
+      continue
+    v[~ok] = v[ok].mean()  # a missing value counts as average (built datasets have none)
+    values = np.unique(v)
+    if len(values) < 2:
+      continue
+    if len(values) > 2:
+      v = (v - v.mean()) / v.std()
+    cols.append(v)
+    out.append(name)
+  return (np.stack(cols, 1) if cols else np.zeros((len(x), 0))), out
+
+
+def _km(duration, event, label) -> dict:
+  from lifelines import KaplanMeierFitter
+  from lifelines.utils import median_survival_times
+  kmf = KaplanMeierFitter(alpha=0.05).fit(duration, event, label=label)
+  ci = kmf.confidence_interval_survival_function_
+  med_ci = median_survival_times(kmf.confidence_interval_).to_numpy().reshape(-1)
+  return {"time": kmf.survival_function_.index.to_numpy(np.float64),
+          "survival": kmf.survival_function_.to_numpy().reshape(-1),
+          "lo": ci.iloc[:, 0].to_numpy(), "hi": ci.iloc[:, 1].to_numpy(),
+          "median": float(kmf.median_survival_time_), "median_ci": [float(v) for v in med_ci],
+          "n_rows": int(len(duration)), "events": int(np.sum(event))}
+
+
+def survival(pairs: dict, labels, *, penalizer: float = PENALIZER) -> dict:
+  """Kaplan-Meier per group, log-rank test and the Cox model of time on the chart (module
+  docstring). Returns {"km": {group: time/survival/lo/hi/median/median_ci/n_rows/events},
+  "logrank": {statistic, p}, "cox": {tiktok: {hr, lo, hi, p}, table: [{covariate, hr, lo, hi,
+  p}], covariates, strata, penalizer, n_rows, n_songs, events}, "n_censored"}. Raises
+  ValueError when a group has fewer than 2 songs."""
+  import warnings
+
+  import pandas as pd
+  from lifelines import CoxPHFitter
+  from lifelines.exceptions import ConvergenceError
+  from lifelines.statistics import logrank_test
+
+  rows, song_idx, song_lab, _ = _groups(pairs, labels)
+  _check_groups(song_lab, "survival")
+  dur, event = chart_durations(pairs["series"][rows], pairs["mask"][rows], pairs["known"][rows])
+  ok = np.isfinite(dur)
+  rows, song_idx, dur, event = rows[ok], song_idx[ok], dur[ok], event[ok]
+  lab = song_lab[song_idx]
+  km = {name: _km(dur[lab == code], event[lab == code], name) for code, name in GROUP_NAMES.items()
+        if (lab == code).any()}
+  if len(km) < 2:
+    raise ValueError("survival: a group has no observed series")
+  lr = logrank_test(dur[lab == 1], dur[lab == 0], event[lab == 1], event[lab == 0])
+  x, names = covariates(pairs, rows)
+  df = pd.DataFrame(x, columns=names)
+  df.insert(0, "tiktok", lab.astype(np.float64))
+  region = np.asarray(pairs["region"])[rows]
+  strata = len(np.unique(region)) > 1
+  if strata:
+    df["region"] = region
+  df["song"], df["duration"], df["event"] = song_idx, dur, event
+  cph = CoxPHFitter(penalizer=penalizer)
+  error = None
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    try:
+      cph.fit(df, "duration", "event", strata=["region"] if strata else None, cluster_col="song")
+    except ConvergenceError as e:  # a degenerate sample: reported, not fatal to the report
+      error = str(e).splitlines()[0]
+  table = [] if error else [
+      {"covariate": str(c), "hr": float(r["exp(coef)"]), "lo": float(r["exp(coef) lower 95%"]),
+       "hi": float(r["exp(coef) upper 95%"]), "coef": float(r["coef"]),
+       "se": float(r["se(coef)"]), "p": float(r["p"])} for c, r in cph.summary.iterrows()]
+  nan_row = {"covariate": "tiktok", **{k: math.nan for k in ("hr", "lo", "hi", "coef", "se", "p")}}
+  cox = {"tiktok": dict(table[0]) if table else nan_row, "table": table,
+         "covariates": names, "strata": "region" if strata else None,
+         "penalizer": float(penalizer), "n_rows": int(len(df)),
+         "n_songs": int(len(np.unique(song_idx))), "events": int(event.sum()),
+         "warnings": sorted({str(w.message).splitlines()[0] for w in caught}), "error": error}
+  return {"km": km, "logrank": {"statistic": float(lr.test_statistic), "p": float(lr.p_value)},
+          "cox": cox, "n_censored": int((event == 0).sum()), "n_rows": int(len(dur))}
+
+
+def adjusted_second_rise(pairs: dict, labels, *, bootstrap: int = BOOTSTRAP, seed: int = 0,
+                         c: float = LOGIT_C) -> dict:
+  """Logistic regression second_rise ~ TikTok + covariates + region indicators; the TikTok log
+  odds ratio with its song-bootstrap CI and two-sided bootstrap p (module docstring)."""
+  from sklearn.linear_model import LogisticRegression
+
+  rows, song_idx, song_lab, _ = _groups(pairs, labels)
+  _check_groups(song_lab, "adjusted_second_rise")
+  y = shape_stats(pairs["series"][rows], pairs["mask"][rows], pairs["known"][rows])["second_rise"]
+  ok = np.isfinite(y)
+  rows, song_idx, y = rows[ok], song_idx[ok], y[ok].astype(np.int64)
+  tik = song_lab[song_idx].astype(np.float64)
+  x, names = covariates(pairs, rows)
+  region = np.asarray(pairs["region"])[rows]
+  levels = np.unique(region)
+  onehot = (region[:, None] == levels[None, 1:]).astype(np.float64)  # the first is the reference
+  design = np.column_stack([tik, x, onehot])
+  out = {"covariates": names, "regions": int(len(levels)), "C": float(c),
+         "n_rows": int(len(y)), "n_songs": int(len(np.unique(song_idx))),
+         "bootstrap": int(bootstrap), "seed": int(seed)}
+  if len(np.unique(y)) < 2:
+    return {**out, "log_odds_ratio": math.nan, "odds_ratio": math.nan, "ci": [math.nan] * 2,
+            "odds_ratio_ci": [math.nan] * 2, "p": math.nan,
+            "reason": "second_rise takes one value on every row"}
+
+  def fit(w=None):
+    model = LogisticRegression(C=c, max_iter=2000)
+    return float(model.fit(design, y, sample_weight=w).coef_[0, 0])
+
+  beta = fit()
+  draws = np.full(bootstrap, np.nan)
+  for b, w in enumerate(stats_lib.bootstrap_weights(song_idx, bootstrap, seed)):
+    used = w > 0
+    # A resample with one outcome or one group has no TikTok contrast: left out.
+    if len(np.unique(y[used])) > 1 and len(np.unique(tik[used])) > 1:
+      draws[b] = fit(w)
+  v = draws[np.isfinite(draws)]
+  p = math.nan
+  if len(v):
+    p = min(1.0, 2 * min((1 + (v <= 0).sum()) / (1 + len(v)), (1 + (v >= 0).sum()) / (1 + len(v))))
+  ci = stats_lib.percentile_ci(v)
+  return {**out, "log_odds_ratio": beta, "odds_ratio": math.exp(beta), "ci": ci,
+          "odds_ratio_ci": [math.exp(a) if math.isfinite(a) else math.nan for a in ci],
+          "p": float(p), "draws_used": int(len(v))}
+
+
+# ------------------------------------------------------------------------------------------------
 # Labels
 
 
@@ -145,10 +359,14 @@ def labels_from_dataset(pairs: dict, name: str = "tiktok") -> np.ndarray:
   return np.asarray(pairs["labels"])[:, names.index(name)].astype(np.int64)
 
 
-def labels_from_csv(pairs: dict, path: str) -> np.ndarray:
-  """int [N] from a CSV with columns key,label (label 0/1); rows not listed are -1.
+KEY_COLUMNS = ("key", "track", "track_id", "song", "song_id", "isrc")
 
-  key is matched against each row's track_id, else its song_id (the song_id is the ISRC, or
+
+def labels_from_csv(pairs: dict, path: str) -> np.ndarray:
+  """int [N] from a CSV with a key column and a label column (label 0/1); rows not listed are -1.
+
+  The key column is the first of `KEY_COLUMNS` present (track,label and key,label both work).
+  A key is matched against each row's track_id, else its song_id (the song_id is the ISRC, or
   when there is none the normalised "artist - title" that data_prep.tables.song_key writes:
   lower case, accents and punctuation removed). Keys compare stripped, lower-cased, with
   whitespace collapsed. A track match wins over a song match.
@@ -160,14 +378,16 @@ def labels_from_csv(pairs: dict, path: str) -> np.ndarray:
   except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
     raise ValueError(f"{path}: cannot read the labels CSV ({e})") from e
   df.columns = [c.strip().lower() for c in df.columns]
-  if not {"key", "label"} <= set(df.columns):
-    raise ValueError(f"{path}: needs the columns key,label; it has {list(df.columns)}")
+  key_col = next((c for c in KEY_COLUMNS if c in df.columns), None)
+  if key_col is None or "label" not in df.columns:
+    raise ValueError(f"{path}: needs the columns track,label or key,label (key: one of "
+                     f"{', '.join(KEY_COLUMNS)}); it has {list(df.columns)}")
   raw = df["label"].str.strip()
   bad = sorted(set(raw[~raw.isin(["0", "1"])]))
   if bad:
     raise ValueError(f"{path}: labels must be 0 or 1; found {bad[:5]}")
   table: dict[str, int] = {}
-  for key, lab in zip(df["key"].map(_norm_key), raw.astype(int)):
+  for key, lab in zip(df[key_col].map(_norm_key), raw.astype(int)):
     if table.setdefault(key, lab) != lab:
       raise ValueError(f"{path}: key {key!r} is listed with both labels 0 and 1")
   out = np.full(len(pairs["song"]), -1, np.int64)
@@ -447,7 +667,7 @@ def _p(p, permutations: int) -> str:
   return f"≤ {p:.2g}" if p <= 1.0 / (1 + permutations) + 1e-12 else f"{p:.2g}"
 
 
-def _row(name, r, permutations, pct=False):
+def _row(name, r, permutations, pct=False, holm=True):
   a, b = r["TikTok"], r["rest"]
   scale, unit = (100.0, " %") if pct else (1.0, "")
   diff = _num(r["difference"])
@@ -455,17 +675,52 @@ def _row(name, r, permutations, pct=False):
           f"{_f(_num(b['mean']) * scale)}{unit} | "
           f"{'+' if diff >= 0 else ''}{_f(diff * scale)}{unit} | "
           f"{_f(r['cohens_d'])} | {_p(r['p'], permutations)} | "
-          f"{a['n_rows']} / {b['n_rows']} |")
+          + (f"{_ph(r.get('p_holm'))} | " if holm else "")
+          + f"{a['n_rows']} / {b['n_rows']} |")
 
 
-def _verdict(stats: dict, permutations: int, unit: str) -> list[str]:
+def _ph(p) -> str:
+  """A Holm-adjusted or model-based p: no permutation floor to state."""
+  return "–" if not math.isfinite(_num(p)) else f"{p:.2g}"
+
+
+def _pp(p, p_holm, permutations=None) -> str:
+  """'p = 0.004, Holm p = 0.03' (the raw one at its permutation floor as '≤')."""
+  raw = _p(p, permutations) if permutations else _ph(p)
+  raw = f"p {raw}" if raw.startswith("≤") else f"p = {raw}"
+  return f"{raw}, Holm p = {_ph(p_holm)}"
+
+
+def _median(km: dict) -> str:
+  m = _num(km["median"])
+  return "not reached" if not math.isfinite(m) else f"{m:g}"
+
+
+def _survival_rows(sv: dict, adj: dict, unit: str) -> list[str]:
+  km, lr, cox = sv["km"], sv["logrank"], sv["cox"]["tiktok"]
+  return [
+      "| test | TikTok | rest | estimate [95 % CI] | p | p (Holm) | n (series) |",
+      "|---|---|---|---|---|---|---|",
+      f"| log-rank (time on chart) | median {_median(km['TikTok'])} {unit} | median "
+      f"{_median(km['rest'])} {unit} | χ² = {_f(lr['statistic'])} | {_ph(lr['p'])} | "
+      f"{_ph(lr.get('p_holm'))} | {km['TikTok']['n_rows']} / {km['rest']['n_rows']} |",
+      f"| Cox: hazard of leaving the chart, TikTok vs rest (adjusted) | | | HR {_f(cox['hr'])} "
+      f"[{_f(cox['lo'])}, {_f(cox['hi'])}] | {_ph(cox['p'])} | {_ph(cox.get('p_holm'))} | "
+      f"{sv['cox']['n_rows']} |",
+      f"| second_rise adjusted (logistic) | | | OR {_f(adj['odds_ratio'])} "
+      f"[{_f(adj['odds_ratio_ci'][0])}, {_f(adj['odds_ratio_ci'][1])}] | "
+      f"{_ph(adj['p'])} | {_ph(adj.get('p_holm'))} | {adj['n_rows']} |"]
+
+
+def _verdict(result: dict) -> list[str]:
+  stats, permutations, unit = result["stats"], result["permutations"], result["unit"]
   lines = []
   for name in STATS:
     r = stats[name]
-    if not _num(r["p"]) < 0.05:
+    if not _num(r.get("p_holm")) < 0.05:
       continue
-    a, b, p = r["TikTok"]["mean"], r["rest"]["mean"], _p(r["p"], permutations)
-    p = f"p {p}" if p.startswith("≤") else f"p = {p}"
+    a, b = r["TikTok"]["mean"], r["rest"]["mean"]
+    p = _pp(r["p"], r["p_holm"], permutations)
     if name == "second_rise":
       lines.append(f"- TikTok songs show a second rise in {a * 100:.0f} % of their series vs "
                    f"{b * 100:.0f} % of the others ({p}).")
@@ -473,22 +728,47 @@ def _verdict(stats: dict, permutations: int, unit: str) -> list[str]:
       lines.append(f"- {a * 100:.0f} % of TikTok series drop off the chart and come back vs "
                    f"{b * 100:.0f} % of the others ({p}).")
     else:
-      what = _DESCRIBE[name]
+      what = _DESCRIBE[name] + ("; uncensored rows only" if name == "half_life" else "")
       u = unit if name in ("weeks_to_peak", "half_life", "longevity") else "log streams"
       lines.append(f"- {name} ({what}): {a:.2f} vs {b:.2f} {u} on average, "
                    f"{'higher' if a > b else 'lower'} for TikTok songs by {abs(a - b):.2f} "
                    f"(d = {_f(r['cohens_d'])}, {p}).")
+  sv, adj = result["survival"], result["second_rise_adjusted"]
+  lr, cox = sv["logrank"], sv["cox"]["tiktok"]
+  if _num(lr.get("p_holm")) < 0.05:
+    lines.append(f"- Median time on the chart: {_median(sv['km']['TikTok'])} vs "
+                 f"{_median(sv['km']['rest'])} {unit} (Kaplan-Meier, censoring counted; "
+                 f"log-rank {_pp(lr['p'], lr['p_holm'])}, rows treated as independent).")
+  if _num(cox.get("p_holm")) < 0.05:
+    lines.append(f"- Adjusted for artist fame, the other pre-debut features and the region, "
+                 f"TikTok series leave the chart {'sooner' if cox['hr'] > 1 else 'later'}: "
+                 f"hazard ratio {_f(cox['hr'])} [{_f(cox['lo'])}, {_f(cox['hi'])}] "
+                 f"({_pp(cox['p'], cox['p_holm'])}, SEs clustered by song).")
+  if _num(adj.get("p_holm")) < 0.05:
+    lines.append(f"- Adjusted for the same covariates, the odds of a second rise are "
+                 f"{_f(adj['odds_ratio'])} times as high for TikTok series "
+                 f"(95 % CI {_f(adj['odds_ratio_ci'][0])} to {_f(adj['odds_ratio_ci'][1])}, "
+                 f"{_pp(adj['p'], adj['p_holm'])}).")
   if not lines:
-    return ["No shape statistic differs significantly between TikTok songs and the rest "
-            "(p >= 0.05 for all)."]
-  return ["Significant differences (p < 0.05, permutation test over songs, not corrected for "
-          "testing seven statistics):", ""] + lines
+    return ["No statistic differs significantly between TikTok songs and the rest "
+            "(Holm-adjusted p >= 0.05 for all ten tests)."]
+  return ["Significant differences (Holm-adjusted p < 0.05 over T's ten tests; permutation "
+          "tests over songs, the survival and adjusted tests as stated):", ""] + lines
+
+
+def _cox_table(cox: dict) -> list[str]:
+  lines = ["| covariate | HR | 95 % CI | p |", "|---|---|---|---|"]
+  for r in cox["table"]:
+    lines.append(f"| {r['covariate']} | {_f(r['hr'])} | [{_f(r['lo'])}, {_f(r['hi'])}] | "
+                 f"{_ph(r['p'])} |")
+  return lines
 
 
 def markdown(result: dict) -> str:
   """The report section of a `run` result (tiktok.md)."""
   perms, unit = result["permutations"], result["unit"]
   s, n = result["stats"], result["n_songs"]
+  sv, adj = result["survival"], result["second_rise_adjusted"]
   lines = ["## T: TikTok songs vs the rest", "",
            f"Labels: {result['label_source']}. {n['TikTok']} TikTok songs "
            f"({result['n_rows']['TikTok']} series) vs {n['rest']} other songs "
@@ -497,20 +777,45 @@ def markdown(result: dict) -> str:
            + (f" {result['songs_conflicting']} songs with conflicting labels left out."
               if result["songs_conflicting"] else ""), "",
            "| statistic | TikTok mean | rest mean | difference | effect size (d) | p "
-           "| n (series) |", "|---|---|---|---|---|---|---|"]
-  lines += [_row(name, s[name], perms, pct=name in BINARY) for name in STATS]
-  lines += ["", "half_life counts only uncensored series; binary statistics are shares of series.",
-            ""]
+           "| p (Holm) | n (series) |", "|---|---|---|---|---|---|---|---|"]
+  lines += [_row(name + (" (uncensored rows only; see the survival analysis)"
+                         if name == "half_life" else ""), s[name], perms, pct=name in BINARY)
+            for name in STATS]
+  lines += ["", "Binary statistics are shares of series. half_life and longevity stop at the "
+            "horizon; half_life leaves out the series censored before halving, so it is a "
+            "description, not a test of staying power: the survival analysis below is.", "",
+            "### Time on the chart (survival) and the adjusted second rise", "",
+            f"Time on the chart is right-censored: {sv['n_censored']} of {sv['n_rows']} series "
+            "are still on the chart when their known steps end. Log-rank: rows treated as "
+            "independent (a song's regions are clustered, so this p is optimistic). Cox: "
+            f"stratified by {sv['cox']['strata'] or 'nothing (one region)'}, robust SEs "
+            f"clustered by song ({sv['cox']['n_songs']} songs), penalizer "
+            f"{sv['cox']['penalizer']:g}, covariates standardised. Adjusted second rise: "
+            f"logistic regression (L2, C = {adj['C']:g}) with region indicators, CI and p from "
+            f"{adj['bootstrap']} song-bootstrap refits. Covariates: "
+            + (", ".join(f"`{c}`" for c in sv["cox"]["covariates"]) or "none")
+            + " (the extrinsic features except the song's own outcomes; the data hold no "
+            "promotion feature, so promotion is not adjusted for). Holm-adjusted p over the ten "
+            "p-values of both tables.", ""]
+  lines += _survival_rows(sv, adj, unit)
+  lines += ["", "Cox coefficients (hazard of leaving the chart; HR > 1 = leaves sooner):", ""]
+  lines += _cox_table(sv["cox"])
+  if sv["cox"].get("error"):
+    lines += ["", f"The Cox model did not converge: {sv['cox']['error']}"]
+  if sv["cox"].get("warnings"):
+    lines += ["", "lifelines warned: " + "; ".join(sv["cox"]["warnings"])]
+  lines += [""]
   me = result.get("model_error")
   if me is not None:
     lines += ["### Forecast error of the model (test split)", ""]
     if me.get("available"):
       lines += [f"Per-series MAE (log streams) over the observed forecast steps "
                 f"{me['k'] + 1}.. of `{os.path.basename(me['file'])}`; "
-                f"songs: {me['n_songs']['TikTok']} TikTok, {me['n_songs']['rest']} rest.", "",
+                f"songs: {me['n_songs']['TikTok']} TikTok, {me['n_songs']['rest']} rest "
+                "(a separate question: not in the Holm family).", "",
                 "| MAE | TikTok mean | rest mean | difference | effect size (d) | p | n (series) |",
                 "|---|---|---|---|---|---|---|"]
-      lines += [_row(name, r, perms) for name, r in me["stats"].items()]
+      lines += [_row(name, r, perms, holm=False) for name, r in me["stats"].items()]
       r = me["stats"]["model"]
       p = _p(r["p"], perms)
       sig = _num(r["p"]) < 0.05
@@ -520,10 +825,34 @@ def markdown(result: dict) -> str:
                 + (f"p {p})." if p.startswith("≤") else f"p = {p})."), ""]
     else:
       lines += [f"Not available: {me.get('reason')}.", ""]
-  lines += ["### Verdict", ""] + _verdict(s, perms, unit) + [
+  lines += ["### Verdict", ""] + _verdict(result) + [
       "", "![Mean normalised curves](tiktok_curves.png)", "",
-      "![Shape statistics per group](tiktok_stats.png)", ""]
+      "![Shape statistics per group](tiktok_stats.png)", "",
+      "![Kaplan-Meier: share of series still on the chart](tiktok_survival.png)", ""]
   return "\n".join(lines)
+
+
+def plot_survival(path: str, km: dict, unit: str):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, ax = plt.subplots(figsize=(7, 4.2))
+  for name, color in (("TikTok", "tab:red"), ("rest", "tab:blue")):
+    c = km[name]
+    ax.step(c["time"], c["survival"], where="post", color=color,
+            label=f"{name} ({c['n_rows']} series, median {_median(c)})")
+    ax.fill_between(c["time"], c["lo"], c["hi"], step="post", color=color, alpha=0.2,
+                    linewidth=0)
+  ax.set_ylim(0, 1.02)
+  ax.set_xlabel(f"{unit} since chart debut")
+  ax.set_ylabel("share still on the chart")
+  ax.set_title("Kaplan-Meier time on the chart (censored at the data end), 95 % band")
+  ax.legend()
+  fig.tight_layout()
+  with atomic.replacing(path, "wb") as f:
+    fig.savefig(f, format="png", dpi=110)
+  plt.close(fig)
 
 
 def plot_curves(path: str, curves: dict, unit: str):
@@ -576,29 +905,44 @@ def plot_stats(path: str, values: dict, row_labels: np.ndarray):
 
 
 def run(pairs: dict, labels, outdir: str, *, label_source: str, predictions=None,
-        permutations: int = 2000, seed: int = 0, log=print) -> dict:
-  """Compares the groups, writes tiktok.json/.md/_curves.png/_stats.png in `outdir` and
-  returns what tiktok.json holds plus "markdown"."""
-  res = compare(pairs, labels, permutations=permutations, seed=seed)
+        permutations: int = 2000, seed: int = 0, bootstrap: int = BOOTSTRAP, log=print) -> dict:
+  """Compares the groups (permutation tests, survival, adjusted second rise, Holm over the ten
+  p-values), writes tiktok.json/.md/_curves.png/_stats.png/_survival.png in `outdir` and returns
+  what tiktok.json holds plus "markdown"."""
+  res = compare(pairs, labels, permutations=permutations, seed=seed, bootstrap=bootstrap)
+  sv = survival(pairs, labels)
+  adj = adjusted_second_rise(pairs, labels, bootstrap=bootstrap, seed=seed + 2)
+  # Holm over T's family: the seven permutation tests, log-rank, Cox TikTok, adjusted rise.
+  tests = [res["stats"][n] for n in STATS] + [sv["logrank"], sv["cox"]["tiktok"], adj]
+  names = list(STATS) + list(SURVIVAL_TESTS)
+  raw = [_num(t["p"]) for t in tests]
+  adjusted = stats_lib.holm(raw)
+  for t, ph in zip(tests, adjusted):
+    t["p_holm"] = float(ph)
   period = pairs.get("period", "weekly")
   unit = {"weekly": "weeks", "daily": "days"}.get(period, "steps")
   result = {"question": "T: do TikTok songs behave differently from classic hits?",
             "label_source": label_source, "period": period, "unit": unit,
             "horizon": int(pairs["series"].shape[1]), "seed": int(seed),
-            "permutations": int(permutations), "n_rows": res["n_rows"],
-            "n_songs": res["n_songs"], "songs_conflicting": res["songs_conflicting"],
-            "stats": res["stats"],
+            "permutations": int(permutations), "bootstrap": int(bootstrap),
+            "n_rows": res["n_rows"], "n_songs": res["n_songs"],
+            "songs_conflicting": res["songs_conflicting"], "stats": res["stats"],
+            "survival": sv, "second_rise_adjusted": adj,
+            "holm": {"tests": names, "p": raw, "p_holm": adjusted},
             "curves": {g: {k: v.tolist() for k, v in c.items()} for g, c in res["curves"].items()}}
   if predictions is not None:
     result["model_error"] = model_error(pairs, labels, predictions, permutations=permutations,
                                         seed=seed)
-  sig = [n for n in STATS if _num(res["stats"][n]["p"]) < 0.05]
+  sig = [n for n, ph in zip(names, adjusted) if ph < 0.05]
   sr = res["stats"]["second_rise"]
+  cox = sv["cox"]["tiktok"]
   result["verdict"] = (
-      (f"TikTok songs differ significantly (p < 0.05) in {', '.join(sig)}; second rise in "
-       f"{sr['TikTok']['mean'] * 100:.0f} % of their series vs {sr['rest']['mean'] * 100:.0f} % "
-       f"(p = {_p(sr['p'], permutations).lstrip('≤ ')})") if sig else
-      "no shape statistic differs significantly between TikTok songs and the rest")
+      (f"TikTok songs differ significantly (Holm-adjusted p < 0.05) in {', '.join(sig)}; second "
+       f"rise in {sr['TikTok']['mean'] * 100:.0f} % of their series vs "
+       f"{sr['rest']['mean'] * 100:.0f} % (Holm p = {_ph(sr['p_holm'])}); adjusted hazard ratio "
+       f"of leaving the chart {_f(cox['hr'])} [{_f(cox['lo'])}, {_f(cox['hi'])}] (Holm p = "
+       f"{_ph(cox['p_holm'])})") if sig else
+      "no statistic differs significantly between TikTok songs and the rest (Holm-adjusted)")
   result = _jsonable(result)
   os.makedirs(outdir, exist_ok=True)
   atomic.write_json(os.path.join(outdir, "tiktok.json"), result, indent=1)
@@ -606,5 +950,6 @@ def run(pairs: dict, labels, outdir: str, *, label_source: str, predictions=None
   atomic.write_text(os.path.join(outdir, "tiktok.md"), md)
   plot_curves(os.path.join(outdir, "tiktok_curves.png"), res["curves"], unit)
   plot_stats(os.path.join(outdir, "tiktok_stats.png"), res["values"], res["row_labels"])
+  plot_survival(os.path.join(outdir, "tiktok_survival.png"), sv["km"], unit)
   log(f"[analysis] T: {result['verdict']}")
   return {**result, "markdown": md}
