@@ -1,7 +1,7 @@
 """The research report of a run: H (debut vs longevity), T (TikTok songs), regions, probes.
 
     python -m mpjax.analysis --workdir=RUN [--data=DATASET] [--raw=RAW] [--out=RUN/analysis]
-        [--fit=train] [--score=val,test] [--tiktok_labels=CSV] [--bootstrap=1000]
+        [--fit=train] [--score=test] [--margin=0.02] [--tiktok_labels=CSV] [--bootstrap=1000]
         [--permutations=2000] [--seed=0] [--step=latest]
 
 Writes OUT/report.md, readable on its own (what was run, the data's provenance, every table
@@ -11,18 +11,20 @@ tiktok.{json,md,*.png} (`mpjax.analysis.tiktok`), regions.{json,md,*.png}
 (`mpjax.analysis.regions`). RUN/probes/probes.md (`python -m mpjax.analysis.probes`) is
 included when it exists.
 
-H is fitted on the train songs and scored on the held-out ones (val and test by default: the
-analysis chooses nothing on them, and the encoder is read at its latest step, not the one
-chosen on val, so val is as unseen as test here; a demo's test split alone is 16 songs).
+H is fitted on the train songs and scored on the test songs by default: songs never used for a
+model or checkpoint choice (a run's val songs chose its checkpoint or its stopping point). The
+report names the split. H is a pre-registered test with an equivalence margin at the debut
+(`--margin`, R²) and Holm-adjusted later horizons (`mpjax.analysis.hypothesis`).
 
 Audio representations for H: `fbank` (model-free statistics of the clip), `encoder` (the run's
 trained AST encoder; left out for runs without one) and, on synthetic data with truth.json,
 `planted` (the song's six planted attributes: what a perfect audio model could add, the
 ceiling the other two are read against).
 
-TikTok labels: --tiktok_labels (a CSV with columns track,label, `mpjax.analysis.tiktok.
-labels_from_csv`), else the dataset's `tiktok` label when it has one (synthetic worlds); real
-charts carry none, so without the CSV the report says T was skipped and how to supply labels.
+TikTok labels: --tiktok_labels (a CSV with the columns track,label; see
+`mpjax.analysis.tiktok.labels_from_csv`), else the dataset's `tiktok` label when it has one
+(synthetic worlds). Real charts carry none, so without the CSV the report says that T was
+skipped and how to supply the labels.
 The same comparison with the labels shuffled across songs is reported beside it (a check that
 the test finds nothing when there is nothing).
 
@@ -85,7 +87,7 @@ def _provenance(workdir, data_dir, manifest, raw, truth, step) -> list[str]:
 
 
 def run(workdir: str | None, *, data_dir: str | None = None, raw: str | None = None,
-        out: str | None = None, fit: str = "train", score: str = "val,test",
+        out: str | None = None, fit: str = "train", score: str = "test", margin: float = 0.02,
         tiktok_labels: str | None = None, bootstrap: int = 1000, permutations: int = 2000,
         seed: int = 0, step: str = "latest", log=print) -> dict:
   """Every analysis of the module docstring; returns {'report': path, 'hypothesis', 'tiktok',
@@ -122,7 +124,7 @@ def run(workdir: str | None, *, data_dir: str | None = None, raw: str | None = N
     audio["planted"] = planted_attributes(pairs, raw)
   if audio:
     results["hypothesis"] = hypothesis.run(pairs, out, audio=audio, fit=fit, score=score,
-                                           bootstrap=bootstrap, seed=seed, log=log)
+                                           bootstrap=bootstrap, seed=seed, margin=margin, log=log)
     sections.append(results["hypothesis"]["markdown"])
   else:
     results["hypothesis"] = {"skipped": "the dataset holds no audio"}
@@ -188,7 +190,8 @@ def run(workdir: str | None, *, data_dir: str | None = None, raw: str | None = N
           "driven by extrinsic factors and longevity by the audio?), **T** (do TikTok songs "
           "behave differently?), **regions** (which share taste?). Command: `python -m "
           f"mpjax.analysis --workdir={workdir or ''}" + (f" --data={data_dir}" if not workdir else "")
-          + f" --fit={fit} --score={score} --seed={seed}`.", "", "## Provenance", ""]
+          + f" --fit={fit} --score={score} --margin={margin:g} --seed={seed}`.", "",
+          "## Provenance", ""]
   head += _provenance(workdir, data_dir, manifest, raw, truth, step_n) + [""]
   summary = _summary(results)
   text = "\n".join(head + ["## Summary", ""] + summary + [""]) + "\n" + "\n".join(sections)

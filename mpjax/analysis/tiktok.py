@@ -197,7 +197,7 @@ def chart_durations(series, mask, known) -> tuple[np.ndarray, np.ndarray]:
       dur[i], event[i] = gone[0] - debut, 1.0
     else:
       # Still charting where the data end: censored at the last known (or observed) step.
-      last = max(int(np.flatnonzero(kn[i] | m[i]).max()), int(obs[-1]))
+      last = int(np.flatnonzero(kn[i] | m[i]).max())
       dur[i], event[i] = last - debut + 1, 0.0
   return dur, event
 
@@ -691,9 +691,12 @@ def _pp(p, p_holm, permutations=None) -> str:
   return f"{raw}, Holm p = {_ph(p_holm)}"
 
 
-def _median(km: dict) -> str:
-  m = _num(km["median"])
-  return "not reached" if not math.isfinite(m) else f"{m:g}"
+def _median(km: dict, ci: bool = False) -> str:
+  """The KM median (not reached: the curve stays above 1/2), with its 95 % CI when asked."""
+  def one(v):
+    return "not reached" if not math.isfinite(_num(v)) else f"{_num(v):g}"
+  return one(km["median"]) + (f" [{one(km['median_ci'][0])}, {one(km['median_ci'][1])}]"
+                              if ci else "")
 
 
 def _survival_rows(sv: dict, adj: dict, unit: str) -> list[str]:
@@ -701,8 +704,8 @@ def _survival_rows(sv: dict, adj: dict, unit: str) -> list[str]:
   return [
       "| test | TikTok | rest | estimate [95 % CI] | p | p (Holm) | n (series) |",
       "|---|---|---|---|---|---|---|",
-      f"| log-rank (time on chart) | median {_median(km['TikTok'])} {unit} | median "
-      f"{_median(km['rest'])} {unit} | χ² = {_f(lr['statistic'])} | {_ph(lr['p'])} | "
+      f"| log-rank (time on chart) | median {_median(km['TikTok'], True)} {unit} | median "
+      f"{_median(km['rest'], True)} {unit} | χ² = {_f(lr['statistic'])} | {_ph(lr['p'])} | "
       f"{_ph(lr.get('p_holm'))} | {km['TikTok']['n_rows']} / {km['rest']['n_rows']} |",
       f"| Cox: hazard of leaving the chart, TikTok vs rest (adjusted) | | | HR {_f(cox['hr'])} "
       f"[{_f(cox['lo'])}, {_f(cox['hi'])}] | {_ph(cox['p'])} | {_ph(cox.get('p_holm'))} | "
@@ -790,7 +793,9 @@ def markdown(result: dict) -> str:
             "independent (a song's regions are clustered, so this p is optimistic). Cox: "
             f"stratified by {sv['cox']['strata'] or 'nothing (one region)'}, robust SEs "
             f"clustered by song ({sv['cox']['n_songs']} songs), penalizer "
-            f"{sv['cox']['penalizer']:g}, covariates standardised. Adjusted second rise: "
+            f"{sv['cox']['penalizer']:g}, covariates standardised; its HR averages over time, "
+            "so where the Kaplan-Meier curves cross (a second wave) the hazards are not "
+            "proportional and the curves are the better read. Adjusted second rise: "
             f"logistic regression (L2, C = {adj['C']:g}) with region indicators, CI and p from "
             f"{adj['bootstrap']} song-bootstrap refits. Covariates: "
             + (", ".join(f"`{c}`" for c in sv["cox"]["covariates"]) or "none")
