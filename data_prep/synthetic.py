@@ -63,9 +63,9 @@ e_L, e_d ~ N(0, 1). Audio acts only on longevity (d) and on the size of the TikT
 (V), never on the debut level. With `null=True` everything is identical (audio files included)
 except that A and V use a phantom attribute vector drawn independently of the audio (same
 distribution): popularity is then independent of the audio. With `audio_on='debut'` (the
-negative control of H) the audio moves to the debut: L gains DEBUT_AUDIO_W e sum_j w_rj x_sj
-(DEBUT_AUDIO_W = 0.5) while A and V use the phantom, so the audio sets the debut and not the
-decay.
+negative control of H) the audio moves to the debut: L gains e sum_j w_rj x_sj (the appeal
+the decay would have had) while A and V use the phantom, so the audio sets the debut and not
+the decay.
 
 Album versions: a few songs (`alt_fraction`) have a second track (same ISRC, so same song_id; a
 different 8 s excerpt of the same composition) whose streams are share_s × the song's streams,
@@ -142,7 +142,7 @@ FLOOR_GAP = 1.5  # chart floor = exp(mu_r - FLOOR_GAP) weekly streams
 
 # The popularity model's constants (see the module docstring).
 FAME_W, PROMO_W, HOME_W, DEBUT_SD = 0.55, 0.6, 0.7, 0.35
-DEBUT_AUDIO_W = 0.5  # audio_on='debut' only: weight of the appeal in the debut level
+DEBUT_AUDIO_W = 1.0  # audio_on='debut' only: weight of the appeal in the debut level
 AUDIO_ON = ("longevity", "debut")
 DECAY_SD = 0.15
 AR_RHO, AR_SD = 0.7, 0.08
@@ -777,7 +777,7 @@ FORMULAS = {
                   "percussiveness drum gain u x tonal RMS; hook: a beat is the 1-beat motif with p "
                   "0.1+0.85u, motif notes (1+0.8u) louder; loudness RMS = -32+14u dBFS",
     "debut_level": "L = mu_r + 0.55 f_a + 0.6 P_s + 0.7 [h_a = r] + 0.35 e_L  (natural-log weekly "
-                   "streams at release; no audio term; params.audio_on = 'debut': + 0.5 e sum_j "
+                   "streams at release; no audio term; params.audio_on = 'debut': + e sum_j "
                    "w_rj x_sj, the audio's appeal, while A and V use a phantom)",
     "appeal": "A = e sum_j w_rj x_sj (e = params.audio_effect, the dose) over the six attributes (w_r = region prefs); null variant: x "
               "from an independent phantom draw instead of the audio",

@@ -26,12 +26,12 @@ def test_report_of_a_trained_run(run_dir, tmp_path):
   wd, data = run_dir
   out = str(tmp_path / "analysis")
   lines = []
-  res = research.run(wd, out=out, bootstrap=100, permutations=200, log=lines.append)
+  res = research.run(wd, out=out, bootstrap=200, permutations=200, log=lines.append)
   text = open(res["report"]).read()
   assert res["report"] == os.path.join(out, "report.md")
   h = res["hypothesis"]
   assert list(h["audio"]) == ["fbank", "encoder", "planted"]
-  assert h["fit"] == "train" and h["score"] == "val,test"
+  assert h["fit"] == "train" and h["score"] == "test"
   # The encoder representation is the trained run's: pooled + one patch mean per layer (depth 1).
   pairs = rows.load(data)
   enc = hypothesis.encoder_features(wd, pairs, data, log=lambda *_: None)
@@ -61,7 +61,7 @@ def test_report_includes_the_probes_when_they_exist(run_dir, tmp_path):
   with open(os.path.join(wd, "probes", "probes.md"), "w") as f:
     f.write("# Linear probes: x\n\n| target | n |\n|---|---|\n| tempo | 7 |\n")
   try:
-    res = research.run(wd, out=str(tmp_path), bootstrap=50, permutations=100,
+    res = research.run(wd, out=str(tmp_path), bootstrap=150, permutations=100,
                        log=lambda *_: None)
   finally:
     os.remove(os.path.join(wd, "probes", "probes.md"))
@@ -71,7 +71,7 @@ def test_report_includes_the_probes_when_they_exist(run_dir, tmp_path):
 
 def test_a_dataset_alone_gets_the_data_analyses(run_dir, tmp_path):
   _, data = run_dir
-  res = research.run(None, data_dir=data, out=str(tmp_path), bootstrap=50, permutations=100,
+  res = research.run(None, data_dir=data, out=str(tmp_path), bootstrap=150, permutations=100,
                      log=lambda *_: None)
   assert list(res["hypothesis"]["audio"]) == ["fbank", "planted"]
   assert res["regions"]["run"] is None and "learned" not in res["regions"]["matrices"]

@@ -26,6 +26,10 @@ def test_equivalence_reads_the_90_percent_interval():
   assert not stats.equivalence(shifted, 0.02)["equivalent"]   # a real effect
   e = stats.equivalence(tight, 0.02)
   assert e["level"] == pytest.approx(0.9) and e["ci"][0] < 0 < e["ci"][1]
+  below = rng.normal(-0.05, 0.005, 4000)  # clearly negative: only the one-sided test passes
+  assert not stats.equivalence(below, 0.02)["equivalent"]
+  assert stats.equivalence(below, 0.02, two_sided=False)["equivalent"]
+  assert not stats.equivalence(shifted, 0.02, two_sided=False)["equivalent"]
   with pytest.raises(ValueError, match="margin"):
     stats.equivalence(tight, 0.0)
 
@@ -92,3 +96,19 @@ def test_pca_scores_fit_on_the_fit_rows_only():
   assert abs(np.corrcoef(s[:, 0], z[:, 0])[0, 1]) > 0.97  # the shared direction comes first
   with pytest.raises(ValueError, match="constant"):
     stats.pca_scores(np.ones((10, 3)), np.ones(10, bool), 2)
+
+
+def test_ridge_refit_predict_is_sklearn_s_pipeline_on_the_repeated_rows():
+  from sklearn.linear_model import Ridge
+  from sklearn.pipeline import make_pipeline
+  from sklearn.preprocessing import StandardScaler
+  rng = np.random.default_rng(0)
+  x = np.concatenate([rng.normal(size=(40, 4)), np.ones((40, 1))], 1)  # a constant column too
+  y = x[:, 0] - 2 * x[:, 1] + rng.normal(size=40)
+  counts = rng.multinomial(40, np.full(40, 1 / 40))
+  keep = counts > 0
+  xs = rng.normal(size=(7, 5))
+  ref = make_pipeline(StandardScaler(), Ridge(alpha=3.0)).fit(
+      np.repeat(x, counts, 0), np.repeat(y, counts)).predict(xs)
+  got = stats.ridge_refit_predict(x[keep], y[keep], counts[keep], 3.0, xs)
+  np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-9)

@@ -1,39 +1,58 @@
 """H: is a song's debut driven by extrinsic factors and its longevity by the audio?
 
-For each horizon (the debut step, then later windows of steps after it, then the whole life on
-the chart) three nested regressions of the same target are fitted on the fit split(s) and
-scored on the score split (default: train / test):
+A pre-registered test: the claims, the margin and the error rates are fixed before the data are
+looked at, and each verdict can come out either way (tests reach all three on planted worlds).
 
-  extrinsic  region indicators + the debut-time extrinsic features (artist history, featured
-             artists, ...; the song's own chart outcomes -- its debut position, its streams in
-             other regions -- are left out by default: they carry the audio's effect, they are
-             not its causes)
-  audio      region indicators + the audio representation (PCA to `components`, fitted on the
-             fit rows' clips) and its interaction with the region indicators: regions weigh
-             the audio differently
-  both       all of the above
-and, as the floor all three share, `region` (the region indicators alone).
+Horizons and targets, per (song, region) series, in log1p streams:
+  debut          the debut step's value (the level).
+  later windows  retention: the mean over the window's steps relative to the debut value, an
+                 off-chart step counting at the region's chart floor (the lowest value any
+                 series of the region shows on the chart): leaving the chart is low retention,
+                 not a missing value. A series counts at a window only when every step of it is
+                 known (the data run that far), so no series is dropped for having left the
+                 chart (no survivorship).
+  decay slope    the censoring-aware decay slope of `data_prep.targets` (a Tobit line through
+                 the series with off-chart steps below the floor; the MP2 `longevity` target).
+  longevity      steps on the chart within the first 12 weeks (28 days) after the debut
+                 (series whose whole span is known).
 
-Targets per (song, region) series, in log1p streams: at the debut, the debut step's value (the
-level); at a later window, the mean over its on-chart steps minus the debut value (retention:
-the log of the streams relative to the debut, so the level the debut already shows does not
-count again; a series with no on-chart step in the window is left out of that horizon: late
-windows hold the songs still charting); and `longevity` = steps on the chart within the first
-12 weeks (28 days) after the debut (series whose span is known). Models: ridge regression on standardised features, the
-penalty chosen by 5-fold cross-validation grouped by song on the fit rows.
+Models, nested, fitted on the fit split(s) (train by default), ridge on standardised features
+with the penalty chosen by 5-fold CV grouped by song (`stats.ridge_cv`):
+  region     region indicators (the floor all share)
+  extrinsic  + the debut-time extrinsic features (artist history, featured artists, ...; the
+             song's own chart outcomes are left out by default: they carry the audio's effect)
+  audio      region + the audio representation (PCA to `components` on the fit rows' clips)
+             and its interaction with the region indicators
+  both       all of the above.
+Score: R² on the score split, test by default (songs never used for a model or checkpoint
+choice; the report names the split). The audio increment at a horizon is
+  inc_h = R²(both) - R²(extrinsic).
 
-Score: R² on the score rows (1 - SSE / SST around the score rows' mean). Uncertainty: a
-bootstrap over SONGS of the score split (one song charts in several regions; its rows move
-together), B resamples, percentile 95 % intervals for every R² and for the audio increment
-  increment = R²(both) - R²(extrinsic),
-the share of the target's variance the audio explains beyond the extrinsic features. A CI
-that excludes zero is called significant. Verdict on H: supported when the audio increment at
-the debut is small (its CI includes zero or the extrinsic model explains more of the debut
-than the audio one) and significant at later horizons.
+Uncertainty: a refit song bootstrap. Each of B resamples draws the fit songs and the score
+songs with replacement (a song's series move together, across horizons too, so differences
+between horizons are paired), refits every model on the resampled fit songs at the penalty
+chosen on the full fit split (the PCA stays the full fit split's), and scores it on the
+resampled score songs. Percentile intervals.
 
-Audio representations: `fbank` (per mel bin mean and std over the clip: model-free) and
+The tests (alpha = 0.05; margin m = 0.02 of R² by default, `--margin`):
+  debut      equivalence: the upper bound of the 90 % interval of inc_debut (a one-sided 95 %
+             bound) lies below m: the audio adds nothing that matters at the debut. Only the
+             upper side is tested: the population increment of a nested model is >= 0, and
+             values below 0 are the cost of fitting more features. Audio at the debut:
+             inc_debut > 0 one-sided (p < alpha) and not equivalent.
+  longevity  per later horizon, the one-sided test of inc_h - inc_debut > 0 (the audio explains
+             more of the later target than of the debut), Holm-adjusted across the later
+             horizons. No more audio later: every later difference's upper 95 % bound < m.
+Verdict: supported = debut equivalent and some later horizon significant after Holm; rejected =
+audio at the debut, or no more audio later at any horizon; otherwise inconclusive, with the
+power: the smallest margin this many songs could show equivalent with 80 % power (2.93 bootstrap
+SEs) and the smallest later difference it would detect (2.49 SEs), and the songs that would
+take at the stated margin.
+
+Audio representations: `fbank` (per mel bin mean and std over the clip: model-free),
 `encoder` (a trained run's AST encoder: pooled output and per-layer patch-token means, from
-`mpjax.analysis.probes`); each gets its own table, figure and verdict.
+`mpjax.analysis.probes`) and on synthetic data `planted` (the six planted attributes); each
+gets its own table, figure and verdict.
 
 Outputs (`run`): OUT/hypothesis.json (every number), hypothesis.md (tables + verdicts),
 hypothesis_<audio>.png (R² vs horizon for the three models with 95 % bands).
@@ -46,6 +65,7 @@ import os
 import numpy as np
 
 from mpjax.analysis import rows as rows_lib
+from mpjax.analysis import stats
 
 # The song's own outcomes: on real data (data_prep.build) and synthetic alike.
 OUTCOME_FEATURES = ("debut_pos", "debut_prior_log_streams", "debut_periods_on_source_chart",
@@ -53,7 +73,10 @@ OUTCOME_FEATURES = ("debut_pos", "debut_prior_log_streams", "debut_periods_on_so
                     "song_peak_log_streams_elsewhere")
 MODELS = ("region", "extrinsic", "audio", "both")
 LONGEVITY_SPAN = {True: 12, False: 28}  # steps: weekly (True) / daily
-ALPHAS = np.logspace(-2, 4, 13)
+MARGIN = 0.02
+ALPHA = 0.05
+# 80 % power multiples of the bootstrap SE: TOST at true 0 (z .95 + z .90), one-sided (z .95 + z .80).
+EQUIVALENCE_SE, DETECT_SE = 2.93, 2.49
 
 
 def horizons(h: int, period: str = "weekly") -> list[tuple[str, int, int]]:
@@ -75,20 +98,37 @@ def horizons(h: int, period: str = "weekly") -> list[tuple[str, int, int]]:
   return out
 
 
+def chart_floors(pairs: dict) -> np.ndarray:
+  """[N] per row: the lowest on-chart value of any series of the row's region."""
+  series, mask, region = pairs["series"], pairs["mask"], pairs["region"]
+  floor = np.full(int(region.max()) + 1, np.nan)
+  for r in np.unique(region):
+    v = series[region == r][mask[region == r]]
+    floor[r] = v.min() if len(v) else np.nan
+  return floor[region]
+
+
 def targets(pairs: dict) -> dict[str, np.ndarray]:
   """horizon name -> target [N] (NaN = not defined for that series); the module docstring."""
   series, mask, known = pairs["series"], pairs["mask"], pairs["known"]
+  period = pairs.get("period", "weekly")
+  floor = chart_floors(pairs)[:, None]
   out = {}
   debut = np.where(mask[:, 0], series[:, 0], np.nan)
-  for name, lo, hi in horizons(series.shape[1], pairs.get("period", "weekly")):
-    m = mask[:, lo:hi]
-    s = np.where(m, series[:, lo:hi], 0.0).sum(1)
-    level = np.where(m.any(1), s / np.maximum(m.sum(1), 1), np.nan)
-    out[name] = level if lo == 0 else level - debut  # later: retention relative to the debut
+  seen = known | mask
+  for name, lo, hi in horizons(series.shape[1], period):
+    if lo == 0:
+      out[name] = debut
+      continue
+    value = np.where(mask[:, lo:hi], series[:, lo:hi], floor)  # off the chart: at the floor
+    full = seen[:, lo:hi].all(1)
+    out[name] = np.where(full, value.mean(1) - debut, np.nan)
+  if "longevity" in pairs and np.isfinite(pairs["longevity"]).any():
+    out["decay slope"] = np.asarray(pairs["longevity"], np.float64)
   # Longevity over a fixed span every series can be judged on (most debuts are too recent for
   # the whole stored horizon to be known).
-  span = min(series.shape[1], LONGEVITY_SPAN[pairs.get("period", "weekly") == "weekly"])
-  full = (known | mask)[:, :span].all(1)
+  span = min(series.shape[1], LONGEVITY_SPAN[period == "weekly"])
+  full = seen[:, :span].all(1)
   out["longevity"] = np.where(full, mask[:, :span].sum(1).astype(np.float64), np.nan)
   return out
 
@@ -98,34 +138,22 @@ def targets(pairs: dict) -> dict[str, np.ndarray]:
 # ------------------------------------------------------------------------------------------------
 
 
-def _standardise(x, fit):
-  mu = x[fit].mean(0)
-  sd = x[fit].std(0)
-  keep = sd > 1e-9
-  return (x[:, keep] - mu[keep]) / sd[keep]
-
-
 def audio_components(audio: np.ndarray, fit: np.ndarray, k: int) -> np.ndarray:
-  """Standardise then PCA the audio representation on the fit rows; the top-k scores [N, k]
-  (scaled to unit variance on the fit rows)."""
-  z = _standardise(np.asarray(audio, np.float64), fit)
-  if z.shape[1] == 0:
-    raise ValueError("the audio representation is constant over the fit rows")
-  _, s, vt = np.linalg.svd(z[fit], full_matrices=False)
-  k = min(k, len(s), int((s > 1e-8 * s[0]).sum()))
-  scores = z @ vt[:k].T
-  return scores / scores[fit].std(0)
+  """The top-k principal component scores [N, k] of the standardised audio representation,
+  fitted on the fit rows (`stats.pca_scores`)."""
+  try:
+    return stats.pca_scores(audio, fit, k)
+  except ValueError:
+    raise ValueError("the audio representation is constant over the fit rows") from None
 
 
-def design(pairs: dict, audio_pc: np.ndarray, fit: np.ndarray, exclude=OUTCOME_FEATURES
-           ) -> dict[str, np.ndarray]:
-  """model name -> feature matrix [N, d] (module docstring)."""
+def design(pairs: dict, audio_pc: np.ndarray, exclude=OUTCOME_FEATURES) -> dict[str, np.ndarray]:
+  """model name -> feature matrix [N, d] (module docstring); the ridge standardises them."""
   r = len(pairs["regions"])
   onehot = np.eye(r)[pairs["region"]]
   names = pairs["feature_names"]
   keep = [i for i, n in enumerate(names) if n not in set(exclude)]
   ext = pairs["extrinsic"][:, keep]
-  ext = _standardise(ext, fit) if ext.shape[1] else ext
   inter = (audio_pc[:, :, None] * onehot[:, None, :]).reshape(len(onehot), -1)
   audio = np.concatenate([audio_pc, inter], 1)
   return {"region": onehot, "extrinsic": np.concatenate([onehot, ext], 1),
@@ -133,71 +161,41 @@ def design(pairs: dict, audio_pc: np.ndarray, fit: np.ndarray, exclude=OUTCOME_F
           "both": np.concatenate([onehot, ext, audio], 1)}
 
 
-def _ridge_fit(x, y, alpha):
-  """Ridge with an unpenalised intercept; (coef, intercept)."""
-  mx, my = x.mean(0), y.mean()
-  xc = x - mx
-  d = x.shape[1]
-  coef = np.linalg.solve(xc.T @ xc + alpha * np.eye(d), xc.T @ (y - my)) if d else np.zeros(0)
-  return coef, my - mx @ coef
+def song_draws(groups, fit, score, samples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """([samples, N], [samples, N]) draw counts per row of the refit bootstrap: the fit rows'
+  songs and the score rows' songs, each drawn with replacement among their own (a song's rows
+  share its count); 0 outside fit / score."""
+  out = []
+  for rows, s in ((np.flatnonzero(fit), seed), (np.flatnonzero(score), seed + 1)):
+    uniq, inv = np.unique(np.asarray(groups)[rows], return_inverse=True)
+    counts = np.zeros((samples, len(groups)))
+    counts[:, rows] = stats.bootstrap_weights(np.arange(len(uniq)), samples, s)[:, inv.reshape(-1)]
+    out.append(counts)
+  return out[0], out[1]
 
 
-def fit_predict(x_fit, y_fit, groups_fit, x_score, *, folds: int = 5, seed: int = 0):
-  """Ridge with alpha chosen by grouped K-fold CV MSE on the fit rows; (predictions, alpha)."""
-  uniq = np.unique(groups_fit)
-  folds = min(folds, len(uniq))
-  if folds < 2:
-    raise ValueError(f"need at least 2 songs to fit, got {len(uniq)}")
-  rng = np.random.default_rng(seed)
-  fold_of = dict(zip(rng.permutation(uniq), np.arange(len(uniq)) % folds))
-  f = np.array([fold_of[g] for g in groups_fit])
-  cv = []
-  for alpha in ALPHAS:
-    err = 0.0
-    for i in range(folds):
-      tr, te = f != i, f == i
-      coef, b = _ridge_fit(x_fit[tr], y_fit[tr], alpha)
-      err += ((x_fit[te] @ coef + b - y_fit[te]) ** 2).sum()
-    cv.append(err)
-  alpha = float(ALPHAS[int(np.argmin(cv))])
-  coef, b = _ridge_fit(x_fit, y_fit, alpha)
-  return x_score @ coef + b, alpha
-
-
-def r2(y, pred, w=None) -> np.ndarray:
-  """R² of pred for y; with weights w [B, n] one R² per row of w (a bootstrap)."""
-  if w is None:
-    return 1.0 - ((y - pred) ** 2).sum() / ((y - y.mean()) ** 2).sum()
-  tot = w.sum(1)
-  mean = (w @ y) / tot
-  sst = (w * (y[None] - mean[:, None]) ** 2).sum(1)
-  # A resample whose target is (nearly) constant has no R²: NaN, left out of the interval.
-  with np.errstate(divide="ignore", invalid="ignore"):
-    return np.where(sst > 1e-9 * tot * max(float(y.var()), 1e-12),
-                    1.0 - (w @ ((y - pred) ** 2)) / sst, np.nan)
-
-
-def bootstrap_weights(groups: np.ndarray, samples: int, seed: int) -> np.ndarray:
-  """[samples, n] row weights: songs drawn with replacement, each row weighted by its song's
-  count in the draw."""
-  uniq, idx = np.unique(groups, return_inverse=True)
-  rng = np.random.default_rng(seed)
-  draws = rng.integers(0, len(uniq), size=(samples, len(uniq)))
-  counts = np.zeros((samples, len(uniq)))
-  np.add.at(counts, (np.arange(samples)[:, None], draws), 1.0)
-  return counts[:, idx]
-
-
-def _ci(v):
-  lo, hi = np.nanpercentile(v, [2.5, 97.5])
-  return [float(lo), float(hi)]
+def refit_r2(x, y, groups, f, s, fit_counts, score_counts, *, seed: int = 0):
+  """One model's R² on the score rows s (indices) fitted on the fit rows f, the penalty chosen
+  there (`stats.ridge_cv`), and its refit bootstrap: (R², alpha, [B] R² of the model refitted
+  on each draw's fit songs at that penalty, scored on its score songs; NaN where undefined)."""
+  pred, alpha = stats.ridge_predict(x[f], y[f], groups[f], x[s], seed=seed)
+  boot = np.full(len(fit_counts), np.nan)
+  for b in range(len(fit_counts)):
+    drawn = fit_counts[b, f] > 0
+    w = score_counts[b, s]
+    if len(np.unique(y[f][drawn])) < 2 or w.sum() == 0:
+      continue
+    p = stats.ridge_refit_predict(x[f][drawn], y[f][drawn], fit_counts[b, f][drawn], alpha, x[s])
+    boot[b] = stats.weighted_r2(y[s], p, w[None])[0]
+  return stats.weighted_r2(y[s], pred), alpha, boot
 
 
 def analyse(pairs: dict, audio: np.ndarray, fit: np.ndarray, score: np.ndarray, *,
-            components: int = 16, bootstrap: int = 1000, seed: int = 0,
+            components: int = 16, bootstrap: int = 1000, seed: int = 0, margin: float = MARGIN,
             exclude=OUTCOME_FEATURES, min_songs: int = 8) -> dict:
-  """Every horizon's R² per model on the score rows with bootstrap CIs, and the audio
-  increment. fit/score: bool [N] row masks; audio [N, d] (one clip's representation per row)."""
+  """Every horizon's R² per model on the score rows with refit-bootstrap CIs, the audio
+  increments and the verdict (module docstring). fit/score: bool [N] row masks; audio [N, d]
+  (one clip's representation per row)."""
   fit, score = np.asarray(fit, bool), np.asarray(score, bool)
   if (fit & score).any():
     raise ValueError("the fit and score rows overlap")
@@ -205,73 +203,127 @@ def analyse(pairs: dict, audio: np.ndarray, fit: np.ndarray, score: np.ndarray, 
   if not np.isfinite(audio).all():
     raise ValueError("the audio representation holds NaN/Inf")
   pcs = audio_components(audio, fit, components)
-  x = design(pairs, pcs, fit, exclude)
+  x = design(pairs, pcs, exclude)
   groups = rows_lib.song_groups(pairs["song"])
-  out = {"components": int(pcs.shape[1]), "horizons": {}, "skipped": {}}
+  # Song draws shared by every horizon: inc_h - inc_debut is paired.
+  fit_counts, score_counts = song_draws(groups, fit, score, bootstrap, seed)
+  later = len(targets(pairs)) - 1
+  if (bootstrap + 1) * ALPHA <= later:  # the smallest bootstrap p is 1 / (B + 1), x K by Holm
+    raise ValueError(f"bootstrap={bootstrap}: with {later} later horizons no Holm-adjusted p can "
+                     f"fall below {ALPHA}; use at least {int(math.ceil(later / ALPHA))} resamples")
+  out = {"components": int(pcs.shape[1]), "margin": float(margin), "alpha": ALPHA,
+         "horizons": {}, "skipped": {}}
+  boot_inc = {}
   for name, y in targets(pairs).items():
     ok = np.isfinite(y)
-    f, s = fit & ok, score & ok
+    f, s = np.flatnonzero(fit & ok), np.flatnonzero(score & ok)
     n_fit, n_score = len(np.unique(groups[f])), len(np.unique(groups[s]))
     if n_fit < min_songs or n_score < min_songs or np.ptp(y[s]) == 0:
       out["skipped"][name] = (f"{n_fit} fit songs, {n_score} score songs with a target "
                               f"(need >= {min_songs} each, and a non-constant target)")
       continue
-    w = bootstrap_weights(groups[s], bootstrap, seed)
-    entry = {"n_fit": int(f.sum()), "n_score": int(s.sum()), "songs_fit": n_fit,
+    entry = {"n_fit": int(len(f)), "n_score": int(len(s)), "songs_fit": n_fit,
              "songs_score": n_score, "target_sd": float(y[s].std()), "r2": {}, "ci": {},
-             "alpha": {}}
+             "ridge_alpha": {}}
     boot = {}
     for model in MODELS:
-      pred, alpha = fit_predict(x[model][f], y[f], groups[f], x[model][s], seed=seed)
-      entry["r2"][model] = float(r2(y[s], pred))
-      entry["alpha"][model] = alpha
-      boot[model] = r2(y[s], pred, w)
-      entry["ci"][model] = _ci(boot[model])
+      entry["r2"][model], entry["ridge_alpha"][model], boot[model] = refit_r2(
+          x[model], y, groups, f, s, fit_counts, score_counts, seed=seed)
+      entry["ci"][model] = stats.percentile_ci(boot[model])
     inc = boot["both"] - boot["extrinsic"]
+    boot_inc[name] = inc
     entry["increment"] = entry["r2"]["both"] - entry["r2"]["extrinsic"]
-    entry["increment_ci"] = _ci(inc)
-    inc = inc[np.isfinite(inc)]
-    entry["increment_p"] = float((1 + (inc <= 0).sum()) / (1 + len(inc)))  # one-sided
-    entry["bootstrap_undefined"] = int(bootstrap - len(inc))
-    entry["significant"] = entry["increment_ci"][0] > 0
+    entry["increment_ci"] = stats.percentile_ci(inc)
+    entry["increment_se"] = float(np.nanstd(inc, ddof=1))
+    entry["increment_p"] = stats.p_greater(inc)  # one-sided: > 0
+    entry["bootstrap_undefined"] = int((~np.isfinite(inc)).sum())
     out["horizons"][name] = entry
+  _tests(out, boot_inc, margin)
   out["verdict"] = verdict(out)
   return out
 
 
+def _tests(out: dict, boot_inc: dict, margin: float) -> None:
+  """Adds the debut equivalence test and the Holm-adjusted later-minus-debut tests."""
+  hz = out["horizons"]
+  if "debut" not in hz:
+    return
+  d = hz["debut"]
+  # One-sided: a nested model's population increment cannot be below 0 (below is overfitting).
+  d["equivalence"] = stats.equivalence(boot_inc["debut"], margin, ALPHA, two_sided=False)
+  d["audio_at_debut"] = bool(d["increment_p"] < ALPHA and not d["equivalence"]["equivalent"])
+  d["smallest_margin"] = EQUIVALENCE_SE * d["increment_se"]
+  later = [n for n in hz if n != "debut"]
+  raw_p = []
+  for n in later:
+    diff = boot_inc[n] - boot_inc["debut"]
+    e = hz[n]
+    e["over_debut"] = e["increment"] - d["increment"]
+    e["over_debut_ci"] = stats.percentile_ci(diff)
+    e["over_debut_se"] = float(np.nanstd(diff, ddof=1))
+    e["over_debut_p"] = stats.p_greater(diff)
+    e["detectable"] = DETECT_SE * e["over_debut_se"]
+    raw_p.append(e["over_debut_p"])
+  for n, p in zip(later, stats.holm(raw_p)):
+    hz[n]["over_debut_p_holm"] = float(p)
+    hz[n]["significant"] = bool(p < ALPHA)
+    hz[n]["no_more_audio"] = bool(hz[n]["over_debut_ci"][1] < margin)
+
+
 def verdict(result: dict) -> dict:
-  """Plain-language verdict on H from the per-horizon numbers (module docstring)."""
+  """The verdict on H from the tests (module docstring): 'supported', 'rejected' or
+  'inconclusive', with a plain-language text and the details behind it."""
   hz = result["horizons"]
   if "debut" not in hz:
-    return {"supported": None, "text": "no verdict: the debut horizon could not be scored"}
+    return {"outcome": None, "supported": None,
+            "text": "no verdict: the debut horizon could not be scored"}
+  d, m = hz["debut"], result["margin"]
   later = [n for n in hz if n != "debut"]
-  d = hz["debut"]
-  debut_extrinsic = (not d["significant"]) or d["r2"]["extrinsic"] > d["r2"]["audio"]
-  sig_later = [n for n in later if hz[n]["significant"]]
-  lines = [f"At the debut the extrinsic features explain R² = {d['r2']['extrinsic']:.2f} "
-           f"(95 % CI {d['ci']['extrinsic'][0]:.2f} to {d['ci']['extrinsic'][1]:.2f}) and the "
-           f"audio alone {d['r2']['audio']:.2f}; the audio adds {d['increment']:+.3f} "
-           f"(CI {d['increment_ci'][0]:+.3f} to {d['increment_ci'][1]:+.3f}, "
-           + ("significant" if d["significant"] else "not significant: the CI includes zero")
-           + ")."]
+  sig = [n for n in later if hz[n]["significant"]]
+  none_later = bool(later) and all(hz[n]["no_more_audio"] for n in later)
+  eq = d["equivalence"]
+  lines = [f"Debut: the audio adds {d['increment']:+.3f} to the extrinsic R² "
+           f"{d['r2']['extrinsic']:.2f} (90 % CI {eq['ci'][0]:+.3f} to {eq['ci'][1]:+.3f}; "
+           f"margin ±{m:g}): " + ("equivalent to no effect." if eq["equivalent"] else
+                                 "audio at the debut (one-sided p = "
+                                 f"{d['increment_p']:.3g})." if d["audio_at_debut"] else
+                                 "not shown equivalent (the interval reaches past the margin).")]
   for n in later:
     e = hz[n]
-    lines.append(f"{n}: the audio adds {e['increment']:+.3f} (CI {e['increment_ci'][0]:+.3f} "
-                 f"to {e['increment_ci'][1]:+.3f}) to the extrinsic R² {e['r2']['extrinsic']:.2f}"
-                 + (" - significant." if e["significant"] else " - not significant."))
-  supported = bool(debut_extrinsic and sig_later)
-  if supported:
-    head = (f"H supported: the debut is explained by the extrinsic features, and the audio "
-            f"adds significantly at {len(sig_later)} of {len(later)} later horizons "
-            f"({', '.join(sig_later)}).")
-  elif not sig_later:
-    head = ("H not supported here: the audio adds no significant explained variance beyond "
-            "the extrinsic features at any later horizon.")
+    lines.append(f"{n}: the audio adds {e['increment']:+.3f}, {e['over_debut']:+.3f} more than "
+                 f"at the debut (95 % CI {e['over_debut_ci'][0]:+.3f} to "
+                 f"{e['over_debut_ci'][1]:+.3f}; Holm-adjusted one-sided p = "
+                 f"{e['over_debut_p_holm']:.3g})" + (" - significant." if e["significant"] else "."))
+  if d["audio_at_debut"]:
+    outcome = "rejected"
+    head = (f"H rejected: the audio already explains the debut (it adds {d['increment']:+.3f} "
+            f"R² beyond the extrinsic features, beyond the ±{m:g} margin), where H says the "
+            "extrinsic factors drive it.")
+  elif none_later:
+    outcome = "rejected"
+    head = ("H rejected: at no later horizon does the audio explain more than at the debut "
+            f"(every upper 95 % bound < {m:g}).")
+  elif eq["equivalent"] and sig:
+    outcome = "supported"
+    head = (f"H supported: the audio adds nothing beyond ±{m:g} R² at the debut (equivalence), "
+            f"and significantly more at {len(sig)} of {len(later)} later horizons after Holm "
+            f"({', '.join(sig)}).")
   else:
-    head = ("H not supported here: the audio already adds significantly at the debut, where H "
-            "says the extrinsic factors drive it.")
-  return {"supported": supported, "significant_later": sig_later, "text": head,
-          "details": lines}
+    outcome = "inconclusive"
+    n = d["songs_score"]
+    need = int(math.ceil(n * (d["smallest_margin"] / m) ** 2)) if m > 0 else None
+    parts = []
+    if not eq["equivalent"]:
+      parts.append(f"the debut is not shown equivalent: with {n} scored songs the smallest margin "
+                   f"showable with 80 % power is ±{d['smallest_margin']:.3f} (about {need} songs "
+                   f"for ±{m:g})")
+    if not sig:
+      det = min((hz[k]["detectable"] for k in later), default=float("nan"))
+      parts.append(f"no later horizon is significant after Holm (the smallest later-minus-debut "
+                   f"increment detectable with 80 % power is about {det:.3f})")
+    head = "H inconclusive: " + "; ".join(parts) + "."
+  return {"outcome": outcome, "supported": outcome == "supported", "significant_later": sig,
+          "text": head, "details": lines}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -310,24 +362,38 @@ def _fmt(v, d=3):
 
 def markdown(result: dict) -> str:
   lines = ["## H: debut from extrinsic factors, longevity from the audio?", "",
-           f"Fit on {result['fit']}, scored on {result['score']} ({result['score_songs']} songs); "
-           f"95 % intervals from {result['bootstrap']} bootstrap resamples of the scored songs "
-           f"(seed {result['seed']}). Extrinsic features: {', '.join(result['extrinsic_features']) or 'none'}"
-           f" (left out as outcomes: {', '.join(result['excluded']) or 'none'}). All models hold "
-           "the region indicators; R² is of the horizon's target over the scored series.", ""]
+           f"Fit on {result['fit']}, scored on **{result['score']}** ({result['score_songs']} "
+           f"songs never used for a model or checkpoint choice); 95 % intervals from "
+           f"{result['bootstrap']} refit song-bootstrap resamples (seed {result['seed']}). "
+           f"Pre-registered: equivalence margin ±{result['margin']:g} R² at the debut (TOST, "
+           f"90 % interval), one-sided tests of the later-minus-debut audio increment, "
+           f"Holm-adjusted across the later horizons, alpha {ALPHA}. Extrinsic features: "
+           f"{', '.join(result['extrinsic_features']) or 'none'} (left out as outcomes: "
+           f"{', '.join(result['excluded']) or 'none'}). All models hold the region indicators.", ""]
   for audio, res in result["audio"].items():
     lines += [f"### Audio = {audio} ({res['description']}; {res['components']} principal "
               "components, with region interactions)", "",
               f"**{res['verdict']['text']}**", "",
-              "| horizon | series | region | extrinsic | audio | both | audio increment (95 % CI) |",
-              "|---|---|---|---|---|---|---|"]
+              "| horizon | series | region | extrinsic | audio | both | audio increment (95 % CI) "
+              "| minus debut (95 % CI) | p | Holm p |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for name, e in res["horizons"].items():
       cell = lambda m: f"{_fmt(e['r2'][m])} [{_fmt(e['ci'][m][0], 2)}, {_fmt(e['ci'][m][1], 2)}]"  # noqa: E731
-      inc = (f"{e['increment']:+.3f} [{e['increment_ci'][0]:+.3f}, {e['increment_ci'][1]:+.3f}]"
-             + (" *" if e["significant"] else ""))
+      inc = f"{e['increment']:+.3f} [{e['increment_ci'][0]:+.3f}, {e['increment_ci'][1]:+.3f}]"
+      if name == "debut":
+        eq = e.get("equivalence", {})
+        diff = (f"90 % CI [{eq['ci'][0]:+.3f}, {eq['ci'][1]:+.3f}]: "
+                + ("equivalent" if eq["equivalent"] else "not equivalent")) if eq else "–"
+        p, ph = f"{e['increment_p']:.3g}", "–"
+      else:
+        diff = (f"{e['over_debut']:+.3f} [{e['over_debut_ci'][0]:+.3f}, "
+                f"{e['over_debut_ci'][1]:+.3f}]" + (" *" if e.get("significant") else ""))
+        p, ph = f"{e['over_debut_p']:.3g}", f"{e['over_debut_p_holm']:.3g}"
       lines.append(f"| {name} | {e['n_score']} | {_fmt(e['r2']['region'])} | {cell('extrinsic')} "
-                   f"| {cell('audio')} | {cell('both')} | {inc} |")
-    lines += ["", "\\* the CI excludes zero.", ""]
+                   f"| {cell('audio')} | {cell('both')} | {inc} | {diff} | {p} | {ph} |")
+    lines += ["", "\\* significant after Holm. Debut row: the equivalence test of its increment "
+              "(p: one-sided, increment > 0); later rows: the increment minus the debut's "
+              "(p: one-sided, > 0).", ""]
     lines += [f"- {d}" for d in res["verdict"]["details"]]
     if res["skipped"]:
       lines += ["", "Skipped horizons: " + "; ".join(f"{k} ({v})" for k, v in res["skipped"].items())]
@@ -375,7 +441,7 @@ AUDIO_DESCRIPTIONS = {
 
 def run(pairs: dict, outdir: str, *, audio: dict[str, np.ndarray], fit: str = "train",
         score: str = "test", components: int = 16, bootstrap: int = 1000, seed: int = 0,
-        exclude=OUTCOME_FEATURES, log=print) -> dict:
+        margin: float = MARGIN, exclude=OUTCOME_FEATURES, log=print) -> dict:
   """Runs `analyse` once per audio representation (name -> [N, d]); writes OUT/hypothesis.json,
   hypothesis.md and one figure per representation; returns the json content + 'markdown'."""
   from mpjax import atomic
@@ -385,7 +451,7 @@ def run(pairs: dict, outdir: str, *, audio: dict[str, np.ndarray], fit: str = "t
   if not fit_rows.any() or not score_rows.any():
     raise ValueError(f"fit splits {fit!r} / score splits {score!r}: no rows (the data hold "
                      f"{sorted(set(pairs['split'].tolist()))})")
-  result = {"fit": fit, "score": score, "bootstrap": bootstrap, "seed": seed,
+  result = {"fit": fit, "score": score, "bootstrap": bootstrap, "seed": seed, "margin": margin,
             "score_songs": int(len(np.unique(pairs["song"][score_rows]))),
             "extrinsic_features": [n for n in pairs["feature_names"] if n not in set(exclude)],
             "excluded": [n for n in pairs["feature_names"] if n in set(exclude)],
@@ -395,7 +461,7 @@ def run(pairs: dict, outdir: str, *, audio: dict[str, np.ndarray], fit: str = "t
   for name, feats in audio.items():
     log(f"[analysis] H with audio = {name} ({feats.shape[1]} features per clip) ...")
     res = analyse(pairs, feats, fit_rows, score_rows, components=components,
-                  bootstrap=bootstrap, seed=seed, exclude=exclude)
+                  bootstrap=bootstrap, seed=seed, margin=margin, exclude=exclude)
     res["description"] = AUDIO_DESCRIPTIONS.get(name, name)
     res["figure"] = f"hypothesis_{name}.png"
     if res["horizons"]:

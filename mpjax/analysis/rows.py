@@ -10,7 +10,8 @@ a record:
   split [N] str, record [N] index in its split, song [N] str (song_id; a record without one is
   its own song), track [N] str, region [N] vocabulary id, series [N, H] log1p streams (NaN where
   not observed), mask [N, H] bool on the chart, known [N, H] bool chart known that step,
-  extrinsic [N, F], labels [N, L] int (-1 unknown), mp2 [N] (NaN = no target),
+  extrinsic [N, F], labels [N, L] int (-1 unknown), mp2 [N] (NaN = no target), longevity [N]
+  (the censoring-aware decay slope of `data_prep.targets`; NaN = none),
   fbank_stats [N, 2 * mel] per-bin mean then std over all frames of the record's clip (the
   model-free audio representation; zeros-width when the dataset has no audio),
   rec_key [N] "split/record" (joins rows to per-record features such as encoder embeddings),
@@ -38,7 +39,7 @@ def load(data_dir: str, splits: str = "train,val,test", *, with_audio: bool = Tr
     with_audio = False
   mel = int(manifest["fbank"]["mel_bins"])
   cols = {k: [] for k in ("split", "record", "song", "track", "region", "series", "mask",
-                          "known", "extrinsic", "labels", "mp2", "fbank_stats")}
+                          "known", "extrinsic", "labels", "mp2", "longevity", "fbank_stats")}
   for split in names:
     for rec in records.read(data_dir, split, manifest=manifest):
       record = rec["record"]
@@ -60,10 +61,12 @@ def load(data_dir: str, splits: str = "train,val,test", *, with_audio: bool = Tr
       cols["extrinsic"].append(rec["extrinsic"])
       cols["labels"].append(np.repeat(rec["labels"][None], r, 0))
       cols["mp2"].append(rec["mp2"])
+      cols["longevity"].append(rec["longevity"])
       cols["fbank_stats"].append(np.repeat(stats[None], r, 0))
   if not cols["region"]:
     raise ValueError(f"splits {splits!r} of {data_dir} hold no (record, region) rows")
   h = int(manifest["horizon"])
+  n = sum(len(r) for r in cols["region"])
   f, l = len(manifest["feature_names"]), len(manifest.get("labels", []))
   out = {
       "split": np.asarray(cols["split"]), "record": np.asarray(cols["record"], np.int64),
@@ -73,8 +76,10 @@ def load(data_dir: str, splits: str = "train,val,test", *, with_audio: bool = Tr
       "mask": np.concatenate(cols["mask"]).reshape(-1, h).astype(bool),
       "known": np.concatenate(cols["known"]).reshape(-1, h).astype(bool),
       "extrinsic": np.concatenate(cols["extrinsic"]).reshape(-1, f).astype(np.float64),
-      "labels": np.concatenate(cols["labels"]).reshape(-1, l).astype(np.int64),
+      # The row count, not -1: a dataset without labels (every real chart) has l = 0.
+      "labels": np.concatenate(cols["labels"]).reshape(n, l).astype(np.int64),
       "mp2": np.concatenate(cols["mp2"]).astype(np.float64),
+      "longevity": np.concatenate(cols["longevity"]).astype(np.float64),
       "fbank_stats": np.concatenate(cols["fbank_stats"]).astype(np.float64),
   }
   out["rec_key"] = np.char.add(np.char.add(out["split"], "/"), out["record"].astype(str))

@@ -10,7 +10,8 @@
   intervals, one-sided bootstrap p-values.
 - `holm`: Holm's step-down adjustment of a family of p-values.
 - `equivalence`: the two one-sided tests (TOST) read off a bootstrap distribution: an effect is
-  "negligible" when the 1 - 2 alpha interval lies inside (-margin, margin).
+  "negligible" when the 1 - 2 alpha interval lies inside (-margin, margin) (or, one-sided,
+  below margin).
 """
 from __future__ import annotations
 
@@ -62,12 +63,22 @@ def ridge_predict(x_fit, y_fit, groups_fit, x_score, *, alphas=ALPHAS, folds: in
   return model.predict(np.asarray(x_score, np.float64)), float(model[-1].alpha)
 
 
-def ridge_refit(x_fit, y_fit, alpha: float):
-  """`StandardScaler -> Ridge(alpha)` fitted on (x, y): a refit at a penalty already chosen."""
-  from sklearn.linear_model import Ridge
-  from sklearn.pipeline import make_pipeline
-  from sklearn.preprocessing import StandardScaler
-  return make_pipeline(StandardScaler(), Ridge(alpha=alpha)).fit(x_fit, y_fit)
+def ridge_refit_predict(x_fit, y_fit, weights, alpha: float, x_score) -> np.ndarray:
+  """Predictions on x_score of `StandardScaler -> Ridge(alpha)` fitted on (x_fit, y_fit) with
+  row weights (a song-bootstrap draw's counts): the same model as sklearn's pipeline fitted on
+  the rows repeated by their weights, in closed form (a bootstrap refits it thousands of times;
+  a test checks it against sklearn)."""
+  w = np.asarray(weights, np.float64)
+  x, y = np.asarray(x_fit, np.float64), np.asarray(y_fit, np.float64)
+  tot = w.sum()
+  mu = w @ x / tot
+  sd = np.sqrt(w @ (x - mu) ** 2 / tot)
+  sd = np.where(sd > 10 * np.finfo(np.float64).eps * np.maximum(np.abs(mu), 1.0), sd, 1.0)
+  z = (x - mu) / sd
+  ym = w @ y / tot
+  zw = z * w[:, None]
+  coef = np.linalg.solve(z.T @ zw + alpha * np.eye(z.shape[1]), zw.T @ (y - ym))
+  return ((np.asarray(x_score, np.float64) - mu) / sd) @ coef + ym
 
 
 def pca_scores(x, fit, k: int) -> np.ndarray:
@@ -164,12 +175,14 @@ def holm(pvalues) -> np.ndarray:
   return out
 
 
-def equivalence(values, margin: float, alpha: float = 0.05) -> dict:
+def equivalence(values, margin: float, alpha: float = 0.05, two_sided: bool = True) -> dict:
   """TOST on a bootstrap distribution: the effect lies within (-margin, margin) at level alpha
-  when its 1 - 2 alpha percentile interval does. Returns {'equivalent', 'ci' (that interval),
-  'margin', 'level'}."""
+  when its 1 - 2 alpha percentile interval does. two_sided=False tests the upper side only
+  (the effect is below margin: for effects that cannot be negative, such as the R² a nested
+  model adds). Returns {'equivalent', 'ci' (that interval), 'margin', 'level', 'two_sided'}."""
   if not margin > 0:
     raise ValueError(f"equivalence margin must be > 0, got {margin}")
   ci = percentile_ci(values, 1 - 2 * alpha)
-  return {"equivalent": bool(-margin < ci[0] and ci[1] < margin), "ci": ci,
-          "margin": float(margin), "level": 1 - 2 * alpha}
+  ok = ci[1] < margin and (not two_sided or -margin < ci[0])
+  return {"equivalent": bool(ok), "ci": ci, "margin": float(margin), "level": 1 - 2 * alpha,
+          "two_sided": bool(two_sided)}
