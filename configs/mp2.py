@@ -30,6 +30,7 @@ def get_config(arg: str | None = None):
   c.demo_songs = 240  # songs in that synthetic dataset
   c.demo_null = False  # True: the synthetic world where the audio has no effect (a control)
   c.demo_audio_effect = 1.0  # the dose of the planted audio effect (0: none; launch/dose.py)
+  c.demo_audio_on = "longevity"  # 'debut': the control world of H (audio sets the debut level)
 
   # Model -----------------------------------------------------------------------------------
   # Speed is configuration (README "Model speed settings"; mpjax/models/ast.py):
