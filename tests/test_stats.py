@@ -112,3 +112,18 @@ def test_ridge_refit_predict_is_sklearn_s_pipeline_on_the_repeated_rows():
       np.repeat(x, counts, 0), np.repeat(y, counts)).predict(xs)
   got = stats.ridge_refit_predict(x[keep], y[keep], counts[keep], 3.0, xs)
   np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-9)
+
+
+def test_ridge_refit_draws_equals_one_refit_per_draw():
+  rng = np.random.default_rng(1)
+  songs = rng.integers(0, 30, 90)  # 30 songs, several rows each
+  x = np.concatenate([rng.normal(size=(90, 3)) + 50.0, np.ones((90, 1))], 1)  # offset + constant
+  y = x[:, 0] - x[:, 2] + rng.normal(size=90)
+  counts = stats.bootstrap_weights(np.arange(30), 5, 0)  # [5 draws, 30 songs]
+  xs = rng.normal(size=(6, 4)) + 50.0
+  got = stats.ridge_refit_draws(x, y, songs, counts, 2.0, xs)
+  for b in range(5):
+    w = counts[b, songs]
+    keep = w > 0
+    ref = stats.ridge_refit_predict(x[keep], y[keep], w[keep], 2.0, xs)
+    np.testing.assert_allclose(got[b], ref, rtol=1e-8, atol=1e-8)

@@ -179,14 +179,16 @@ def refit_r2(x, y, groups, f, s, fit_counts, score_counts, *, seed: int = 0):
   there (`stats.ridge_cv`), and its refit bootstrap: (R², alpha, [B] R² of the model refitted
   on each draw's fit songs at that penalty, scored on its score songs; NaN where undefined)."""
   pred, alpha = stats.ridge_predict(x[f], y[f], groups[f], x[s], seed=seed)
-  boot = np.full(len(fit_counts), np.nan)
-  for b in range(len(fit_counts)):
-    drawn = fit_counts[b, f] > 0
-    w = score_counts[b, s]
-    if len(np.unique(y[f][drawn])) < 2 or w.sum() == 0:
-      continue
-    p = stats.ridge_refit_predict(x[f][drawn], y[f][drawn], fit_counts[b, f][drawn], alpha, x[s])
-    boot[b] = stats.weighted_r2(y[s], p, w[None])[0]
+  uniq, first, local = np.unique(groups[f], return_index=True, return_inverse=True)
+  preds = stats.ridge_refit_draws(x[f], y[f], local.reshape(-1), fit_counts[:, f][:, first],
+                                  alpha, x[s])  # [B, n_score]
+  w = score_counts[:, s]
+  tot = w.sum(1)
+  mean = (w @ y[s]) / tot
+  sst = (w * (y[s][None] - mean[:, None]) ** 2).sum(1)
+  sse = (w * (y[s][None] - preds) ** 2).sum(1)
+  with np.errstate(divide="ignore", invalid="ignore"):  # a (nearly) constant draw has no R²
+    boot = np.where(sst > 1e-9 * tot * max(float(y[s].var()), 1e-12), 1.0 - sse / sst, np.nan)
   return stats.weighted_r2(y[s], pred), alpha, boot
 
 

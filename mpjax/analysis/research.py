@@ -189,7 +189,7 @@ def run(workdir: str | None, *, data_dir: str | None = None, raw: str | None = N
           "What drives a song's chart life, from this run and its data: **H** (is the debut "
           "driven by extrinsic factors and longevity by the audio?), **T** (do TikTok songs "
           "behave differently?), **regions** (which share taste?). Command: `python -m "
-          f"mpjax.analysis --workdir={workdir or ''}" + (f" --data={data_dir}" if not workdir else "")
+          "mpjax.analysis" + (f" --workdir={workdir}" if workdir else f" --data={data_dir}")
           + f" --fit={fit} --score={score} --margin={margin:g} --seed={seed}`.", "",
           "## Provenance", ""]
   head += _provenance(workdir, data_dir, manifest, raw, truth, step_n) + [""]
