@@ -42,8 +42,8 @@ Score (`probe_r2`): StandardScaler, standardised values clipped to +-5 (a near-c
 with one outlying song would otherwise blow up every prediction of the fold that holds it: seen on
 a collapsed pooled embedding of the MP2 demo), RidgeCV (alpha from np.logspace(-3, 4, 15), chosen by
 efficient leave-one-out inside each training fold, per target), K shuffled folds (seeded) grouped
-by song (`song_folds`: GroupKFold, so one song's clips never sit on both sides), and R² of the
-out-of-fold predictions pooled over all rows (not the mean of per-fold R²s, which small folds
+by song (`stats.song_folds`: GroupKFold, so one song's clips never sit on both sides), and R² of
+the out-of-fold predictions pooled over all rows (not the mean of per-fold R²s, which small folds
 make noisy). Below 0 = worse than predicting the mean. Mode is 0/1: its accuracy is that of the
 out-of-fold prediction thresholded at 0.5, beside the majority class's share.
 
@@ -76,10 +76,10 @@ import numpy as np
 from flax import nnx
 
 from mpjax import records
+from mpjax.analysis import stats
 from mpjax.models import ast as ast_lib
 
 ATTRIBUTES = ("tempo", "brightness", "percussiveness", "hook", "loudness", "mode")
-ALPHAS = np.logspace(-3, 4, 15)
 CLIP = 5.0  # standardised features are clipped to [-CLIP, CLIP] (module doc)
 REPRESENTATIONS = ("trained", "random", "fbank")  # always there; ORACLE when truth.json has it
 ORACLE = "oracle"
@@ -94,26 +94,12 @@ NO_ORACLE = "no oracle features in truth.json"
 # ------------------------------------------------------------------------------------------------
 
 
-def song_folds(groups, folds: int = 5, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
-  """(train rows, test rows) of each fold: shuffled GroupKFold (seeded), so every row of a group
-  (a song) sits in one test fold and in no training fold beside it. Raises ValueError when there
-  are fewer than 2 * folds groups."""
-  from sklearn.model_selection import GroupKFold
-  groups = np.asarray(groups)
-  n_groups = len(np.unique(groups))
-  if n_groups < 2 * folds:
-    raise ValueError(f"probe_r2: too few groups (songs): {n_groups} over {len(groups)} rows for "
-                     f"{folds} folds (need >= {2 * folds})")
-  cv = GroupKFold(folds, shuffle=True, random_state=seed)
-  return list(cv.split(np.zeros((len(groups), 1)), groups=groups))
-
-
 def probe_predict(features, target, groups=None, folds: int = 5, seed: int = 0) -> np.ndarray:
   """Out-of-fold ridge predictions of `target` [n] (or [n, k]: k targets, alpha per target) from
   `features` [n, d]; same shape as `target`.
 
-  groups [n]: rows with the same group never straddle folds (`song_folds`); None = plain shuffled
-  KFold. Raises ValueError when the rows or groups are too few for `folds`, or a target is
+  groups [n]: rows with the same group never straddle folds (`stats.song_folds`); None = plain
+  shuffled KFold. Raises ValueError when the rows or groups are too few for `folds`, or a target is
   constant.
   """
   from sklearn.linear_model import RidgeCV
@@ -143,9 +129,9 @@ def probe_predict(features, target, groups=None, folds: int = 5, seed: int = 0) 
     groups = np.asarray(groups)
     if len(groups) != len(y):
       raise ValueError(f"probe_r2: groups has {len(groups)} rows, target {len(y)}")
-    cv = song_folds(groups, folds, seed)
+    cv = stats.song_folds(groups, folds, seed)
   model = make_pipeline(StandardScaler(), FunctionTransformer(_clip),
-                        RidgeCV(alphas=ALPHAS, alpha_per_target=y.ndim == 2))
+                        RidgeCV(alphas=stats.ALPHAS, alpha_per_target=y.ndim == 2))
   # One BLAS thread: the matrices are small (d <= a few hundred), and on a busy machine a
   # spinning second OpenBLAS thread made each eigh ~30x slower (measured on the 2-core box).
   with threadpoolctl.threadpool_limits(1, user_api="blas"):
