@@ -484,7 +484,6 @@ def _curves(x, mask, song_idx, song_lab, seed: int, bootstrap: int = BOOTSTRAP) 
   from resampling songs (with replacement) within the group."""
   rel = np.where(mask, x, np.nan) - np.where(mask[:, :1], x[:, :1], np.nan)
   ok = np.isfinite(rel)
-  rng = np.random.default_rng(seed)
   out = {}
   for code, name in GROUP_NAMES.items():
     songs = np.flatnonzero(song_lab == code)
@@ -497,17 +496,12 @@ def _curves(x, mask, song_idx, song_lab, seed: int, bootstrap: int = BOOTSTRAP) 
     cnt = np.zeros((len(songs), h))
     np.add.at(sums, gi, np.where(ok[rows], rel[rows], 0.0))
     np.add.at(cnt, gi, ok[rows])
+    # The song bootstrap on the per-song sums: each song its own group, a draw's counts weight it.
+    w = stats_lib.bootstrap_weights(np.arange(len(songs)), bootstrap, (seed, code))
     with np.errstate(invalid="ignore", divide="ignore"):
       mean = sums.sum(0) / cnt.sum(0)
-      # Resampling songs = multinomial counts per song; weighted sums give each resample.
-      w = rng.multinomial(len(songs), np.full(len(songs), 1.0 / len(songs)), size=bootstrap)
       boot = (w @ sums) / (w @ cnt)
-    lo = np.full(h, np.nan)
-    hi = np.full(h, np.nan)
-    for t in range(h):
-      col = boot[:, t][np.isfinite(boot[:, t])]
-      if len(col):
-        lo[t], hi[t] = np.percentile(col, [2.5, 97.5])
+    lo, hi = np.array([stats_lib.percentile_ci(boot[:, t]) for t in range(h)]).reshape(h, 2).T
     out[name] = {"mean": mean, "lo": lo, "hi": hi, "n_rows": cnt.sum(0).astype(np.int64)}
   return out
 
