@@ -43,21 +43,6 @@ def test_groups_keep_duplicates_on_one_side():
   assert leaky > 0.5 and leaky > grouped + 0.5
 
 
-def test_song_folds_never_split_a_song():
-  # Songs with 1..4 clips each, rows shuffled: every fold's train and test songs are disjoint and
-  # the test folds cover every row once.
-  rng = np.random.default_rng(2)
-  songs = rng.permutation(np.repeat(np.arange(50), rng.integers(1, 5, size=50)))
-  for seed in (0, 1):
-    folds = probes.song_folds(songs, folds=5, seed=seed)
-    assert len(folds) == 5
-    for train_rows, test_rows in folds:
-      assert not set(songs[train_rows]) & set(songs[test_rows])
-    assert sorted(np.concatenate([t for _, t in folds])) == list(range(len(songs)))
-  with pytest.raises(ValueError, match=r"too few groups \(songs\): 9 over"):
-    probes.song_folds(np.arange(9), folds=5)
-
-
 def _duplicated_noise(n_songs=60, clips=3, dim=150, seed=3):
   """Each song's clip `clips` times (near-identical rows), the target pure per-song noise."""
   rng = np.random.default_rng(seed)

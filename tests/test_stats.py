@@ -69,6 +69,21 @@ def test_weighted_r2_matches_plain_and_a_duplicated_sample():
   assert stats.weighted_r2(y, p, w[None])[0] == pytest.approx(stats.weighted_r2(y[dup], p[dup]))
 
 
+def test_song_folds_never_split_a_song():
+  # Songs with 1..4 clips each, rows shuffled: every fold's train and test songs are disjoint and
+  # the test folds cover every row once.
+  rng = np.random.default_rng(2)
+  songs = rng.permutation(np.repeat(np.arange(50), rng.integers(1, 5, size=50)))
+  for seed in (0, 1):
+    folds = stats.song_folds(songs, folds=5, seed=seed)
+    assert len(folds) == 5
+    for train_rows, test_rows in folds:
+      assert not set(songs[train_rows]) & set(songs[test_rows])
+    assert sorted(np.concatenate([t for _, t in folds])) == list(range(len(songs)))
+  with pytest.raises(ValueError, match=r"too few groups \(songs\): 9 over"):
+    stats.song_folds(np.arange(9), folds=5)
+
+
 def test_ridge_cv_recovers_a_planted_line_and_shrinks_noise():
   rng = np.random.default_rng(0)
   n = 300

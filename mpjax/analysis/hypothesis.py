@@ -64,6 +64,7 @@ import os
 
 import numpy as np
 
+from mpjax.analysis import output
 from mpjax.analysis import rows as rows_lib
 from mpjax.analysis import stats
 
@@ -358,8 +359,10 @@ def encoder_features(workdir: str, pairs: dict, data_dir: str, *, step: str = "l
   return np.stack([feats[k] for k in pairs["rec_key"]]).astype(np.float64)
 
 
-def _fmt(v, d=3):
-  return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{d}f}"
+def _signed(v, ci) -> str:
+  """'+0.012 [-0.003, +0.030]'."""
+  return (f"{output.num(v, sign=True)} [{output.num(ci[0], sign=True)}, "
+          f"{output.num(ci[1], sign=True)}]")
 
 
 def markdown(result: dict) -> str:
@@ -375,24 +378,26 @@ def markdown(result: dict) -> str:
   for audio, res in result["audio"].items():
     lines += [f"### Audio = {audio} ({res['description']}; {res['components']} principal "
               "components, with region interactions)", "",
-              f"**{res['verdict']['text']}**", "",
-              "| horizon | series | region | extrinsic | audio | both | audio increment (95 % CI) "
-              "| minus debut (95 % CI) | p | Holm p |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              f"**{res['verdict']['text']}**", ""]
+    rows = []
     for name, e in res["horizons"].items():
-      cell = lambda m: f"{_fmt(e['r2'][m])} [{_fmt(e['ci'][m][0], 2)}, {_fmt(e['ci'][m][1], 2)}]"  # noqa: E731
-      inc = f"{e['increment']:+.3f} [{e['increment_ci'][0]:+.3f}, {e['increment_ci'][1]:+.3f}]"
+      cell = lambda m: (f"{output.num(e['r2'][m])} [{output.num(e['ci'][m][0], 2)}, "  # noqa: E731
+                        f"{output.num(e['ci'][m][1], 2)}]")
+      inc = _signed(e["increment"], e["increment_ci"])
       if name == "debut":
         eq = e.get("equivalence", {})
-        diff = (f"90 % CI [{eq['ci'][0]:+.3f}, {eq['ci'][1]:+.3f}]: "
+        diff = (f"90 % CI [{output.num(eq['ci'][0], sign=True)}, "
+                f"{output.num(eq['ci'][1], sign=True)}]: "
                 + ("equivalent" if eq["equivalent"] else "not equivalent")) if eq else "–"
-        p, ph = f"{e['increment_p']:.3g}", "–"
+        p, ph = output.pvalue(e["increment_p"]), output.MISSING
       else:
-        diff = (f"{e['over_debut']:+.3f} [{e['over_debut_ci'][0]:+.3f}, "
-                f"{e['over_debut_ci'][1]:+.3f}]" + (" *" if e.get("significant") else ""))
-        p, ph = f"{e['over_debut_p']:.3g}", f"{e['over_debut_p_holm']:.3g}"
-      lines.append(f"| {name} | {e['n_score']} | {_fmt(e['r2']['region'])} | {cell('extrinsic')} "
-                   f"| {cell('audio')} | {cell('both')} | {inc} | {diff} | {p} | {ph} |")
+        diff = _signed(e["over_debut"], e["over_debut_ci"]) + (" *" if e.get("significant") else "")
+        p, ph = output.pvalue(e["over_debut_p"]), output.pvalue(e["over_debut_p_holm"])
+      rows.append([name, e["n_score"], output.num(e["r2"]["region"]), cell("extrinsic"),
+                   cell("audio"), cell("both"), inc, diff, p, ph])
+    lines += output.table(["horizon", "series", "region", "extrinsic", "audio", "both",
+                           "audio increment (95 % CI)", "minus debut (95 % CI)", "p", "Holm p"],
+                          rows)
     lines += ["", "\\* significant after Holm. Debut row: the equivalence test of its increment "
               "(p: one-sided, increment > 0); later rows: the increment minus the debut's "
               "(p: one-sided, > 0).", ""]
@@ -408,8 +413,6 @@ def plot(res: dict, path: str, title: str):
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-
-  from mpjax import atomic
 
   names = list(res["horizons"])
   x = np.arange(len(names))
@@ -429,9 +432,7 @@ def plot(res: dict, path: str, title: str):
   ax.set_title(title, fontsize=10)
   ax.legend(fontsize=8)
   fig.tight_layout()
-  with atomic.replacing(path, "wb") as f:
-    fig.savefig(f, format="png", dpi=110)
-  plt.close(fig)
+  output.save_figure(fig, path)
 
 
 AUDIO_DESCRIPTIONS = {

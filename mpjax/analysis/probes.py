@@ -42,8 +42,8 @@ Score (`probe_r2`): StandardScaler, standardised values clipped to +-5 (a near-c
 with one outlying song would otherwise blow up every prediction of the fold that holds it: seen on
 a collapsed pooled embedding of the MP2 demo), RidgeCV (alpha from np.logspace(-3, 4, 15), chosen by
 efficient leave-one-out inside each training fold, per target), K shuffled folds (seeded) grouped
-by song (`song_folds`: GroupKFold, so one song's clips never sit on both sides), and R² of the
-out-of-fold predictions pooled over all rows (not the mean of per-fold R²s, which small folds
+by song (`stats.song_folds`: GroupKFold, so one song's clips never sit on both sides), and R² of
+the out-of-fold predictions pooled over all rows (not the mean of per-fold R²s, which small folds
 make noisy). Below 0 = worse than predicting the mean. Mode is 0/1: its accuracy is that of the
 out-of-fold prediction thresholded at 0.5, beside the majority class's share.
 
@@ -76,10 +76,10 @@ import numpy as np
 from flax import nnx
 
 from mpjax import records
+from mpjax.analysis import output, stats
 from mpjax.models import ast as ast_lib
 
 ATTRIBUTES = ("tempo", "brightness", "percussiveness", "hook", "loudness", "mode")
-ALPHAS = np.logspace(-3, 4, 15)
 CLIP = 5.0  # standardised features are clipped to [-CLIP, CLIP] (module doc)
 REPRESENTATIONS = ("trained", "random", "fbank")  # always there; ORACLE when truth.json has it
 ORACLE = "oracle"
@@ -94,26 +94,12 @@ NO_ORACLE = "no oracle features in truth.json"
 # ------------------------------------------------------------------------------------------------
 
 
-def song_folds(groups, folds: int = 5, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
-  """(train rows, test rows) of each fold: shuffled GroupKFold (seeded), so every row of a group
-  (a song) sits in one test fold and in no training fold beside it. Raises ValueError when there
-  are fewer than 2 * folds groups."""
-  from sklearn.model_selection import GroupKFold
-  groups = np.asarray(groups)
-  n_groups = len(np.unique(groups))
-  if n_groups < 2 * folds:
-    raise ValueError(f"probe_r2: too few groups (songs): {n_groups} over {len(groups)} rows for "
-                     f"{folds} folds (need >= {2 * folds})")
-  cv = GroupKFold(folds, shuffle=True, random_state=seed)
-  return list(cv.split(np.zeros((len(groups), 1)), groups=groups))
-
-
 def probe_predict(features, target, groups=None, folds: int = 5, seed: int = 0) -> np.ndarray:
   """Out-of-fold ridge predictions of `target` [n] (or [n, k]: k targets, alpha per target) from
   `features` [n, d]; same shape as `target`.
 
-  groups [n]: rows with the same group never straddle folds (`song_folds`); None = plain shuffled
-  KFold. Raises ValueError when the rows or groups are too few for `folds`, or a target is
+  groups [n]: rows with the same group never straddle folds (`stats.song_folds`); None = plain
+  shuffled KFold. Raises ValueError when the rows or groups are too few for `folds`, or a target is
   constant.
   """
   from sklearn.linear_model import RidgeCV
@@ -143,9 +129,9 @@ def probe_predict(features, target, groups=None, folds: int = 5, seed: int = 0) 
     groups = np.asarray(groups)
     if len(groups) != len(y):
       raise ValueError(f"probe_r2: groups has {len(groups)} rows, target {len(y)}")
-    cv = song_folds(groups, folds, seed)
+    cv = stats.song_folds(groups, folds, seed)
   model = make_pipeline(StandardScaler(), FunctionTransformer(_clip),
-                        RidgeCV(alphas=ALPHAS, alpha_per_target=y.ndim == 2))
+                        RidgeCV(alphas=stats.ALPHAS, alpha_per_target=y.ndim == 2))
   # One BLAS thread: the matrices are small (d <= a few hundred), and on a busy machine a
   # spinning second OpenBLAS thread made each eigh ~30x slower (measured on the 2-core box).
   with threadpoolctl.threadpool_limits(1, user_api="blas"):
@@ -730,12 +716,9 @@ def run(workdir: str, data_dir: str | None = None, split: str = "all", raw: str 
 # ------------------------------------------------------------------------------------------------
 
 
-def _f(v):
-  return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
-
-
 def _pm(s, i):
-  return _f(s["mean"][i]) + (f" ± {s['std'][i]:.3f}" if len(s["runs"][i]) > 1 else "")
+  """'mean ± sd' over the draws of a learning-curve size (the mean alone for one draw)."""
+  return output.num(s["mean"][i]) + (f" ± {s['std'][i]:.3f}" if len(s["runs"][i]) > 1 else "")
 
 
 def markdown(result: dict) -> str:
@@ -760,22 +743,25 @@ def markdown(result: dict) -> str:
   if isinstance(det, dict) and det:
     lines += ["", "truth.json's detectability (each detect feature alone against its attribute, "
               "on truth.json's songs): " + "; ".join(
-                  f"{a}: {d.get('feature', '?')} R² {_f(d.get('r2'))}" +
-                  (f", accuracy {_f(d['accuracy'])}" if d.get("accuracy") is not None else "") +
+                  f"{a}: {d.get('feature', '?')} R² {output.num(d.get('r2'))}" +
+                  (f", accuracy {output.num(d['accuracy'])}" if d.get("accuracy") is not None
+                   else "") +
                   (f", n {d['n']}" if "n" in d else "")
                   for a, d in det.items() if isinstance(d, dict) and "feature" in d) + "."]
-  lines += ["", "| target | n | trained (pooled) | trained best layer | random (pooled) | "
-            "random best layer | fbank stats |" + (" oracle |" if has_oracle else "") +
-            " trained/fbank |",
-            "|---|---|---|---|---|---|---|---|" + ("---|" if has_oracle else "")]
+  rows = []
   for name, t in r["targets"].items():
-    s = t["r2"]
+    s, best = t["r2"], t["best_layer"]
     ratio = s["trained"] / s["fbank"] if s["fbank"] > 0.05 else None
-    lines.append(f"| {name} | {t['n']} | {_f(s['trained'])} | {_f(s['trained_best_layer'])} "
-                 f"(L{t['best_layer']['trained']}) | {_f(s['random'])} | "
-                 f"{_f(s['random_best_layer'])} (L{t['best_layer']['random']}) | "
-                 f"{_f(s['fbank'])} |" + (f" {_f(s.get(ORACLE))} |" if has_oracle else "") +
-                 f" {_f(ratio)} |")
+    rows.append([name, t["n"], output.num(s["trained"]),
+                 f"{output.num(s['trained_best_layer'])} (L{best['trained']})",
+                 output.num(s["random"]),
+                 f"{output.num(s['random_best_layer'])} (L{best['random']})",
+                 output.num(s["fbank"])] + ([output.num(s.get(ORACLE))] if has_oracle else [])
+                + [output.num(ratio)])
+  lines += [""] + output.table(
+      ["target", "n", "trained (pooled)", "trained best layer", "random (pooled)",
+       "random best layer", "fbank stats"] + (["oracle"] if has_oracle else [])
+      + ["trained/fbank"], rows)
   lines += ["", "trained/fbank: pooled trained R² over fbank-stats R² (– when fbank R² <= 0.05: "
             "a ratio over a near-zero or negative R² says nothing)."]
   accs = {name: t["accuracy"] for name, t in r["targets"].items() if "accuracy" in t}
@@ -783,13 +769,11 @@ def markdown(result: dict) -> str:
     lines += ["", f"{name} accuracy (out-of-fold prediction >= 0.5; majority class "
               f"{a['majority']:.3f}): " + ", ".join(f"{k} {v:.3f}" for k, v in a.items()
                                                      if k != "majority")]
-  lines += ["", "Per layer, trained / random:", "",
-            "| target | " + " | ".join(f"L{i + 1}" for i in range(r["depth"])) + " |",
-            "|---|" + "---|" * r["depth"]]
-  for name, t in r["targets"].items():
-    cells = [f"{_f(a)} / {_f(b)}" for a, b in zip(t["r2"]["trained_layers"],
-                                                  t["r2"]["random_layers"])]
-    lines.append(f"| {name} | " + " | ".join(cells) + " |")
+  lines += ["", "Per layer, trained / random:", ""] + output.table(
+      ["target"] + [f"L{i + 1}" for i in range(r["depth"])],
+      [[name] + [f"{output.num(a)} / {output.num(b)}"
+                 for a, b in zip(t["r2"]["trained_layers"], t["r2"]["random_layers"])]
+       for name, t in r["targets"].items()])
   if r["skipped"]:
     lines += ["", "Skipped: " + "; ".join(f"{k} ({v})" for k, v in r["skipped"].items())]
   c = r.get("curve")
@@ -804,31 +788,27 @@ def markdown(result: dict) -> str:
               "random: per attribute the encoder feature with the best whole-set R², in brackets."]
     if c["dropped"]:
       lines += ["", "Sizes left out: " + "; ".join(c["dropped"]) + "."]
-    lines += ["", "| attribute | representation | " + " | ".join(head) + " |",
-              "|---|---|" + "---|" * len(sizes)]
-    for a, reps in c["r2"].items():
-      for rep, s in reps.items():
-        feat = c["features"][a].get(rep)
-        lines.append(f"| {a} | {rep}" + (f" ({feat})" if feat else "") + " | " +
-                     " | ".join(_pm(s, i) for i in range(len(sizes))) + " |")
-    for a, reps in c["accuracy"].items():
-      for rep, s in reps.items():
-        if rep != "majority":
-          lines.append(f"| {a} accuracy (majority {reps['majority']:.3f}) | {rep} | " +
-                       " | ".join(_pm(s, i) for i in range(len(sizes))) + " |")
+    rows = [[a, rep + (f" ({feat})" if (feat := c["features"][a].get(rep)) else "")]
+            + [_pm(s, i) for i in range(len(sizes))]
+            for a, reps in c["r2"].items() for rep, s in reps.items()]
+    rows += [[f"{a} accuracy (majority {reps['majority']:.3f})", rep]
+             + [_pm(s, i) for i in range(len(sizes))]
+             for a, reps in c["accuracy"].items() for rep, s in reps.items() if rep != "majority"]
+    lines += [""] + output.table(["attribute", "representation"] + head, rows)
     big = r["at_largest"]
     reps = [rep for rep in CURVE_REPRESENTATIONS if any(rep in v for v in big.values())]
     lines += ["", f"## At the largest size ({r['n']} clips), against the oracle", "",
               "R² of each representation and, in brackets, its fraction of the oracle's R² (– "
               "without oracle features or when the oracle's R² <= 0.05)" +
-              ("" if has_oracle else f"; {oracle.get('message', NO_ORACLE)}") + ".", "",
-              "| attribute | " + " | ".join(reps) + " |", "|---|" + "---|" * len(reps)]
+              ("" if has_oracle else f"; {oracle.get('message', NO_ORACLE)}") + ".", ""]
+    rows = []
     for a, v in big.items():
-      lines.append(f"| {a} | " + " | ".join(
-          f"{_f(v[rep]['r2'])} ({_f(v[rep]['of_oracle'])})" for rep in reps) + " |")
+      rows.append([a] + [f"{output.num(v[rep]['r2'])} ({output.num(v[rep]['of_oracle'])})"
+                         for rep in reps])
       if "majority_accuracy" in v:
-        lines.append(f"| {a} accuracy (majority {v['majority_accuracy']:.3f}) | " + " | ".join(
-            _f(v[rep]["accuracy"]) for rep in reps) + " |")
+        rows.append([f"{a} accuracy (majority {v['majority_accuracy']:.3f})"]
+                    + [output.num(v[rep]["accuracy"]) for rep in reps])
+    lines += output.table(["attribute"] + reps, rows)
   return "\n".join(lines) + "\n"
 
 
@@ -873,7 +853,7 @@ def plot(result: dict, path: str):
   ax2.set_xticks(layers)
   ax2.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
   fig.tight_layout()
-  _save(fig, path)
+  output.save_figure(fig, path)
 
 
 def plot_curves(result: dict, path: str):
@@ -916,17 +896,7 @@ def plot_curves(result: dict, path: str):
   fig.suptitle(f"probe learning curves: {os.path.basename(result['run'])} step {result['step']}, "
                f"song-grouped {c['folds']}-fold CV", fontsize=10)
   fig.tight_layout()
-  _save(fig, path)
-
-
-def _save(fig, path: str):
-  import matplotlib.pyplot as plt
-
-  from mpjax import atomic
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with atomic.replacing(path, "wb") as f:
-    fig.savefig(f, format="png", dpi=110)
-  plt.close(fig)
+  output.save_figure(fig, path)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -48,6 +48,8 @@ import os
 
 import numpy as np
 
+from mpjax.analysis import output
+
 EXACT_MAX_REGIONS = 7  # 7! = 5040 relabellings: cheap to enumerate; 8! = 40320 is not needed
 MIN_STEPS = 3  # observed chart steps for a slope (two points always fit a line exactly)
 # log1p rise that ends (or, at the start, extends) a decline: weekly noise is ~0.06-0.1 there.
@@ -293,8 +295,6 @@ def heatmaps(matrices: dict, codes, path: str):
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  from mpjax import atomic
-
   if not matrices:
     raise ValueError("heatmaps: no matrices to plot")
   codes = [str(c) for c in codes]
@@ -317,13 +317,10 @@ def heatmaps(matrices: dict, codes, path: str):
       for i in range(n):
         for j in range(n):
           v = m[i, j]
-          ax.text(j, i, "–" if math.isnan(v) else f"{v:.2f}", ha="center", va="center",
+          ax.text(j, i, output.num(v, 2), ha="center", va="center",
                   fontsize=7, color="white" if abs(v) > 0.6 else "black")
   fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="similarity")
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with atomic.replacing(path, "wb") as f:
-    fig.savefig(f, format="png", dpi=110)
-  plt.close(fig)
+  output.save_figure(fig, path)
 
 
 def _linkage(sim):
@@ -346,8 +343,6 @@ def dendrogram(sim, codes, path: str):
   import matplotlib.pyplot as plt
   from scipy.cluster import hierarchy
 
-  from mpjax import atomic
-
   panels = dict(sim) if isinstance(sim, dict) else {"similarity": sim}
   codes = [str(c) for c in codes]
   if len(codes) < 2:
@@ -364,10 +359,7 @@ def dendrogram(sim, codes, path: str):
     ax.set_title(name)
     ax.set_ylabel("1 - similarity (average linkage)")
   fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with atomic.replacing(path, "wb") as f:
-    fig.savefig(f, format="png", dpi=110)
-  plt.close(fig)
+  output.save_figure(fig, path)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -386,24 +378,9 @@ def _aligned(sim, from_codes, to_codes, what: str) -> np.ndarray:
   return np.asarray(sim)[np.ix_(order, order)]
 
 
-def _jsonable(m) -> list:
-  return [[None if not math.isfinite(float(v)) else round(float(v), 6) for v in row] for row in m]
-
-
-def _num(v, digits=3) -> str:
-  return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
-
-
-def _p(v) -> str:
-  return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3g}"
-
-
 def _matrix_table(m, codes) -> list[str]:
-  lines = ["| | " + " | ".join(codes) + " |", "|---|" + "---|" * len(codes)]
-  for c, row in zip(codes, m):
-    lines.append(f"| **{c}** | " + " | ".join(_num(None if v is None else float(v), 2)
-                                            for v in row) + " |")
-  return lines
+  return output.table([""] + list(codes), [[f"**{c}**"] + [output.num(v, 2) for v in row]
+                                            for c, row in zip(codes, m)])
 
 
 def _closest(m, codes, k=3) -> str:
@@ -456,11 +433,11 @@ def markdown(result: dict) -> str:
     lines += _matrix_table(result["matrices"][name], codes) + [""]
   if result["mantel"]:
     lines += ["Mantel tests (Pearson r of the off-diagonal entries; one-sided p, relabelling the "
-              "regions of one matrix):", "",
-              "| comparison | r | p | pairs | relabellings |", "|---|---|---|---|---|"]
-    for name, t in result["mantel"].items():
-      lines.append(f"| {name} | {_num(t['r'], 2)} | {_p(t['p'])} | {t['n_pairs']} | "
-                   f"{t['permutations']}{' (all)' if t['exact'] else ''} |")
+              "regions of one matrix):", ""]
+    lines += output.table(["comparison", "r", "p", "pairs", "relabellings"],
+                          [[name, output.num(t["r"], 2), output.pvalue(t["p"]), t["n_pairs"],
+                            f"{t['permutations']}{' (all)' if t['exact'] else ''}"]
+                           for name, t in result["mantel"].items()])
     lines += ["", "Verdict:", ""] + [_verdict(n, t) for n, t in result["mantel"].items()]
     any_t = next(iter(result["mantel"].values()))
     if any_t["exact"]:
@@ -534,11 +511,11 @@ def run(workdir: str | None, pairs: dict | None, raw: str | None, outdir: str, *
   iu, ju = np.triu_indices(len(codes), 1)
   shared = n_shared[iu, ju]
   result.update(
-      matrices={k: _jsonable(m) for k, m in matrices.items()},
+      matrices={k: output.jsonable(np.round(np.asarray(m, np.float64), 6))
+                for k, m in matrices.items()},
       shared_songs=n_shared.astype(int).tolist(),
       shared_songs_range=[int(shared.min()), int(shared.max())],
-      mantel={k: {kk: (None if isinstance(vv, float) and math.isnan(vv) else vv)
-                  for kk, vv in t.items()} for k, t in mantel_results.items()},
+      mantel=output.jsonable(mantel_results),
       figures={"heatmap": HEATMAP_NAME, "dendrogram": DENDROGRAM_NAME})
   text = markdown(result)
   atomic.write_json(os.path.join(outdir, JSON_NAME), result, indent=1)
@@ -546,6 +523,7 @@ def run(workdir: str | None, pairs: dict | None, raw: str | None, outdir: str, *
   heatmaps(matrices, codes, os.path.join(outdir, HEATMAP_NAME))
   dendrogram(matrices, codes, os.path.join(outdir, DENDROGRAM_NAME))
   for name, t in result["mantel"].items():
-    log(f"[regions] {name}: r = {_num(t['r'], 3)}, p = {_p(t['p'])} ({t['n_pairs']} pairs)")
+    log(f"[regions] {name}: r = {output.num(t['r'])}, p = {output.pvalue(t['p'])} "
+        f"({t['n_pairs']} pairs)")
   log(f"[regions] written to {outdir}")
   return {**result, "markdown": text}

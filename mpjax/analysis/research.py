@@ -40,7 +40,7 @@ import time
 
 import numpy as np
 
-from mpjax.analysis import hypothesis, probes, regions, rows, tiktok
+from mpjax.analysis import hypothesis, output, probes, regions, rows, tiktok
 
 
 def _load_truth(raw: str | None) -> dict | None:
@@ -204,7 +204,8 @@ def run(workdir: str | None, *, data_dir: str | None = None, raw: str | None = N
 def _shuffled_line(shuffled: dict, seed: int) -> str:
   s = shuffled["stats"]["second_rise"]
   return (f"Control: the same comparison with the labels shuffled across songs (seed {seed}) "
-          f"gives a second-rise difference of {s['difference']:+.3f} (p = {s['p']:.3f}).\n")
+          f"gives a second-rise difference of {output.num(s['difference'], sign=True)} "
+          f"(p = {output.num(s['p'])}).\n")
 
 
 def _summary(results: dict) -> list[str]:
@@ -221,7 +222,8 @@ def _summary(results: dict) -> list[str]:
     out.append(f"- Regions: skipped ({r['skipped']})")
   elif r.get("mantel"):
     out.append("- Regions (Mantel r, one-sided p): " + "; ".join(
-        f"{n} r = {t['r']:.2f} (p = {t['p']:.3g})" for n, t in r["mantel"].items()
+        f"{n} r = {output.num(t['r'], 2)} (p = {output.pvalue(t['p'])})"
+        for n, t in r["mantel"].items()
         if t["r"] is not None and np.isfinite(t["r"])))
   else:
     out.append("- Regions: no two similarity matrices to compare")

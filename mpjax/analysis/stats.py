@@ -140,9 +140,9 @@ def pca_scores(x, fit, k: int) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------
 
 
-def bootstrap_weights(groups, samples: int, seed: int) -> np.ndarray:
+def bootstrap_weights(groups, samples: int, seed) -> np.ndarray:
   """[samples, n] row weights: groups (songs) drawn with replacement, each row weighted by its
-  group's count in the draw."""
+  group's count in the draw. seed: an int or a tuple of ints (np.random.default_rng)."""
   uniq, idx = np.unique(np.asarray(groups), return_inverse=True)
   rng = np.random.default_rng(seed)
   counts = rng.multinomial(len(uniq), np.full(len(uniq), 1.0 / len(uniq)), size=samples)

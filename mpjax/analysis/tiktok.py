@@ -101,6 +101,7 @@ import os
 import numpy as np
 
 from mpjax import atomic
+from mpjax.analysis import output
 from mpjax.analysis import stats as stats_lib
 from mpjax.analysis.hypothesis import OUTCOME_FEATURES
 
@@ -484,7 +485,6 @@ def _curves(x, mask, song_idx, song_lab, seed: int, bootstrap: int = BOOTSTRAP) 
   from resampling songs (with replacement) within the group."""
   rel = np.where(mask, x, np.nan) - np.where(mask[:, :1], x[:, :1], np.nan)
   ok = np.isfinite(rel)
-  rng = np.random.default_rng(seed)
   out = {}
   for code, name in GROUP_NAMES.items():
     songs = np.flatnonzero(song_lab == code)
@@ -497,17 +497,12 @@ def _curves(x, mask, song_idx, song_lab, seed: int, bootstrap: int = BOOTSTRAP) 
     cnt = np.zeros((len(songs), h))
     np.add.at(sums, gi, np.where(ok[rows], rel[rows], 0.0))
     np.add.at(cnt, gi, ok[rows])
+    # The song bootstrap on the per-song sums: each song its own group, a draw's counts weight it.
+    w = stats_lib.bootstrap_weights(np.arange(len(songs)), bootstrap, (seed, code))
     with np.errstate(invalid="ignore", divide="ignore"):
       mean = sums.sum(0) / cnt.sum(0)
-      # Resampling songs = multinomial counts per song; weighted sums give each resample.
-      w = rng.multinomial(len(songs), np.full(len(songs), 1.0 / len(songs)), size=bootstrap)
       boot = (w @ sums) / (w @ cnt)
-    lo = np.full(h, np.nan)
-    hi = np.full(h, np.nan)
-    for t in range(h):
-      col = boot[:, t][np.isfinite(boot[:, t])]
-      if len(col):
-        lo[t], hi[t] = np.percentile(col, [2.5, 97.5])
+    lo, hi = np.array([stats_lib.percentile_ci(boot[:, t]) for t in range(h)]).reshape(h, 2).T
     out[name] = {"mean": mean, "lo": lo, "hi": hi, "n_rows": cnt.sum(0).astype(np.int64)}
   return out
 
@@ -637,56 +632,32 @@ def _row_nanmean(err: np.ndarray) -> np.ndarray:
 # Report
 
 
-def _jsonable(obj):
-  """numpy to lists and floats; NaN to null (strict JSON has no NaN)."""
-  if isinstance(obj, dict):
-    return {str(k): _jsonable(v) for k, v in obj.items()}
-  if isinstance(obj, (list, tuple)):
-    return [_jsonable(v) for v in obj]
-  if isinstance(obj, np.ndarray):
-    return _jsonable(obj.tolist())
-  if isinstance(obj, (np.integer, bool, np.bool_)):
-    return obj.item() if isinstance(obj, np.generic) else obj
-  if isinstance(obj, (float, np.floating)):
-    return None if not math.isfinite(float(obj)) else float(obj)
-  return obj
-
-
 def _num(v) -> float:
   return math.nan if v is None else float(v)
 
 
 def _f(v, digits=2) -> str:
-  return "–" if not math.isfinite(_num(v)) else f"{v:.{digits}f}"
-
-
-def _p(p, permutations: int) -> str:
-  if not math.isfinite(_num(p)):
-    return "–"
-  # At the floor the permutations cannot say more than "at most this".
-  return f"≤ {p:.2g}" if p <= 1.0 / (1 + permutations) + 1e-12 else f"{p:.2g}"
-
-
-def _row(name, r, permutations, pct=False, holm=True):
-  a, b = r["TikTok"], r["rest"]
-  scale, unit = (100.0, " %") if pct else (1.0, "")
-  diff = _num(r["difference"])
-  return (f"| {name} | {_f(_num(a['mean']) * scale)}{unit} | "
-          f"{_f(_num(b['mean']) * scale)}{unit} | "
-          f"{'+' if diff >= 0 else ''}{_f(diff * scale)}{unit} | "
-          f"{_f(r['cohens_d'])} | {_p(r['p'], permutations)} | "
-          + (f"{_ph(r.get('p_holm'))} | " if holm else "")
-          + f"{a['n_rows']} / {b['n_rows']} |")
+  """T's numbers: 2 decimals."""
+  return output.num(v, digits)
 
 
 def _ph(p) -> str:
-  """A Holm-adjusted or model-based p: no permutation floor to state."""
-  return "–" if not math.isfinite(_num(p)) else f"{p:.2g}"
+  """A Holm-adjusted or model-based p (2 significant digits): no permutation floor to state."""
+  return output.pvalue(p, 2)
+
+
+def _row(name, r, permutations, pct=False, holm=True) -> list:
+  a, b = r["TikTok"], r["rest"]
+  scale, unit = (100.0, " %") if pct else (1.0, "")
+  return ([name, _f(_num(a["mean"]) * scale) + unit, _f(_num(b["mean"]) * scale) + unit,
+           output.num(_num(r["difference"]) * scale, 2, sign=True) + unit, _f(r["cohens_d"]),
+           output.pvalue(r["p"], 2, permutations)]
+          + ([_ph(r.get("p_holm"))] if holm else []) + [f"{a['n_rows']} / {b['n_rows']}"])
 
 
 def _pp(p, p_holm, permutations=None) -> str:
   """'p = 0.004, Holm p = 0.03' (the raw one at its permutation floor as '≤')."""
-  raw = _p(p, permutations) if permutations else _ph(p)
+  raw = output.pvalue(p, 2, permutations)
   raw = f"p {raw}" if raw.startswith("≤") else f"p = {raw}"
   return f"{raw}, Holm p = {_ph(p_holm)}"
 
@@ -701,18 +672,17 @@ def _median(km: dict, ci: bool = False) -> str:
 
 def _survival_rows(sv: dict, adj: dict, unit: str) -> list[str]:
   km, lr, cox = sv["km"], sv["logrank"], sv["cox"]["tiktok"]
-  return [
-      "| test | TikTok | rest | estimate [95 % CI] | p | p (Holm) | n (series) |",
-      "|---|---|---|---|---|---|---|",
-      f"| log-rank (time on chart) | median {_median(km['TikTok'], True)} {unit} | median "
-      f"{_median(km['rest'], True)} {unit} | χ² = {_f(lr['statistic'])} | {_ph(lr['p'])} | "
-      f"{_ph(lr.get('p_holm'))} | {km['TikTok']['n_rows']} / {km['rest']['n_rows']} |",
-      f"| Cox: hazard of leaving the chart, TikTok vs rest (adjusted) | | | HR {_f(cox['hr'])} "
-      f"[{_f(cox['lo'])}, {_f(cox['hi'])}] | {_ph(cox['p'])} | {_ph(cox.get('p_holm'))} | "
-      f"{sv['cox']['n_rows']} |",
-      f"| second_rise adjusted (logistic) | | | OR {_f(adj['odds_ratio'])} "
-      f"[{_f(adj['odds_ratio_ci'][0])}, {_f(adj['odds_ratio_ci'][1])}] | "
-      f"{_ph(adj['p'])} | {_ph(adj.get('p_holm'))} | {adj['n_rows']} |"]
+  return output.table(
+      ["test", "TikTok", "rest", "estimate [95 % CI]", "p", "p (Holm)", "n (series)"],
+      [["log-rank (time on chart)", f"median {_median(km['TikTok'], True)} {unit}",
+        f"median {_median(km['rest'], True)} {unit}", f"χ² = {_f(lr['statistic'])}",
+        _ph(lr["p"]), _ph(lr.get("p_holm")), f"{km['TikTok']['n_rows']} / {km['rest']['n_rows']}"],
+       ["Cox: hazard of leaving the chart, TikTok vs rest (adjusted)", "", "",
+        f"HR {_f(cox['hr'])} [{_f(cox['lo'])}, {_f(cox['hi'])}]", _ph(cox["p"]),
+        _ph(cox.get("p_holm")), sv["cox"]["n_rows"]],
+       ["second_rise adjusted (logistic)", "", "",
+        f"OR {_f(adj['odds_ratio'])} [{_f(adj['odds_ratio_ci'][0])}, "
+        f"{_f(adj['odds_ratio_ci'][1])}]", _ph(adj["p"]), _ph(adj.get("p_holm")), adj["n_rows"]]])
 
 
 def _verdict(result: dict) -> list[str]:
@@ -760,11 +730,9 @@ def _verdict(result: dict) -> list[str]:
 
 
 def _cox_table(cox: dict) -> list[str]:
-  lines = ["| covariate | HR | 95 % CI | p |", "|---|---|---|---|"]
-  for r in cox["table"]:
-    lines.append(f"| {r['covariate']} | {_f(r['hr'])} | [{_f(r['lo'])}, {_f(r['hi'])}] | "
-                 f"{_ph(r['p'])} |")
-  return lines
+  return output.table(["covariate", "HR", "95 % CI", "p"],
+                      [[r["covariate"], _f(r["hr"]), f"[{_f(r['lo'])}, {_f(r['hi'])}]", _ph(r["p"])]
+                       for r in cox["table"]])
 
 
 def markdown(result: dict) -> str:
@@ -778,12 +746,13 @@ def markdown(result: dict) -> str:
            f"({result['n_rows']['rest']} series); {result['period']} steps from the chart debut; "
            f"p from {perms} permutations of the song labels (seed {result['seed']})."
            + (f" {result['songs_conflicting']} songs with conflicting labels left out."
-              if result["songs_conflicting"] else ""), "",
-           "| statistic | TikTok mean | rest mean | difference | effect size (d) | p "
-           "| p (Holm) | n (series) |", "|---|---|---|---|---|---|---|---|"]
-  lines += [_row(name + (" (uncensored rows only; see the survival analysis)"
-                         if name == "half_life" else ""), s[name], perms, pct=name in BINARY)
-            for name in STATS]
+              if result["songs_conflicting"] else ""), ""]
+  lines += output.table(
+      ["statistic", "TikTok mean", "rest mean", "difference", "effect size (d)", "p", "p (Holm)",
+       "n (series)"],
+      [_row(name + (" (uncensored rows only; see the survival analysis)"
+                    if name == "half_life" else ""), s[name], perms, pct=name in BINARY)
+       for name in STATS])
   lines += ["", "Binary statistics are shares of series. half_life and longevity stop at the "
             "horizon; half_life leaves out the series censored before halving, so it is a "
             "description, not a test of staying power: the survival analysis below is.", "",
@@ -817,12 +786,12 @@ def markdown(result: dict) -> str:
       lines += [f"Per-series MAE (log streams) over the observed forecast steps "
                 f"{me['k'] + 1}.. of `{os.path.basename(me['file'])}`; "
                 f"songs: {me['n_songs']['TikTok']} TikTok, {me['n_songs']['rest']} rest "
-                "(a separate question: not in the Holm family).", "",
-                "| MAE | TikTok mean | rest mean | difference | effect size (d) | p | n (series) |",
-                "|---|---|---|---|---|---|---|"]
-      lines += [_row(name, r, perms, holm=False) for name, r in me["stats"].items()]
+                "(a separate question: not in the Holm family).", ""]
+      lines += output.table(
+          ["MAE", "TikTok mean", "rest mean", "difference", "effect size (d)", "p", "n (series)"],
+          [_row(name, r, perms, holm=False) for name, r in me["stats"].items()])
       r = me["stats"]["model"]
-      p = _p(r["p"], perms)
+      p = output.pvalue(r["p"], 2, perms)
       sig = _num(r["p"]) < 0.05
       lines += ["", f"The model's error on TikTok series is {_f(r['TikTok']['mean'], 3)} vs "
                 f"{_f(r['rest']['mean'], 3)} on the others ("
@@ -855,9 +824,7 @@ def plot_survival(path: str, km: dict, unit: str):
   ax.set_title("Kaplan-Meier time on the chart (censored at the data end), 95 % band")
   ax.legend()
   fig.tight_layout()
-  with atomic.replacing(path, "wb") as f:
-    fig.savefig(f, format="png", dpi=110)
-  plt.close(fig)
+  output.save_figure(fig, path)
 
 
 def plot_curves(path: str, curves: dict, unit: str):
@@ -877,9 +844,7 @@ def plot_curves(path: str, curves: dict, unit: str):
   ax.set_title("Mean normalised curve (on-chart series), 95 % band over songs")
   ax.legend()
   fig.tight_layout()
-  with atomic.replacing(path, "wb") as f:
-    fig.savefig(f, format="png", dpi=110)
-  plt.close(fig)
+  output.save_figure(fig, path)
 
 
 def plot_stats(path: str, values: dict, row_labels: np.ndarray):
@@ -904,9 +869,7 @@ def plot_stats(path: str, values: dict, row_labels: np.ndarray):
   axes[-1].axis("off")
   fig.suptitle("Shape statistics per series, TikTok songs vs the rest")
   fig.tight_layout()
-  with atomic.replacing(path, "wb") as f:
-    fig.savefig(f, format="png", dpi=110)
-  plt.close(fig)
+  output.save_figure(fig, path)
 
 
 def run(pairs: dict, labels, outdir: str, *, label_source: str, predictions=None,
@@ -948,7 +911,7 @@ def run(pairs: dict, labels, outdir: str, *, label_source: str, predictions=None
        f"of leaving the chart {_f(cox['hr'])} [{_f(cox['lo'])}, {_f(cox['hi'])}] (Holm p = "
        f"{_ph(cox['p_holm'])})") if sig else
       "no statistic differs significantly between TikTok songs and the rest (Holm-adjusted)")
-  result = _jsonable(result)
+  result = output.jsonable(result)
   os.makedirs(outdir, exist_ok=True)
   atomic.write_json(os.path.join(outdir, "tiktok.json"), result, indent=1)
   md = markdown(result)
