@@ -16,6 +16,7 @@ flags.DEFINE_string("score", "test", "splits they are scored on (never overlappi
 flags.DEFINE_float("margin", 0.02, "H's equivalence margin at the debut, in R² (pre-registered)")
 flags.DEFINE_string("tiktok_labels", None, "CSV track,label (the key column may also be song, "
                     "song_id, isrc or key) for T; default: the dataset's tiktok label")
+flags.DEFINE_alias("labels", "tiktok_labels")
 flags.DEFINE_integer("bootstrap", 1000, "refit bootstrap resamples of songs for H's intervals")
 flags.DEFINE_integer("permutations", 2000, "label permutations for T's p-values")
 flags.DEFINE_integer("seed", 0, "seed of the resampling, permutations and folds")

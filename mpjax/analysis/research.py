@@ -110,6 +110,13 @@ def run(workdir: str | None, *, data_dir: str | None = None, raw: str | None = N
   step_n = export_lib.choose_step(workdir, step, config)[0] if workdir else None
   results, sections = {}, []
 
+  # T's labels first: a bad label file fails before minutes of H.
+  labels, source = None, None
+  if tiktok_labels:
+    labels, source = tiktok.labels_from_csv(pairs, tiktok_labels), f"CSV {tiktok_labels}"
+  elif "tiktok" in pairs["labels_names"]:
+    labels, source = tiktok.labels_from_dataset(pairs, "tiktok"), "the dataset's `tiktok` label"
+
   # H -------------------------------------------------------------------------------------------
   audio = {}
   if pairs["fbank_stats"].shape[1]:
@@ -131,11 +138,6 @@ def run(workdir: str | None, *, data_dir: str | None = None, raw: str | None = N
     sections.append("## H\n\nSkipped: the dataset holds no audio.\n")
 
   # T -------------------------------------------------------------------------------------------
-  labels, source = None, None
-  if tiktok_labels:
-    labels, source = tiktok.labels_from_csv(pairs, tiktok_labels), f"CSV {tiktok_labels}"
-  elif "tiktok" in pairs["labels_names"]:
-    labels, source = tiktok.labels_from_dataset(pairs, "tiktok"), "the dataset's `tiktok` label"
   if labels is None:
     reason = ("no TikTok labels: the dataset has no `tiktok` label (real charts carry none) and "
               "--tiktok_labels was not given")
