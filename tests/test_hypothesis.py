@@ -201,3 +201,27 @@ def test_run_writes_report_and_figures(world, tmp_path):
   assert "scored on **test**" in md and "margin ±0.02" in md
   assert os.path.getsize(tmp_path / "hypothesis_planted.png") > 10_000
   assert res["markdown"] == md
+
+
+def test_run_reports_no_verdict_when_the_debut_has_too_few_songs(world, tmp_path):
+  """A small scored split (a demo's): horizons without the debut still get a report."""
+  raw, pairs = world
+  test_songs = sorted(set(pairs["song"][pairs["split"] == "test"]))
+  few = dict(pairs, split=np.where((pairs["split"] == "test")
+                                   & ~np.isin(pairs["song"], test_songs[:9]), "rest",
+                                   pairs["split"]))
+  res = _analyse(few, planted_attributes(few, raw))  # 9 scored songs
+  assert res["horizons"]
+  # As analyse leaves them when the debut is skipped: no test against the debut.
+  tested = ("over_debut", "significant", "no_more_audio", "detectable")
+  later = {k: {kk: vv for kk, vv in v.items() if not kk.startswith(tested)}
+           for k, v in res["horizons"].items() if k != "debut"}
+  with_debut = dict(res, horizons=later, skipped={"debut": "too few songs"})
+  v = hypothesis.verdict(with_debut)
+  assert v["outcome"] is None and v["details"] == [] and "no verdict" in v["text"]
+  md = hypothesis.markdown({"fit": "train", "score": "test", "score_songs": 9, "bootstrap": 200,
+                            "seed": 0, "margin": 0.02, "extrinsic_features": [], "excluded": [],
+                            "audio": {"planted": {**with_debut, "verdict": v,
+                                                  "description": "d", "figure": "f.png"}}})
+  assert "no verdict" in md and "Skipped horizons: debut" in md
+  assert "| weeks 2-3 |" in md and "| – | – | – |" in md  # no comparison with the debut

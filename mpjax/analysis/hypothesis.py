@@ -278,8 +278,9 @@ def verdict(result: dict) -> dict:
   'inconclusive', with a plain-language text and the details behind it."""
   hz = result["horizons"]
   if "debut" not in hz:
-    return {"outcome": None, "supported": None,
-            "text": "no verdict: the debut horizon could not be scored"}
+    return {"outcome": None, "supported": None, "significant_later": [], "details": [],
+            "text": "no verdict: the debut horizon could not be scored (too few songs with a "
+                    "target in the fit or score split)"}
   d, m = hz["debut"], result["margin"]
   later = [n for n in hz if n != "debut"]
   sig = [n for n in later if hz[n]["significant"]]
@@ -390,9 +391,11 @@ def markdown(result: dict) -> str:
                 f"{output.num(eq['ci'][1], sign=True)}]: "
                 + ("equivalent" if eq["equivalent"] else "not equivalent")) if eq else "–"
         p, ph = output.pvalue(e["increment_p"]), output.MISSING
-      else:
+      elif "over_debut" in e:
         diff = _signed(e["over_debut"], e["over_debut_ci"]) + (" *" if e.get("significant") else "")
         p, ph = output.pvalue(e["over_debut_p"]), output.pvalue(e["over_debut_p_holm"])
+      else:  # no debut to compare with (too few songs there)
+        diff, p, ph = output.MISSING, output.MISSING, output.MISSING
       rows.append([name, e["n_score"], output.num(e["r2"]["region"]), cell("extrinsic"),
                    cell("audio"), cell("both"), inc, diff, p, ph])
     lines += output.table(["horizon", "series", "region", "extrinsic", "audio", "both",
