@@ -113,23 +113,10 @@ def test_pca_scores_fit_on_the_fit_rows_only():
     stats.pca_scores(np.ones((10, 3)), np.ones(10, bool), 2)
 
 
-def test_ridge_refit_predict_is_sklearn_s_pipeline_on_the_repeated_rows():
+def test_ridge_refit_draws_is_sklearn_s_pipeline_on_the_repeated_rows():
   from sklearn.linear_model import Ridge
   from sklearn.pipeline import make_pipeline
   from sklearn.preprocessing import StandardScaler
-  rng = np.random.default_rng(0)
-  x = np.concatenate([rng.normal(size=(40, 4)), np.ones((40, 1))], 1)  # a constant column too
-  y = x[:, 0] - 2 * x[:, 1] + rng.normal(size=40)
-  counts = rng.multinomial(40, np.full(40, 1 / 40))
-  keep = counts > 0
-  xs = rng.normal(size=(7, 5))
-  ref = make_pipeline(StandardScaler(), Ridge(alpha=3.0)).fit(
-      np.repeat(x, counts, 0), np.repeat(y, counts)).predict(xs)
-  got = stats.ridge_refit_predict(x[keep], y[keep], counts[keep], 3.0, xs)
-  np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-9)
-
-
-def test_ridge_refit_draws_equals_one_refit_per_draw():
   rng = np.random.default_rng(1)
   songs = rng.integers(0, 30, 90)  # 30 songs, several rows each
   x = np.concatenate([rng.normal(size=(90, 3)) + 50.0, np.ones((90, 1))], 1)  # offset + constant
@@ -138,7 +125,16 @@ def test_ridge_refit_draws_equals_one_refit_per_draw():
   xs = rng.normal(size=(6, 4)) + 50.0
   got = stats.ridge_refit_draws(x, y, songs, counts, 2.0, xs)
   for b in range(5):
-    w = counts[b, songs]
-    keep = w > 0
-    ref = stats.ridge_refit_predict(x[keep], y[keep], w[keep], 2.0, xs)
+    w = counts[b, songs].astype(int)
+    ref = make_pipeline(StandardScaler(), Ridge(alpha=2.0)).fit(
+        np.repeat(x, w, 0), np.repeat(y, w)).predict(xs)
     np.testing.assert_allclose(got[b], ref, rtol=1e-8, atol=1e-8)
+
+
+def test_weighted_r2_with_one_prediction_per_resample():
+  rng = np.random.default_rng(2)
+  y, p = rng.normal(size=20), rng.normal(size=(3, 20))
+  w = rng.integers(0, 3, size=(3, 20)).astype(float)
+  got = stats.weighted_r2(y, p, w)
+  for b in range(3):
+    assert got[b] == pytest.approx(stats.weighted_r2(y, p[b], w[b:b + 1])[0])

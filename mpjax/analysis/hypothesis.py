@@ -183,13 +183,7 @@ def refit_r2(x, y, groups, f, s, fit_counts, score_counts, *, seed: int = 0):
   uniq, first, local = np.unique(groups[f], return_index=True, return_inverse=True)
   preds = stats.ridge_refit_draws(x[f], y[f], local.reshape(-1), fit_counts[:, f][:, first],
                                   alpha, x[s])  # [B, n_score]
-  w = score_counts[:, s]
-  tot = w.sum(1)
-  mean = (w @ y[s]) / tot
-  sst = (w * (y[s][None] - mean[:, None]) ** 2).sum(1)
-  sse = (w * (y[s][None] - preds) ** 2).sum(1)
-  with np.errstate(divide="ignore", invalid="ignore"):  # a (nearly) constant draw has no R²
-    boot = np.where(sst > 1e-9 * tot * max(float(y[s].var()), 1e-12), 1.0 - sse / sst, np.nan)
+  boot = stats.weighted_r2(y[s], preds, score_counts[:, s])
   return stats.weighted_r2(y[s], pred), alpha, boot
 
 
@@ -210,14 +204,15 @@ def analyse(pairs: dict, audio: np.ndarray, fit: np.ndarray, score: np.ndarray, 
   groups = rows_lib.song_groups(pairs["song"])
   # Song draws shared by every horizon: inc_h - inc_debut is paired.
   fit_counts, score_counts = song_draws(groups, fit, score, bootstrap, seed)
-  later = len(targets(pairs)) - 1
+  horizon_targets = targets(pairs)
+  later = len(horizon_targets) - 1
   if (bootstrap + 1) * ALPHA <= later:  # the smallest bootstrap p is 1 / (B + 1), x K by Holm
     raise ValueError(f"bootstrap={bootstrap}: with {later} later horizons no Holm-adjusted p can "
                      f"fall below {ALPHA}; use at least {int(math.ceil(later / ALPHA))} resamples")
   out = {"components": int(pcs.shape[1]), "margin": float(margin), "alpha": ALPHA,
          "horizons": {}, "skipped": {}}
   boot_inc = {}
-  for name, y in targets(pairs).items():
+  for name, y in horizon_targets.items():
     ok = np.isfinite(y)
     f, s = np.flatnonzero(fit & ok), np.flatnonzero(score & ok)
     n_fit, n_score = len(np.unique(groups[f])), len(np.unique(groups[s]))

@@ -63,29 +63,12 @@ def ridge_predict(x_fit, y_fit, groups_fit, x_score, *, alphas=ALPHAS, folds: in
   return model.predict(np.asarray(x_score, np.float64)), float(model[-1].alpha)
 
 
-def ridge_refit_predict(x_fit, y_fit, weights, alpha: float, x_score) -> np.ndarray:
-  """Predictions on x_score of `StandardScaler -> Ridge(alpha)` fitted on (x_fit, y_fit) with
-  row weights (a song-bootstrap draw's counts): the same model as sklearn's pipeline fitted on
-  the rows repeated by their weights, in closed form (a bootstrap refits it thousands of times;
-  a test checks it against sklearn)."""
-  w = np.asarray(weights, np.float64)
-  x, y = np.asarray(x_fit, np.float64), np.asarray(y_fit, np.float64)
-  tot = w.sum()
-  mu = w @ x / tot
-  sd = np.sqrt(w @ (x - mu) ** 2 / tot)
-  sd = np.where(sd > 10 * np.finfo(np.float64).eps * np.maximum(np.abs(mu), 1.0), sd, 1.0)
-  z = (x - mu) / sd
-  ym = w @ y / tot
-  zw = z * w[:, None]
-  coef = np.linalg.solve(z.T @ zw + alpha * np.eye(z.shape[1]), zw.T @ (y - ym))
-  return ((np.asarray(x_score, np.float64) - mu) / sd) @ coef + ym
-
-
 def ridge_refit_draws(x_fit, y_fit, groups, counts, alpha: float, x_score) -> np.ndarray:
-  """[B, n_score] predictions of `ridge_refit_predict` for B song-bootstrap draws at once:
-  draw b weights every fit row by counts[b, its group] (groups [n_fit] ints in [0, G), counts
-  [B, G]). The weighted moments are sums of per-song moments, so a draw costs one matrix
-  product instead of a pass over the rows."""
+  """[B, n_score] predictions of `StandardScaler -> Ridge(alpha)` refitted for each of B
+  song-bootstrap draws: draw b weights every fit row by counts[b, its group] (groups [n_fit]
+  ints in [0, G), counts [B, G]), the same model as sklearn's pipeline fitted on the rows
+  repeated that often (a test checks it). The weighted moments are sums of per-song moments,
+  so a draw costs one matrix product instead of a pass over the rows."""
   x = np.asarray(x_fit, np.float64)
   x = x - x.mean(0)  # centred once: the per-draw covariance below loses no precision
   y = np.asarray(y_fit, np.float64)
@@ -158,8 +141,9 @@ def resample_songs(groups, rng: np.random.Generator) -> np.ndarray:
 
 
 def weighted_r2(y, pred, w=None):
-  """R² of pred for y (1 - SSE / SST around y's mean); with weights w [B, n] one R² per row of w,
-  NaN where a resample's target is (nearly) constant."""
+  """R² of pred for y (1 - SSE / SST around y's mean); with weights w [B, n] one R² per row of w
+  (pred [n], or [B, n]: one prediction per resample), NaN where a resample's target is (nearly)
+  constant."""
   y, pred = np.asarray(y, np.float64), np.asarray(pred, np.float64)
   if w is None:
     return float(1.0 - ((y - pred) ** 2).sum() / ((y - y.mean()) ** 2).sum())
@@ -168,7 +152,7 @@ def weighted_r2(y, pred, w=None):
   sst = (w * (y[None] - mean[:, None]) ** 2).sum(1)
   with np.errstate(divide="ignore", invalid="ignore"):
     return np.where(sst > 1e-9 * tot * max(float(y.var()), 1e-12),
-                    1.0 - (w @ ((y - pred) ** 2)) / sst, np.nan)
+                    1.0 - (w * (y - pred) ** 2).sum(-1) / sst, np.nan)
 
 
 def percentile_ci(values, level: float = 0.95) -> list[float]:
