@@ -16,7 +16,8 @@ region the track charted in (DESIGN.md §3) -> shards `{split}-00003-of-00016.tf
 Splits are by song (`song_id`), never by clip: by a seeded hash, by debut date, or by time
 (`--cutoff DATE`, `cutoff_targets`: train and val built from the chart rows before DATE only,
 test = songs first charting from DATE on). Records carry `series_known` beside `series_mask`
-(a missing chart day is not an off-chart day).
+(a missing chart day is not an off-chart day) and `series_floor` (the chart's floor that step,
+NaN where unknown: an off-chart known step is below it).
 `manifest.json` records the region vocabulary, feature names and definitions, fbank mean/std
 over the TRAIN split only, counts and provenance; `build_report.md` is the human summary
 (skipped clips and why, per-region counts, throughput).
@@ -197,6 +198,7 @@ def make_example(*, clip_id, track_id, song_id, source, fbank16, rows, tg, label
       "series": tg.series[rows],
       "series_mask": tg.series_mask[rows].astype(np.int64),
       "series_known": tg.series_known[rows].astype(np.int64),
+      "series_floor": tg.series_floor[rows].astype(np.float32),
       "extrinsic": tg.extrinsic[rows],
   }
   for name, value in labels.items():
@@ -446,6 +448,8 @@ def build(cfg: BuildConfig) -> dict:
           "series": "float [R*horizon] log1p streams",
           "series_mask": "int64 [R*horizon] 1 = observed",
           "series_known": "int64 [R*horizon] 1 = the region's chart that step is in the data",
+          "series_floor": "float [R*horizon] log1p of the chart's floor that step (its lowest "
+                          "streams); NaN where unknown (as mp2_target's NaN)",
           "extrinsic": "float [R*F]",
           **{f"label/{n}": "int64 [1]: -1 unknown, 0, 1" for n in sorted(labels)}},
       "split": {"method": cfg.split_by, "seed": cfg.seed, "fractions": list(cfg.fractions),

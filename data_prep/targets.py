@@ -41,7 +41,10 @@ Targets.
   where observed. Off-chart steps (censored: below the chart floor, streams unknown) and re-entries
   are part of the series as they fall. ``series_known[i, k]`` = 1 where the region's chart for
   step k exists in the data (observed, or censored below the floor), 0 where the data has no chart
-  (after the region's last chart date, or a missing chart date).
+  (after the region's last chart date, or a missing chart date). ``series_floor[i, k]`` =
+  log1p(the chart's floor at step k), the floor as in ``longevity_target`` below (the lowest
+  streams on the region's chart that step, i.e. its last position's, in the series' unit): an
+  off-chart known step is below it. NaN where step k is not known (or its chart has no streams).
 - ``mp2_target`` = log1p(sum of streams over weeks 0 .. mp2_weeks-1), weeks as above (for daily
   data, weekly aggregation even when ``period='daily'``). Censored weeks contribute what was
   observed of them (for a partly-charted week, the streams of its on-chart days; for an off-chart
@@ -136,6 +139,8 @@ class Targets:
   definitions: every target/feature/column definition in words (for manifest.json).
   series_known: [n, T] uint8, 1 = the region's chart for that step is in the data (observed or
     censored below the floor), 0 = no data (after the data end, or a missing chart date).
+  series_floor: [n, T] float32 log1p(the chart's floor that step: its lowest streams), in the
+    series' unit; NaN where the step is not known (or its chart has no streams).
   """
   table: pd.DataFrame
   series: np.ndarray
@@ -144,6 +149,7 @@ class Targets:
   feature_names: list
   definitions: dict
   series_known: np.ndarray | None = None
+  series_floor: np.ndarray | None = None
 
   def subset(self, rows) -> "Targets":
     """The pairs selected by a boolean mask or index array, table re-indexed 0..m-1."""
@@ -151,9 +157,10 @@ class Targets:
     if rows.dtype == bool:
       rows = np.flatnonzero(rows)
     known = None if self.series_known is None else self.series_known[rows]
+    floor = None if self.series_floor is None else self.series_floor[rows]
     return Targets(self.table.iloc[rows].reset_index(drop=True), self.series[rows],
                    self.series_mask[rows], self.extrinsic[rows], list(self.feature_names),
-                   dict(self.definitions), known)
+                   dict(self.definitions), known, floor)
 
 
 def concat(parts: list["Targets"]) -> "Targets":
@@ -161,11 +168,13 @@ def concat(parts: list["Targets"]) -> "Targets":
   table re-indexed 0..n-1; the definitions of the first."""
   parts = [p for p in parts if len(p.table)] or parts[:1]
   known = [p.series_known if p.series_known is not None else p.series_mask for p in parts]
+  floor = [p.series_floor if p.series_floor is not None
+           else np.full(p.series.shape, np.nan, np.float32) for p in parts]
   return Targets(pd.concat([p.table for p in parts], ignore_index=True),
                  np.concatenate([p.series for p in parts]),
                  np.concatenate([p.series_mask for p in parts]),
                  np.concatenate([p.extrinsic for p in parts]), list(parts[0].feature_names),
-                 dict(parts[0].definitions), np.concatenate(known))
+                 dict(parts[0].definitions), np.concatenate(known), np.concatenate(floor))
 
 
 def definitions(period: str, horizon: int, mp2_weeks: int, window, min_history_days: int,
@@ -201,6 +210,10 @@ def definitions(period: str, horizon: int, mp2_weeks: int, window, min_history_d
                      "below the floor) or no data",
       "series_known": "1 = the region's chart for the step is in the data (observed or censored), "
                       "0 = no data (after the region's last chart date, missing chart date)",
+      "series_floor": "log1p(the chart's floor at the step: the lowest streams on the region's "
+                      "chart that step, i.e. its last position's, in the series' unit, as in "
+                      "longevity_target); an off-chart known step is below it; NaN where the "
+                      "step is not known (or its chart has no streams)",
       "mp2_target": f"log1p(sum of streams over weeks 0..{mp2_weeks - 1} after debut; weekly rows "
                     "as they are, daily rows as in weekly_from_daily, also for period 'daily'); "
                     "weeks not "
@@ -437,7 +450,7 @@ def build_targets(charts: pd.DataFrame, *, period: str = "weekly", horizon: int 
     table = pd.DataFrame({c: [] for c in cols})
     return Targets(table, np.zeros((0, T), np.float32), np.zeros((0, T), np.uint8),
                    np.zeros((0, F), np.float32), list(FEATURE_NAMES), defs,
-                   np.zeros((0, T), np.uint8))
+                   np.zeros((0, T), np.uint8), np.zeros((0, T), np.float32))
 
   # -- Row arrays, deduplicated per (track_key, region, day) -------------------------------------
   day = _day_numbers(df["date"])
@@ -530,9 +543,12 @@ def build_targets(charts: pd.DataFrame, *, period: str = "weekly", horizon: int 
     known = (col < ncol) & has_chart[sel_region[:, None], np.clip(col, 0, ncol - 1)]
 
   floors = _step_floors(period, T, sel_first, sel_region, sel_weekly, floor_day, has_chart, day0)
+  floor_log = np.log1p(floors)
   last_step = sel_first + (7 * (T - 1) if period == "weekly" else T - 1)
   longevity = np.where(last_step <= last_day[sel_region],
-                       longevity_slopes(series, mask, known, np.log1p(floors)), np.nan)
+                       longevity_slopes(series, mask, known, floor_log), np.nan)
+  # Only a known step has a floor (a daily block of < 4 chart days has one but is not known).
+  series_floor = np.where(known, floor_log, np.nan)
 
   # -- Extrinsic features ----------------------------------------------------------------------
   # Artist-region group per row; peak streams in the series' unit.
@@ -622,4 +638,5 @@ def build_targets(charts: pd.DataFrame, *, period: str = "weekly", horizon: int 
       "source": d["source"],
   })
   return Targets(table, series.astype(np.float32), mask.astype(np.uint8),
-                 extrinsic.astype(np.float32), list(FEATURE_NAMES), defs, known.astype(np.uint8))
+                 extrinsic.astype(np.float32), list(FEATURE_NAMES), defs, known.astype(np.uint8),
+                 series_floor.astype(np.float32))

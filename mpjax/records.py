@@ -24,7 +24,13 @@ manifest horizon, F = extrinsic features, L = manifest labels)::
     series_mask          bool [r, H]     observed on the chart
     series_known         bool [r, H]     that step's chart is in the data (records built
                                          before it was written: `known_before_last_observed`)
+    series_floor         float32 [r, H]  log1p of the chart's floor that step (its lowest
+                                         streams): an off-chart known step is below it; NaN
+                                         where unknown, and everywhere in records built before
+                                         it was written (the censored loss then falls back to
+                                         its proxy floor)
     weekday              int32 [r]       weekday of the debut (0 = Monday), -1 unknown
+    debut                list[str] [r]   debut date per region, YYYY-MM-DD ("" unknown)
     extrinsic            float32 [r, F]  features known at debut (manifest feature_names)
     labels               int32 [L]       -1 unknown / 0 / 1
 
@@ -192,6 +198,8 @@ def parse(data: bytes, schema: Schema, record: int = 0) -> dict:
     known = np.asarray(ex["series_known"]).reshape(r, m.horizon).astype(bool) | smask
   else:
     known = known_before_last_observed(smask)
+  floor = (np.asarray(ex["series_floor"], np.float32).reshape(r, m.horizon)
+           if len(ex.get("series_floor", [])) else np.full((r, m.horizon), np.nan, np.float32))
   return {
       "record": record,
       "clip_id": text("clip_id"), "song_id": text("song_id"), "track_id": text("track_id"),
@@ -204,7 +212,10 @@ def parse(data: bytes, schema: Schema, record: int = 0) -> dict:
       "series": np.asarray(ex["series"], np.float32).reshape(r, m.horizon),
       "series_mask": smask,
       "series_known": known,
+      "series_floor": floor,
       "weekday": _weekdays(ex.get("debut", []), r),
+      "debut": [d.decode() for d in ex.get("debut", [])] if len(ex.get("debut", [])) == r
+               else [""] * r,
       "extrinsic": (np.asarray(ex["extrinsic"], np.float32).reshape(r, f) if f
                     else np.zeros((r, 0), np.float32)),
       "labels": np.asarray([int(ex[f"label/{n}"][0]) if len(ex.get(f"label/{n}", [])) else -1

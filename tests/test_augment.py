@@ -194,6 +194,25 @@ def test_mixup_targets_mixed_in_linear_stream_domain():
   assert out["mixup_lambda"] == 1.0
 
 
+def test_mixup_series_floor_bounds_the_mix_where_either_is_off_the_chart():
+  """The mixed floor: each one's value where observed, its floor where not, mixed like the
+  series (the mix is below it where either is off the chart); unknown (NaN) in either -> NaN."""
+  a, b = example(0, regions=(0, 2)), example(1, regions=(2, 0))
+  a["series_mask"][:, :3] = [True, False, False]
+  b["series_mask"][:, :3] = [False, True, False]
+  a["series"][:, :2] = np.log1p([1000.0, 0.0])
+  b["series"][:, :2] = np.log1p([0.0, 3000.0])
+  a["series_floor"] = np.full((2, 8), np.log1p(100.0), np.float32)
+  b["series_floor"] = np.full((2, 8), np.log1p(200.0), np.float32)
+  a["series_floor"][:, 2] = np.nan  # step 2: both off, a's floor unknown
+  out = augment.mixup(a, b, 0.25)
+  assert out["series_floor"].shape == (2, 8)
+  # Step 0: a on (1000), b off (below 200); step 1: a off (below 100), b on (3000).
+  np.testing.assert_allclose(out["series_floor"][:, 0], np.log1p(0.25 * 1000 + 0.75 * 200), rtol=1e-6)
+  np.testing.assert_allclose(out["series_floor"][:, 1], np.log1p(0.25 * 100 + 0.75 * 3000), rtol=1e-6)
+  assert np.isnan(out["series_floor"][:, 2]).all()
+
+
 def test_mixup_through_apply_draws_beta_lambda():
   a, b = example(0, regions=(0, 2)), example(1, regions=(0, 2))
   lams = [float(augment.apply(a, dict(mixup_alpha=0.4), np.random.default_rng(s),

@@ -270,6 +270,38 @@ def test_series_known_written_and_read(daily_raw, tmp_path):
   assert np.all(batch["weekday"][real] >= 0) and np.all(batch["weekday"][~real] == -1)
 
 
+def test_series_floor_written_and_read(daily_raw, tmp_path):
+  """Each step's floor = log1p(the streams of its chart's last position), read from the chart
+  rows (fakes.daily_charts); NaN where the step's chart is missing (kr on MISSING_DAY) or past
+  the data end; the reader returns it [r, H], a batch carries it with 0 where unknown."""
+  from mpjax import records as records_lib
+  from mpjax.input import pipeline
+  out = tmp_path / "ds"
+  man = run(daily_raw, out, chart_only=True, period="daily", horizon=14)
+  assert "series_floor" in man["record_schema"] and "series_floor" in man["definitions"]
+  last = daily_charts().sort_values("pos").groupby(["region", "date"])["streams"].last()
+  checked = missing = 0
+  for sp in build.SPLITS:
+    for rec in records(str(out), sp):
+      for j, (region, debut, day, mask, known) in enumerate(_steps(rec)):
+        if known:
+          assert rec["series_floor"][j] == pytest.approx(np.log1p(last[(region, day)]), rel=1e-6)
+          checked += 1
+        else:
+          assert np.isnan(rec["series_floor"][j]), (region, debut, day)
+          missing += region == "kr" and day == MISSING_DAY
+  assert checked > 100 and missing >= 3
+  raw = records(str(out), "train")
+  for rec, got in zip(raw, records_lib.read(str(out), "train")):
+    assert got["series_floor"].dtype == np.float32
+    np.testing.assert_array_equal(got["series_floor"], rec["series_floor"].reshape(-1, 14))
+  batch = next(iter(pipeline.make_dataset(str(out), "train", cfg=_input_cfg(), augment=None,
+                                          seed=0, train=False)))
+  floor, known = batch["series_floor"], batch["series_known"] > 0
+  assert floor.shape == batch["series_known"].shape and floor.dtype == np.float32
+  assert (floor[known] >= np.log1p(10000)).all() and (floor[~known] == 0).all()
+
+
 def _input_cfg():
   from configs import mp3 as mp3_config
   c = mp3_config.get_config("kworb").input

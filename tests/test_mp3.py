@@ -175,6 +175,47 @@ def test_censored_term_with_known_days_ignores_missing_charts_not_late_drops():
   assert float(loss([[[1, 1, 0, 1, 0, 0]]], 0.0)) == float(base)
 
 
+def test_censored_term_uses_the_charts_floor_when_given():
+  """With series_floor the hinge is relu(median - that step's floor): 0 below it, positive above
+  it; a step without a floor (0 or NaN) falls back to the proxy (the lowest observed value, 8)."""
+  import ml_collections
+  from mpjax import tasks
+  k = 1
+  series = jnp.asarray([[[10.0, 9.0, 0.0, 8.0, 0.0, 0.0]]])
+  mask = jnp.asarray([[[1.0, 1.0, 0.0, 1.0, 0.0, 0.0]]])  # off the chart: steps 2, 4, 5
+  known = jnp.ones_like(series)
+
+  def cens(pred, floor):
+    out = jnp.asarray(pred, jnp.float32).reshape(1, 1, 5, 1)
+    loss = lambda w: mp3.forecast_loss(out, series, mask, prefix_steps=k, quantiles=None,  # noqa: E731
+                                       censored_weight=w, series_known=known, series_floor=floor)
+    return float(loss(1.0) - loss(0.0))
+
+  real = jnp.asarray([[[9.5] * 6]])
+  # 9 is below the chart's floor (9.5) on every off-chart step: no hinge; the proxy floor (8)
+  # would have penalised it by 1 a step.
+  assert cens([9.0] * 5, real) == 0.0
+  assert cens([9.0] * 5, None) == pytest.approx(1.0)
+  assert cens([7.0] * 5, real) == 0.0
+  assert cens([12.0] * 5, real) == pytest.approx(2.5)  # 12 - 9.5 on each off-chart step
+  # Per step: floor 11 on step 2 (10 is below: 0), 9.5 on step 4 (0.5), none on step 5 (the
+  # proxy 8: 2); the mean over the three.
+  for missing in (0.0, np.nan):
+    floor = jnp.asarray([[[0.0, 0.0, 11.0, 0.0, 9.5, missing]]])
+    assert cens([10.0] * 5, floor) == pytest.approx(2.5 / 3)
+    g = jax.grad(lambda o: mp3.forecast_loss(o, series, mask, prefix_steps=k, quantiles=None,
+                                             censored_weight=1.0, series_known=known,
+                                             series_floor=floor))(jnp.full((1, 1, 5, 1), 10.0))
+    assert np.isfinite(np.asarray(g)).all()
+  # MP3Task.loss passes the batch's series_floor through.
+  c = ml_collections.ConfigDict({"task": "mp3", "mp3": {"prefix_steps": k, "quantiles": None,
+                                                        "censored_weight": 1.0}})
+  batch = {"series": series, "series_mask": mask, "series_known": known}
+  high = jnp.full((1, 1, 5, 1), 9.0)
+  task = tasks.get(c)
+  assert float(task.loss(high, {**batch, "series_floor": real}, c)) < float(task.loss(high, batch, c))
+
+
 def test_missing_prefix_day_is_not_an_off_chart_day():
   model = randomize(make(audio=False, prefix_steps=3, horizon=6))
   model.prefix_proj.kernel[...] = jnp.asarray(
@@ -314,9 +355,12 @@ def test_forecast_window_from_the_debut_in_evaluation():
   rs = np.random.RandomState(0)
   batch = {"series": jnp.asarray(rs.rand(3, 2, 10), jnp.float32),
            "series_mask": jnp.asarray(rs.rand(3, 2, 10) > 0.3, jnp.float32),
-           "series_known": jnp.ones((3, 2, 10), jnp.float32)}
+           "series_known": jnp.ones((3, 2, 10), jnp.float32),
+           "series_floor": jnp.asarray(rs.rand(3, 2, 10), jnp.float32)}
   out = tasks.forecast_window(batch, _origin_config(4), 6)  # no key: evaluation
   np.testing.assert_array_equal(np.asarray(out["series"]), np.asarray(batch["series"][..., :6]))
+  np.testing.assert_array_equal(np.asarray(out["series_floor"]),
+                                np.asarray(batch["series_floor"][..., :6]))
   np.testing.assert_array_equal(np.asarray(out["origin"]), 0)
 
 
@@ -329,7 +373,7 @@ def test_forecast_origins_are_uniform_over_charted_prefixes():
   mask[0, 1, :] = 1       # every origin 0..4
   mask[0, 2, 7:] = 1      # no origin's prefix holds a value: origin 0
   batch = {"series": series, "series_mask": jnp.asarray(mask),
-           "series_known": jnp.ones_like(series)}
+           "series_known": jnp.ones_like(series), "series_floor": series + 100.0}
   seen = {0: set(), 1: set(), 2: set()}
   counts = np.zeros(o_max + 1)
   for i in range(400):
@@ -340,6 +384,8 @@ def test_forecast_origins_are_uniform_over_charted_prefixes():
       # The window is the stored series from the origin on, mask and known alike.
       np.testing.assert_array_equal(np.asarray(out["series"])[0, r], np.arange(o[r], o[r] + w))
       np.testing.assert_array_equal(np.asarray(out["series_mask"])[0, r], mask[0, r, o[r]:o[r] + w])
+      np.testing.assert_array_equal(np.asarray(out["series_floor"])[0, r],
+                                    np.arange(o[r], o[r] + w) + 100.0)
     counts[o[1]] += 1
   assert seen == {0: {0, 4}, 1: {0, 1, 2, 3, 4}, 2: {0}}
   assert counts.min() > 50  # roughly uniform: 80 expected each

@@ -66,6 +66,7 @@ def test_train_batch_shapes_and_dtypes(data, manifest):
             "mp2_weight": ((4, 2), np.float32), "longevity": ((4, 2), np.float32),
             "longevity_weight": ((4, 2), np.float32), "series": ((4, 2, H), np.float32),
             "series_mask": ((4, 2, H), np.float32), "series_known": ((4, 2, H), np.float32),
+            "series_floor": ((4, 2, H), np.float32),
             "weekday": ((4, 2), np.int32), "extrinsic": ((4, 2, F), np.float32),
             "labels": ((4, L), np.int32), "record": ((4,), np.int32), "valid": ((4,), np.float32),
             "mixup_lambda": ((4,), np.float32)}
@@ -109,9 +110,11 @@ def test_targets_follow_the_records(data, manifest):
         assert b["longevity"][i, slot] == pytest.approx(lon if np.isfinite(lon) else 0.0)
         np.testing.assert_array_equal(b["series_mask"][i, slot],
                                       ex["series_mask"].reshape(-1, H)[row])
+        floor, known = ex["series_floor"].reshape(-1, H)[row], ex["series_known"].reshape(-1, H)[row]
+        np.testing.assert_array_equal(b["series_floor"][i, slot], np.where(known > 0, floor, 0))
       # Padding slots (fewer regions than requested) count for nothing.
       assert (b["mp2_weight"][i, ~real] == 0).all() and (b["series_mask"][i, ~real] == 0).all()
-      assert (b["longevity_weight"][i, ~real] == 0).all()
+      assert (b["longevity_weight"][i, ~real] == 0).all() and (b["series_floor"][i, ~real] == 0).all()
       assert (b["region_ids"][i, ~real] == 0).all()
       assert len(set(b["region_ids"][i, real].tolist())) == real.sum()  # no region twice
 
@@ -128,6 +131,25 @@ def test_require_full_mp2(data, manifest):
         assert b["mp2_weight"][i, slot] == float(full)
         kept, dropped = kept + full, dropped + (not full)
   assert kept and dropped
+
+
+def test_record_without_series_floor_still_loads(data, manifest):
+  """A record written before series_floor existed: NaN floors from the reader, 0 in a batch
+  (the censored loss then uses its proxy floor); the other fields as before."""
+  ex = decoded(data, "train")[0]
+  assert "series_floor" in ex and np.isfinite(ex["series_floor"]).any()
+  schema = records.Schema(manifest)
+  old = tfrecord.encode_example({k: v for k, v in ex.items() if k != "series_floor"})
+  new_rec, old_rec = records.parse(tfrecord.encode_example(ex), schema), records.parse(old, schema)
+  assert old_rec["series_floor"].shape == new_rec["series_floor"].shape
+  assert old_rec["series_floor"].dtype == np.float32 and np.isnan(old_rec["series_floor"]).all()
+  for k in ("series", "series_mask", "series_known", "mp2", "extrinsic"):
+    np.testing.assert_array_equal(old_rec[k], new_rec[k])
+  m = pipeline._Meta(manifest, pipeline.check_config({"input_tdim": 8}), None, data)
+  rows = np.arange(len(old_rec["regions"]))
+  t = pipeline._targets(old_rec, rows, old_rec["regions"], m)
+  assert (t["series_floor"] == 0).all()
+  assert (pipeline._targets(new_rec, rows, new_rec["regions"], m)["series_floor"] > 0).any()
 
 
 def test_missing_targets_get_zero_weight_and_sample_valid_regions(data, manifest):

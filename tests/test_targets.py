@@ -1,4 +1,5 @@
 """data_prep.targets: debut, MP2, MP3 series/mask and extrinsic features on hand-built charts."""
+import dataclasses
 import os
 
 import numpy as np
@@ -67,6 +68,8 @@ def test_weekly_debut_mp2_series_gap_and_reentry():
   np.testing.assert_allclose(tg.series[i["tX"]], [L(1000), L(2000), 0, L(500), 0], rtol=1e-6)
   assert tg.series_mask[i["tX"]].tolist() == [1, 1, 0, 1, 0]
   assert tg.series_known[i["tX"]].tolist() == [1, 1, 1, 1, 1]
+  # The floor = the chart's lowest streams that week (Q's 400 in week 2, Filler alone in 4, 6).
+  np.testing.assert_allclose(tg.series_floor[i["tX"]], L([400, 2000, 9e5, 500, 9e5]), rtol=1e-6)
   assert x["mp2_target"] == pytest.approx(L(3000))  # weeks 0..2: 1000 + 2000 + 0 (off chart)
   assert (x["mp2_observed_steps"], x["n_observed"], x["n_known"]) == (2, 3, 5)
   q = tg.table.iloc[i["a - q"]]
@@ -77,6 +80,9 @@ def test_weekly_debut_mp2_series_gap_and_reentry():
   assert y["debut"] == "2024-03-01" and np.isnan(y["mp2_target"])
   assert tg.series_mask[i["zed - y"]].tolist() == [1, 1, 0, 0, 0]
   assert tg.series_known[i["zed - y"]].tolist() == [1, 1, 0, 0, 0]
+  np.testing.assert_allclose(tg.series_floor[i["zed - y"]], L([111, 222] + [np.nan] * 3),
+                             rtol=1e-6)  # no chart after the data end: no floor
+  assert tg.series_floor.dtype == np.float32 and "series_floor" in tg.definitions
   assert (y["mp2_observed_steps"], y["n_known"]) == (2, 2)
   assert not np.isnan(tg.series).any() and not np.isnan(tg.extrinsic).any()
 
@@ -138,6 +144,12 @@ def test_left_censoring_window_and_new_only():
   sub = tg.subset(tg.table["region"].eq("us") & tg.table["track_key"].str.startswith("v"))
   assert sub.table["track_key"].tolist() == ["vee - fresh"] and sub.series.shape == (1, 3)
   np.testing.assert_array_equal(sub.extrinsic[0], tg.extrinsic[3])
+  np.testing.assert_array_equal(sub.series_floor[0], tg.series_floor[3])
+  # concat keeps each part's floors; a part without them (older code) gets NaN rows.
+  old = dataclasses.replace(sub, series_floor=None)
+  both = targets.concat([sub, old])
+  np.testing.assert_array_equal(both.series_floor[0], sub.series_floor[0])
+  assert both.series_floor.shape == (2, 3) and np.isnan(both.series_floor[1]).all()
 
 
 def daily_charts(missing=(10,), region="xx"):
@@ -166,6 +178,11 @@ def test_daily_to_weekly_aggregation():
   np.testing.assert_allclose(tg.series[0], [L(700), L(1400), 0, 0, 0], rtol=1e-6)
   assert tg.series_mask[0].tolist() == [1, 1, 0, 0, 0]
   assert tg.series_known[0].tolist() == [1, 1, 1, 1, 0]
+  # Weekly floor = 7 x the mean daily floor over the block's chart days: Tune's 100 is the lowest
+  # on days 2-8; 200 on days 9, 11-15 (day 10 missing); week 2: 300 on days 16-17, then Fill's
+  # 1e6 alone on days 18-22; week 3: Fill alone; week 4: unknown.
+  np.testing.assert_allclose(tg.series_floor[0], L([700, 1400, 600 + 5e6, 7e6, np.nan]),
+                             rtol=1e-6)
   assert t["mp2_target"] == pytest.approx(L(700 + 1400 + 600))
   assert t["mp2_observed_steps"] == 2
   # Weekly unit: the artist's prior daily peak (50) counts as 7 x 50.
@@ -175,6 +192,8 @@ def test_daily_to_weekly_aggregation():
   # Days 9-12 missing: week 1 has 3 chart days (< 4): unknown, so MP2 is not computable.
   tg = targets.build_targets(daily_charts(missing=(9, 10, 11, 12)), horizon=5, mp2_weeks=3)
   assert tg.series_known[0].tolist() == [1, 0, 1, 1, 0]
+  # Week 1 has a floor on its 3 chart days but is not known: no floor.
+  assert np.isnan(tg.series_floor[0]).tolist() == [False, True, False, False, True]
   assert tg.series_mask[0].tolist() == [1, 0, 0, 0, 0]
   assert np.isnan(tg.table["mp2_target"][0])
   assert tg.table["mp2_observed_steps"][0] == 1
@@ -191,6 +210,22 @@ def test_daily_period():
   # period='daily' ignores weekly rows; a weekly-only table gives no pairs.
   empty = targets.build_targets(weekly_charts(), period="daily", horizon=4)
   assert len(empty.table) == 0 and empty.series.shape == (0, 4)
+
+
+def test_series_floor_is_the_last_position_on_each_days_chart():
+  """A 3-position daily chart, days 0-6, whose last position has 30 + k streams on day k; no
+  chart on day 5. A song debuting on day 2 at position 2 leaves after day 3."""
+  rows = []
+  for k in [0, 1, 2, 3, 4, 6]:
+    rows += [dict(date=day(k), pos=1, artist="Top", title="Top", streams=1e6),
+             dict(date=day(k), pos=3, artist="Last", title="Last", streams=30.0 + k)]
+  rows += [dict(date=day(k), pos=2, artist="Song", title="New", streams=500.0) for k in (2, 3)]
+  tg = targets.build_targets(chart(rows, period="daily"), period="daily", horizon=6)
+  assert tg.table["track_key"].tolist() == ["song - new"]  # Top, Last: on the first chart
+  assert tg.series_mask[0].tolist() == [1, 1, 0, 0, 0, 0]
+  assert tg.series_known[0].tolist() == [1, 1, 1, 0, 1, 0]  # day 5 missing, day 7 past the end
+  # Days 2..7: the last position's streams, NaN on the missing day and after the data end.
+  np.testing.assert_allclose(tg.series_floor[0], L([32, 33, 34, np.nan, 36, np.nan]), rtol=1e-6)
 
 
 def test_versions_on_one_day_collapse_to_the_strongest():

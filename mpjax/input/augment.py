@@ -265,6 +265,9 @@ def mixup(a: Mapping[str, Any], b: Mapping[str, Any], lam: float) -> dict:
     longevity            lam a + (1 - lam) b (a slope, not a stream count)
     series_mask          observed only where both are observed
     series_known         known only where both are known
+    series_floor         `mix_log1p` of each one's value where observed, floor where not: the
+                         mix is off the chart where either is, and then below that (NaN where
+                         either is unknown)
     weekday              a's
     mp2_observed_steps   the minimum of the two
     extrinsic            lam a + (1 - lam) b (the features are counts/positions; a linear mix
@@ -305,6 +308,10 @@ def mixup(a: Mapping[str, Any], b: Mapping[str, Any], lam: float) -> dict:
   if "series_known" in a and "series_known" in b:
     ka, kb = np.asarray(a["series_known"])[ia], np.asarray(b["series_known"])[ib]
     out["series_known"] = (ka.astype(bool) & kb.astype(bool)).astype(ka.dtype)
+  if all(k in a and k in b for k in ("series_floor", "series", "series_mask")):
+    bound = lambda x, i: np.where(np.asarray(x["series_mask"])[i].astype(bool),  # noqa: E731
+                                  np.asarray(x["series"])[i], np.asarray(x["series_floor"])[i])
+    out["series_floor"] = mix_log1p(bound(a, ia), bound(b, ib), lam)
   if "weekday" in a:
     out["weekday"] = np.asarray(a["weekday"])[ia]
   if "mp2_observed_steps" in a and "mp2_observed_steps" in b:

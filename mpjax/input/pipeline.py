@@ -56,6 +56,10 @@ vocabulary size V in eval, H = manifest horizon, F = number of extrinsic feature
                                      unknown one is missing (records without it: every step up
                                      to the last observed one,
                                      `mpjax.records.known_before_last_observed`)
+    series_floor  float32 [B, R, H]  log1p of the chart's floor that step (an off-chart known
+                                     step is below it); 0 where unknown (no chart, padding,
+                                     records built before it was written): never NaN in a
+                                     batch, and no chart has a floor of 0 streams
     weekday       int32   [B, R]     weekday of the debut date (0 = Monday), -1 unknown
     extrinsic     float32 [B, R, F]  features known at debut (manifest feature_names)
     labels        int32   [B, L]     manifest labels, -1 unknown / 0 / 1
@@ -290,6 +294,7 @@ def _targets(ex: dict, rows: np.ndarray, slot_ids: np.ndarray, meta: _Meta) -> d
     series = ex["series"][r]
     smask = ex["series_mask"][r].astype(bool)
     known = ex["series_known"][r]
+    floor = ex["series_floor"][r] if "series_floor" in ex else np.full((len(rows), h), np.nan)
     weekday = ex["weekday"][r]
     extr = ex["extrinsic"][r]
   else:
@@ -297,6 +302,7 @@ def _targets(ex: dict, rows: np.ndarray, slot_ids: np.ndarray, meta: _Meta) -> d
     lon = np.full(len(rows), np.nan)
     series, smask = np.zeros((len(rows), h), np.float32), np.zeros((len(rows), h), bool)
     known, weekday = np.zeros((len(rows), h), bool), np.full(len(rows), -1, np.int32)
+    floor = np.full((len(rows), h), np.nan)
     extr = np.zeros((len(rows), f), np.float32)
   ok = real & np.isfinite(mp2)
   if meta.require_full:
@@ -312,6 +318,8 @@ def _targets(ex: dict, rows: np.ndarray, slot_ids: np.ndarray, meta: _Meta) -> d
       "series": np.where(smask, series, 0.0).astype(np.float32),
       "series_mask": smask.astype(np.float32),
       "series_known": (known & real[:, None]).astype(np.float32),
+      "series_floor": np.where(known & real[:, None] & np.isfinite(floor), floor,
+                               0.0).astype(np.float32),
       "weekday": np.where(real, weekday, -1).astype(np.int32),
       "extrinsic": np.where(real[:, None], extr, 0.0).astype(np.float32),
   }

@@ -273,14 +273,16 @@ def pinball(pred, target, quantiles):
 
 
 def forecast_loss(out, series, series_mask, *, prefix_steps: int, quantiles, censored_weight=0.0,
-                  series_known=None, per_series=False):
+                  series_known=None, series_floor=None, per_series=False):
   """Masked loss over the observed forecast steps, plus an optional censoring term.
 
   out: [B, R, H, Q]; series, series_mask: [B, R, horizon]. Pinball (quantiles) or MSE (point),
   averaged over observed (example, region, step) points only: unobserved steps contribute zero
   loss and zero gradient. censored_weight > 0 adds, for off-chart steps, a hinge
-  `relu(median - floor)` with floor = the lowest observed value of that series: the track was
-  below the chart floor there, and the floor is at most its lowest charted value. Off-chart =
+  `relu(median - floor)`: the track was below the chart's floor there. floor = that step's
+  `series_floor` [B, R, horizon] (log1p of the chart's lowest streams) where it is > 0 (0 or NaN
+  = unknown), else the proxy: the lowest observed value of that series (the floor is at most its
+  lowest charted value; records built before series_floor have only the proxy). Off-chart =
   unobserved where `series_known` is 1 (the chart exists in the data), also after the last
   observed step; a step with no chart in the data is missing and never counts. Without
   `series_known` only gaps before the series' last observed step count (the data may end
@@ -306,6 +308,9 @@ def forecast_loss(out, series, series_mask, *, prefix_steps: int, quantiles, cen
     full = series_mask.astype(jnp.float32)
     t = jnp.arange(full.shape[-1])
     floor = jnp.where(full > 0, series, jnp.inf).min(-1, keepdims=True)
+    if series_floor is not None:  # the chart's own floor that step, where the data has it
+      real = series_floor[..., k:]
+      floor = jnp.where(real > 0, real, floor)
     if series_known is None:
       last_obs = jnp.where(full > 0, t, -1).max(-1, keepdims=True)
       off = (m == 0) & (t[k:] < last_obs) & jnp.isfinite(floor)
