@@ -35,6 +35,14 @@ INSTALL_REQUIRES = [
     "tqdm>=4.66",
 ]
 
+# Forecasting peers (mpjax.peers): statistical local models, a global gradient-boosted model
+# and holiday calendars. Optional: only mpjax.peers imports them, inside its functions.
+FORECAST_REQUIRES = [
+    "statsforecast>=2.0",
+    "lightgbm>=4.3",
+    "holidays>=0.50",
+]
+
 TEST_REQUIRES = [
     "pytest>=8",
     # Pinned exactly: the 2.13.0 CPU wheel is local; anything looser pulls a multi-GB CUDA build.
@@ -44,6 +52,8 @@ TEST_REQUIRES = [
     # An independent TFRecord reader/writer (own example.proto, crc32c package) for the format
     # compatibility tests in tests/test_tfrecord.py; needs only numpy, protobuf, crc32c.
     "tfrecord>=1.14.6",
+    # tests/test_peers.py exercises the [forecast] extra: CI installs only .[test].
+    *FORECAST_REQUIRES,
 ]
 
 setup(
@@ -54,5 +64,5 @@ setup(
     # configs too: the demo chains configs (mp3 -> mp2 -> ssl), importable from any directory.
     packages=find_packages(include=["mpjax", "mpjax.*", "data_prep", "data_prep.*", "configs"]),
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": TEST_REQUIRES},
+    extras_require={"test": TEST_REQUIRES, "forecast": FORECAST_REQUIRES},
 )

@@ -78,6 +78,9 @@ def get_config(arg: str | None = None):
       window=35 if kworb else 0,        # series length seen (prefix included); 0 = dataset horizon
       origins=56 if kworb else 0,       # > 0: train also from origins up to this many steps
                                         #   after the debut (needs horizon >= window + origins)
+      # Weekly rolling origins the report also forecasts from (origin_predictions.npz, read
+      # by launch/backtest.py); () = the debut only.
+      eval_origins=(0, 7, 14, 21) if kworb else (),
       freeze_encoder=False))
 
   if demo:

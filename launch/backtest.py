@@ -53,6 +53,7 @@ def define_flags():
   flags.DEFINE_integer("window", 35, "days of a series that are evaluated (the config's "
                        "mp3.window): validation songs' first debuts end this long before a cutoff")
   flags.DEFINE_integer("val_days", 28, "days of first debuts in each validation split")
+  flags.DEFINE_integer("samples", 1000, "song-bootstrap resamples of the window tables")
 
 
 def test_windows(cutoffs: list[str], test_days: int = 0) -> list[tuple[str, str]]:
@@ -196,6 +197,28 @@ def markdown(summary: dict, windows: dict, counts: dict, command: str) -> str:
   return "\n".join(lines) + "\n"
 
 
+def _spec(run: str):
+  """The windows of the run's config (config.json): prefix, window, origins, season."""
+  from mpjax import backtest
+  with open(os.path.join(run, "config.json")) as f:
+    cfg = json.load(f)
+  f = cfg["mp3"]
+  return backtest.Spec(k=f["prefix_steps"], window=f["window"],
+                       origins=tuple(f.get("eval_origins") or (0,)), max_origin=f["origins"],
+                       season=f["season"], seed=cfg.get("seed", 0))
+
+
+def _stale(path: str, runs: dict) -> bool:
+  """The cutoff's windows.npz predates one of its runs' MP3 forecasts, or misses a seed."""
+  from mpjax import backtest
+  with open(path[:-len(".npz")] + ".json") as f:
+    have = set(json.load(f).get("ensemble_weight", {}))
+  want = {f"{backtest.ENSEMBLE}/s{s}" for s in runs}
+  return have != want or any(
+      os.path.getmtime(os.path.join(r, "forecast", "origin_predictions.npz")) > os.path.getmtime(path)
+      for r in runs.values())
+
+
 def main(argv):
   del argv
   F = flags.FLAGS
@@ -232,8 +255,33 @@ def main(argv):
       print(f"[backtest {i}/{total}] {c} seed {s}: mp3 MAE/series "
             f"{r['mp3']['mae_series']:.4f}, last_value {r['last_value']['mae_series']:.4f}",
             flush=True)
-  summary = summarise({c: r for c, r in results.items() if r})
   command = "python launch/backtest.py " + " ".join(a for a in sys.argv[1:])
+  from mpjax import backtest  # statsforecast / lightgbm behind it: pip install -e .[forecast]
+  saved = []
+  for c in cutoffs:  # every method on the same rolling-origin windows, per cutoff
+    runs = {s: os.path.join(F.workdir, c, f"seed{s}") for s in F.seeds if s in results.get(c, {})}
+    path = os.path.join(F.workdir, c, "windows.npz")
+    if runs and (not os.path.exists(path) or _stale(path, runs)):
+      try:
+        cut = backtest.cutoff_forecasts(os.path.join(F.workdir, c, "data"), runs,
+                                        _spec(next(iter(runs.values()))))
+      except (ValueError, KeyError) as e:
+        failed.append(f"{c}: windows: {e}")
+        continue
+      backtest.save_cutoff(path, cut, c)
+    if os.path.exists(path):
+      saved.append(path)
+  if saved:
+    pooled = backtest.load_cutoffs(saved)
+    win = backtest.summarise(pooled, samples=F.samples)
+    atomic.write_json(os.path.join(F.workdir, "windows.json"), {"command": command, **win},
+                      indent=2)
+    md_w = backtest.markdown(win, command=command,
+                             title=f"Weekly rolling origins: {len(saved)} cutoffs")
+    atomic.write_text(os.path.join(F.workdir, "windows.md"), md_w)
+    backtest.horizon_figure(os.path.join(F.workdir, "mae_vs_horizon.png"), pooled)
+    print(md_w)
+  summary = summarise({c: r for c, r in results.items() if r})
   md = markdown(summary, windows, counts, command)
   atomic.write_json(os.path.join(F.workdir, "backtest.json"),
                     {"command": command, "windows": windows, "results": results,

@@ -470,6 +470,43 @@ def prefix_boosted(train_series, train_mask, train_region_ids, k: int, num_regio
                           train_known, train_weekday)
 
 
+# ----------------------------------------------------------------------------- forecast origins
+
+def origin_support(mask, k: int, o_max: int, xp=np):
+  """[..., o_max + 1] bool: the origins o in [0, o_max] a training window (steps o..o + W - 1
+  of the stored series) may start at: those whose prefix (steps o..o + k - 1) holds an observed
+  step; a row with none has origin 0 alone. MP3's training sampler (`tasks.forecast_window`)
+  draws uniformly from this set and the peers of the backtest are fitted on exactly these
+  windows, so both learn from the same data. `xp` = numpy or jax.numpy."""
+  k = max(int(k), 1)
+  m = mask.astype(xp.int32)
+  obs = xp.cumsum(xp.pad(m, [(0, 0)] * (m.ndim - 1) + [(1, 0)]), axis=-1)
+  o = xp.arange(o_max + 1)
+  valid = (obs[..., o + k] - obs[..., o]) > 0
+  return valid | (~valid.any(-1, keepdims=True) & (o == 0))
+
+
+def take_windows(rows: dict, row, origin, window: int) -> dict:
+  """Steps [o, o + window) of the rows' [N, T] arrays (T = that of rows['series']) for each
+  (row, origin) pair: arrays [N, T] are cut (steps past T: 0, False, or NaN for floats named
+  'floor'), other arrays [N, ...] are indexed, the rest is left out. Adds 'row' and 'origin'
+  [M]."""
+  row, origin = np.asarray(row, np.int64), np.asarray(origin, np.int64)
+  n, t = np.shape(rows["series"])
+  idx = origin[:, None] + np.arange(window)
+  inside = idx < t
+  out = {"row": row, "origin": origin}
+  for name, v in rows.items():
+    if not isinstance(v, np.ndarray) or len(v) != n:
+      continue
+    if v.ndim == 2 and v.shape[1] == t:
+      fill = np.nan if name == "floor" else 0
+      out[name] = np.where(inside, v[row[:, None], np.minimum(idx, t - 1)], fill).astype(v.dtype)
+    else:
+      out[name] = v[row]
+  return out
+
+
 # ----------------------------------------------------------------------------- all at once
 
 def _split(d, name):

@@ -36,6 +36,7 @@ from mpjax.models.mp3 import median_index
 
 FORECAST_JSON = "forecast_metrics.json"
 FORECAST_MD = "forecast_table.md"
+ORIGINS_NPZ = "origin_predictions.npz"
 _MAX_HORIZON_ROWS = 12
 _HORIZON_SAMPLE = 8
 
@@ -103,9 +104,13 @@ def report(eval_fn, params, data_dir, config, manifest, mesh, outdir, *, split="
                f"{split}_coverage_raw": band_coverage(test["pred"], test["series"],
                                                       test["mask"], k)}
       test["pred"] = scale_bands(test["pred"], q, scale)
+  origins = origin_predictions(eval_fn, params, data_dir, config, manifest, mesh)
   if jax.process_index() != 0:
     return ""
   os.makedirs(outdir, exist_ok=True)
+  if origins:
+    with open(os.path.join(outdir, ORIGINS_NPZ), "wb") as f:
+      np.savez(f, **origins)
   names = manifest["regions"]
   fc = baselines.run_all(train, test, k, m, len(names))
   w = window_of(config, manifest)
@@ -141,6 +146,28 @@ def report(eval_fn, params, data_dir, config, manifest, mesh, outdir, *, split="
   with open(os.path.join(outdir, "summary.json"), "w") as f:
     json.dump({n: r["overall"] for n, r in results.items()}, f, indent=2)
   return md
+
+
+def origin_predictions(eval_fn, params, data_dir, config, manifest, mesh) -> dict:
+  """MP3's raw forecasts (bands not calibrated) of every val and test row from each origin of
+  `mp3.eval_origins` (steps after the debut; the rolling origins of `launch/backtest.py`):
+  {split}_record, {split}_region [M], {split}_origin [M], {split}_pred [M, H, Q], quantiles.
+  {} when mp3.eval_origins is empty. A collective: every process calls it."""
+  origins = [int(o) for o in (config.mp3.get("eval_origins") or ())]
+  out = {}
+  for split in ("val", "test") if origins else ():
+    parts = [tasks.forecast_rows(data_dir, split, config, manifest, eval_fn=eval_fn,
+                                 params=params, mesh=mesh, origin=o) for o in origins]
+    parts = [(o, p) for o, p in zip(origins, parts) if p]
+    if not parts:
+      continue
+    out[f"{split}_record"] = np.concatenate([p["record"] for _, p in parts])
+    out[f"{split}_region"] = np.concatenate([p["region_ids"] for _, p in parts])
+    out[f"{split}_origin"] = np.concatenate([np.full(len(p["record"]), o) for o, p in parts])
+    out[f"{split}_pred"] = np.concatenate([p["pred"] for _, p in parts]).astype(np.float32)
+  if out:
+    out["quantiles"] = np.asarray(quantiles_of(config) or [0.5], np.float32)
+  return out
 
 
 # ------------------------------------------------------------------------------------------------

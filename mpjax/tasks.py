@@ -50,14 +50,18 @@ def _bad(field, why):
   raise ValueError(f"config.{field}: {why}")
 
 
-def eval_rows(data_dir, split, config, take, *, eval_fn=None, params=None, mesh=None) -> dict:
+def eval_rows(data_dir, split, config, take, *, eval_fn=None, params=None, mesh=None,
+              transform=None) -> dict:
   """`take(batch, pred)` -> {name: rows} over `split`'s eval batches (centre crop), concatenated
   and gathered from every process (a collective: every process calls it); pred is the model's
-  output on the batch (None without eval_fn). {} when the split is empty."""
+  output on the batch (None without eval_fn). `transform(batch)`: applied to each host batch
+  first. {} when the split is empty."""
   ds = pipeline.make_dataset(data_dir, split, cfg=config.input, augment=None, seed=config.seed,
                              train=False)
   parts = {}
   for batch in ds:
+    if transform is not None:
+      batch = transform(batch)
     pred = None
     if eval_fn is not None:
       pred = sharding.to_host(eval_fn(params, sharding.to_global(batch, mesh)), mesh)
@@ -208,40 +212,59 @@ class MP2Task(Task):
 
 
 def forecast_window(batch, config, window: int | None, origin_key=None):
-  """MP3's view of the series: steps [o, o + window) of the stored ones, with o = 0 (evaluation),
+  """MP3's view of the series: steps [o, o + window) of the stored ones, with o = 0 (evaluation;
+  a batch shifted to a later origin on the host, `shift_to_origin`, carries its own 'origin'),
   or, given origin_key and mp3.origins = O > 0 (training augmentation), a random origin per
-  (example, region), uniform over the o in [0, O] whose prefix holds an observed step (0 when
-  none does). Returns the batch with series / series_mask / series_known replaced and 'origin'
-  [B, R] int32 (steps since the debut of the first prefix step)."""
+  (example, region), uniform over `baselines.origin_support` (the o in [0, O] whose prefix
+  holds an observed step; 0 when none does). Returns the batch with series / series_mask /
+  series_known replaced and 'origin' [B, R] int32 (steps since the debut of the first prefix
+  step)."""
   out = dict(batch)
   s, m = batch["series"], batch["series_mask"]
   known = batch.get("series_known", m)
   window = window or s.shape[-1]
   o_max = int(config.mp3.get("origins", 0) or 0)
   if origin_key is None or not o_max:
-    origin = jnp.zeros(s.shape[:-1], jnp.int32)
+    origin = batch.get("origin")
+    origin = jnp.zeros(s.shape[:-1], jnp.int32) if origin is None else origin.astype(jnp.int32)
     out.update(series=s[..., :window], series_mask=m[..., :window],
                series_known=known[..., :window], origin=origin)
+    if "series_floor" in batch:
+      out["series_floor"] = batch["series_floor"][..., :window]
     return out
-  k = max(config.mp3.prefix_steps, 1)
-  obs = jnp.cumsum(jnp.pad(m, [(0, 0)] * (m.ndim - 1) + [(1, 0)]), axis=-1)
-  o = jnp.arange(o_max + 1)
-  valid = (obs[..., o + k] - obs[..., o]) > 0  # [B, R, O + 1]: prefix at o has a chart value
-  logits = jnp.where(valid, 0.0, -jnp.inf)
-  logits = jnp.where(valid.any(-1, keepdims=True), logits, jnp.where(o == 0, 0.0, -jnp.inf))
+  support = baselines.origin_support(m, config.mp3.prefix_steps, o_max, xp=jnp)
+  logits = jnp.where(support, 0.0, -jnp.inf)
   origin = jax.random.categorical(origin_key, logits).astype(jnp.int32)
   idx = origin[..., None] + jnp.arange(window)
   take = lambda x: jnp.take_along_axis(x, idx, axis=-1)
   out.update(series=take(s), series_mask=take(m), series_known=take(known), origin=origin)
+  if "series_floor" in batch:
+    out["series_floor"] = take(batch["series_floor"])
+  return out
+
+
+def shift_to_origin(batch, origin: int) -> dict:
+  """The host batch as seen from `origin` steps after the debut: every [B, R, H] series array
+  moved left by `origin` (the freed steps at the end unknown: 0) and 'origin' [B, R] set, so
+  `forecast_window` in eval mode scores the window [origin, origin + W) with the shapes, hence
+  the compiled step, of origin 0."""
+  out = dict(batch)
+  h = batch["series"].shape[-1]
+  for name in ("series", "series_mask", "series_known", "series_floor"):
+    if name in batch:
+      v = np.asarray(batch[name])
+      out[name] = np.concatenate([v[..., origin:], np.zeros_like(v[..., :min(origin, h)])], -1)
+  out["origin"] = np.full(batch["series"].shape[:-1], origin, np.int32)
   return out
 
 
 def forecast_rows(data_dir, split, config, manifest, *, eval_fn=None, params=None,
-                  mesh=None) -> dict:
-  """One row per (record of `split`, region it charted in), eval mode (centre crop, origin 0),
-  in record order, gathered from every process (a collective): series [N, W], mask [N, W]
-  (observed), known [N, W] (chart in the data), weekday [N], region_ids [N], extrinsic [N, F],
-  record [N], and the model's output pred [N, H, Q] (None without eval_fn). W = the window."""
+                  mesh=None, origin: int = 0) -> dict:
+  """One row per (record of `split`, region it charted in), eval mode (centre crop), in record
+  order, gathered from every process (a collective): series [N, W], mask [N, W] (observed),
+  known [N, W] (chart in the data), weekday [N], region_ids [N], extrinsic [N, F], record [N],
+  and the model's output pred [N, H, Q] (None without eval_fn). W = the window, from `origin`
+  steps after the debut (steps past the stored horizon: unknown)."""
   w = factory.window_of(config, manifest)
 
   def take(batch, pred):
@@ -258,7 +281,8 @@ def forecast_rows(data_dir, split, config, manifest, *, eval_fn=None, params=Non
       rows["pred"] = pred.reshape(b * v, *pred.shape[2:])
     return rows
 
-  rows = eval_rows(data_dir, split, config, take, eval_fn=eval_fn, params=params, mesh=mesh)
+  rows = eval_rows(data_dir, split, config, take, eval_fn=eval_fn, params=params, mesh=mesh,
+                   transform=(lambda b: shift_to_origin(b, origin)) if origin else None)
   if not rows:
     return {}
   rows = in_record_order(rows, rows.pop("keep"))
@@ -288,6 +312,10 @@ class MP3Task(Task):
       _bad("mp3.censored_weight", f"{f.censored_weight} must be >= 0")
     if f.get("origins", 0) < 0 or f.get("window", 0) < 0:
       _bad("mp3.origins", f"origins={f.get('origins')}, window={f.get('window')}: must be >= 0")
+    ev = [int(o) for o in (f.get("eval_origins") or ())]
+    if any(o < 0 or o > f.get("origins", 0) for o in ev):
+      _bad("mp3.eval_origins", f"{ev}: each must be in [0, mp3.origins = {f.get('origins', 0)}] "
+           "(the origins the model was trained from)")
     if f.freeze_encoder and not f.audio:
       _bad("mp3.freeze_encoder", "needs mp3.audio=True (there is no encoder to freeze)")
     if config.input.get("eval_crops", 1) != 1:
@@ -332,6 +360,7 @@ class MP3Task(Task):
                                  quantiles=factory.quantiles_of(config),
                                  censored_weight=f.censored_weight,
                                  series_known=batch.get("series_known"),
+                                 series_floor=batch.get("series_floor"),
                                  per_series=f.get("loss_per_series", False))
 
   def evaluate(self, eval_fn, params, data_dir, split, config, manifest, mesh):

@@ -54,7 +54,7 @@ def test_backtest_end_to_end(tmp_path):
          "--cutoffs=2025-03-25,2025-04-05", "--horizon=14", "--window=10", "--val_days=10", "--seeds=0",
          "--set=total_steps=6", "--set=optim.warmup_steps=1", "--set=eval_every=6", "--set=checkpoint.every=6",
          "--set=log_every=3", "--set=mp3.prefix_steps=3", "--set=mp3.window=10",
-         "--set=mp3.origins=4"]
+         "--set=mp3.origins=4", "--set=mp3.eval_origins=(0,2,4)", "--samples=50"]
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
   p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
   assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
@@ -72,6 +72,15 @@ def test_backtest_end_to_end(tmp_path):
   assert "Averaged over cutoffs" in md and "| mp3 |" in md and "| mp3 (val) |" in md
   assert out["command"].startswith("python launch/backtest.py --raw=")
   assert out["results"]["2025-03-25"]["0"]["mp3 (val)"]["mae_series"] > 0
+  # Every method on the same rolling-origin windows, pooled over the cutoffs.
+  win = json.loads((work / "windows.json").read_text())
+  assert set(win["counts"]["cutoffs"]) == {"2025-03-25", "2025-04-05"}
+  assert {"mp3", "lightgbm", "mp3+lightgbm", "autoets", "ridge_all_origins",
+          "last_value"} <= set(win["methods"])
+  assert set(win["per_origin"]) <= {"0", "2", "4"} and "0" in win["per_origin"]
+  assert "vs_mp3" in win["methods"]["lightgbm"]
+  assert (work / "mae_vs_horizon.png").stat().st_size > 0
+  assert "| **mp3** |" in (work / "windows.md").read_text()
   # Rerunning skips everything finished (no training log grows).
   log = work / "2025-03-25" / "seed0.log"
   size = log.stat().st_size

@@ -20,12 +20,12 @@ LAYERS = {
         # The TFRecord framing and tf.train.Example codec under mpjax.records (numpy + crc32c
         # only): the wire format that data_prep writes and mpjax.records reads.
         "mpjax.input.tfrecord"),
-    1: ("mpjax.input.*", "mpjax.ops.*", "mpjax.metrics", "mpjax.baselines"),
+    1: ("mpjax.input.*", "mpjax.ops.*", "mpjax.metrics", "mpjax.baselines", "mpjax.peers"),
     2: ("mpjax.models.*",),
     3: ("mpjax.tasks", "mpjax.sharding", "mpjax.checkpoint", "mpjax.summary"),
     4: ("mpjax.train", "mpjax.forecast"),
     5: ("mpjax.export", "mpjax.evaluate", "mpjax.predict", "mpjax.personalize",
-        "mpjax.analysis.*"),
+        "mpjax.analysis.*", "mpjax.backtest"),
     6: ("mpjax.main", "mpjax.demo"),
     7: ("launch.*", "benchmarks.*"),
 }
