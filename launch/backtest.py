@@ -278,6 +278,14 @@ def main(argv):
                       indent=2)
     md_w = backtest.markdown(win, command=command,
                              title=f"Weekly rolling origins: {len(saved)} cutoffs")
+    md_w += "\n## Chosen on val, per cutoff\n\n| cutoff | ensemble partner | weights of MP3 " \
+            "(per seed) | val MAE/window of the global peers |\n|---|---|---|---|\n"
+    for path in saved:
+      with open(path[:-len(".npz")] + ".json") as f:
+        info = json.load(f)
+      md_w += (f"| {os.path.basename(os.path.dirname(path))} | {info['ensemble_partner']} | "
+               + ", ".join(f"{v:.2f}" for v in info["ensemble_weight"].values()) + " | "
+               + ", ".join(f"{n} {v:.4f}" for n, v in info["val_mae"].items()) + " |\n")
     atomic.write_text(os.path.join(F.workdir, "windows.md"), md_w)
     backtest.horizon_figure(os.path.join(F.workdir, "mae_vs_horizon.png"), pooled)
     print(md_w)

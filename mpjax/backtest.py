@@ -21,7 +21,8 @@ peer learns from the same data:
   - a global LightGBM direct model (the step as a feature; quantiles 0.1 / 0.5 / 0.9) on the
     prefix features plus what is known at the origin: the origin, the chart floor, the song's
     streams in the other regions over the prefix days, and holidays (`window_features`);
-  - MP3 (each seed), and the ensemble MP3 + LightGBM with its weight chosen on the val windows.
+  - MP3 (each seed), and `mp3_ensemble`: w * MP3 + (1 - w) * the global peer (LightGBM, the
+    ridge or the boosted trees on all origins) best on the val windows, w chosen on them too.
 Quantile bands (MP3, LightGBM, the ensemble) are calibrated on the val windows
 (`forecast.band_scale`), as MP3's own report does.
 
@@ -35,6 +36,7 @@ import dataclasses
 import datetime as dt
 import os
 import time
+import warnings
 
 import numpy as np
 import threadpoolctl
@@ -47,7 +49,7 @@ from mpjax import records
 from mpjax.analysis import stats
 
 LGBM = "lightgbm"
-ENSEMBLE = "mp3+lightgbm"
+ENSEMBLE = "mp3_ensemble"
 LOCAL = ("naive", "autoets", "autotheta")
 HOLIDAY_SEASON = ((11, 20), (1, 6))  # debuts from Nov 20 to Jan 6: the holiday-season segment
 
@@ -245,6 +247,23 @@ def ensemble_weight(mp3_val, other_val, win_val, k, grid=np.linspace(0, 1, 21)) 
   return float(grid[int(np.argmin([score(w) for w in grid]))])
 
 
+def rules(tr: dict, te: dict, k: int, season: int, num_regions: int) -> dict:
+  """The baselines of `mpjax.baselines` that need no global fit on the prefix (as in
+  `baselines.run_all`): rules on each window's own prefix, and the per-region drift and the
+  extrinsic ridge fitted on the train windows."""
+  s, m, r = te["series"], te["mask"], te["region_ids"]
+  return {"seasonal_naive": baselines.seasonal_naive(s, m, k, season),
+          "last_value": baselines.last_value(s, m, k),
+          "exp_decay": baselines.exp_decay(s, m, k),
+          "power_decay": baselines.power_decay(s, m, k),
+          "mean_last7": baselines.mean_last(s, m, k, 7),
+          "train_drift": baselines.train_drift(tr["series"], tr["mask"], tr["region_ids"], k,
+                                               num_regions)(s, m, r),
+          "extrinsic_ridge": baselines.extrinsic_regressor(
+              tr["extrinsic"], tr["series"], tr["mask"], tr["region_ids"], k,
+              num_regions)(te["extrinsic"], r)}
+
+
 def cutoff_forecasts(data_dir: str, runs: dict, spec: Spec, *, progress=print) -> dict:
   """Every method's forecasts of one cutoff's test windows (val windows serve calibration and
   the ensemble weight). runs: {seed: MP3 run directory}. Returns {"meta": per-window arrays,
@@ -254,80 +273,80 @@ def cutoff_forecasts(data_dir: str, runs: dict, spec: Spec, *, progress=print) -
   codes = list(manifest["regions"])
   k, h = spec.k, spec.window - spec.k
   rows = {s: read_rows(data_dir, s, manifest) for s in ("train", "val", "test")}
-  if not rows["test"] or not rows["train"]:
-    raise ValueError(f"{data_dir}: the train and test splits must hold series")
+  if not all(rows.values()):
+    raise ValueError(f"{data_dir}: the train, val and test splits must all hold series (val "
+                     "calibrates the bands and chooses the ensemble)")
   tr = windows(rows["train"], train_pairs(rows["train"], spec), spec)
   te = windows(rows["test"], eval_pairs(rows["test"], spec), spec)
-  va = windows(rows["val"], eval_pairs(rows["val"], spec), spec) if rows["val"] else None
+  va = windows(rows["val"], eval_pairs(rows["val"], spec), spec)
   progress(f"[backtest] {data_dir}: {len(tr['row'])} train windows ({len(rows['train']['series'])}"
-           f" series), {len(te['row'])} test, {0 if va is None else len(va['row'])} val")
-  point, quant = {}, {}
-
-  # Baselines fitted on the train windows (all origins) and rules on the prefix.
-  def base(win):
-    return baselines.run_all(tr, win, k, spec.season, len(codes))
+           f" series), {len(te['row'])} test, {len(va['row'])} val")
   t0 = time.time()
+  point, quant = rules(tr, te, k, spec.season, len(codes)), {}
+
+  # The global models of mpjax.baselines, fitted once on the train windows (all origins).
   # One thread: OpenMP's busy-waiting threads crawl when the other cores are busy (a training
-  # run or CI beside the backtest), and the boosted fits are small.
+  # run or CI beside the backtest), and each fit is small.
+  fit = dict(train_known=tr["known"], train_weekday=tr["weekday"])
+  val_point = {}
   with threadpoolctl.threadpool_limits(1):
-    fc = base(te)
+    for name, make in (("ridge_all_origins", baselines.prefix_ridge),
+                       ("boosted_all_origins", baselines.prefix_boosted)):
+      f = make(tr["series"], tr["mask"], tr["region_ids"], k, len(codes), **fit)
+      point[name], val_point[name] = (f(w["series"], w["mask"], w["region_ids"], w["known"],
+                                        w["weekday"]) for w in (te, va))
   progress(f"[backtest] baselines {time.time() - t0:.0f} s")
-  for name, p in fc.items():
-    point[{"prefix_ridge": "ridge_all_origins",
-           "prefix_boosted": "boosted_all_origins"}.get(name, name)] = p
 
   # statsforecast on each window's own history.
   local = peers.local_forecasts(_histories(te, rows["test"], k), h, season_length=spec.season)
   for name in LOCAL:
-    point[name] = local[name]
+    point[f"sf_{name}"] = local[name]
   progress(f"[backtest] statsforecast {time.time() - t0:.0f} s")
 
-  # LightGBM global direct, early-stopped on the val windows.
+  # LightGBM global direct on the origin-time features, early-stopped on the val windows.
   xq = [0.1, 0.5, 0.9]
-  x_tr, last_tr = window_features(rows["train"], tr, spec, codes)
-  x_te, last_te = window_features(rows["test"], te, spec, codes)
-  progress(f"[backtest] features {time.time() - t0:.0f} s")
-  val = {}
-  if va is not None:
-    x_va, last_va = window_features(rows["val"], va, spec, codes)
-    val = dict(x_val=x_va, last_val=last_va, y_val=va["series"][:, k:], ymask_val=va["mask"][:, k:])
+  (x_tr, last_tr), (x_te, last_te), (x_va, last_va) = (
+      window_features(rows[s], w, spec, codes) for s, w in (("train", tr), ("test", te),
+                                                             ("val", va)))
   progress(f"[backtest] LightGBM on {int(tr['mask'][:, k:].sum())} (window, day) rows ...")
   lgbm = peers.lightgbm_direct(x_tr, last_tr, tr["series"][:, k:], tr["mask"][:, k:],
-                               quantiles=xq, seed=spec.seed, num_threads=1, **val)
+                               quantiles=xq, seed=spec.seed, num_threads=1, x_val=x_va,
+                               last_val=last_va, y_val=va["series"][:, k:],
+                               ymask_val=va["mask"][:, k:])
   progress(f"[backtest] LightGBM {time.time() - t0:.0f} s, rounds {lgbm.rounds}")
-  lq_te = lgbm(x_te, last_te)
-  lq_va = lgbm(x_va, last_va) if va is not None else None
-  info = {"train_windows": int(len(tr["row"])), "test_windows": int(len(te["row"])),
-          "lightgbm_rounds": [int(r) for r in lgbm.rounds],
-          "local_fallbacks": {n: int(v) for n, v in getattr(local, "fallbacks", {}).items()},
-          "val_windows": 0 if va is None else int(len(va["row"])), "ensemble_weight": {},
-          "band_scale": {}}
-  if va is not None:
-    lq_te, info["band_scale"][LGBM] = _calibrated(lq_va, lq_te, va, k, xq)
-  quant[LGBM], point[LGBM] = lq_te, lq_te[..., 1]
+  lq_va = lgbm(x_va, last_va)
+  quant[LGBM], scale = _calibrated(lq_va, lgbm(x_te, last_te), va, k, xq)
+  point[LGBM], val_point[LGBM] = quant[LGBM][..., 1], lq_va[..., 1]
 
-  # MP3 per seed, its calibration, and the ensemble with LightGBM (weights chosen on val).
+  # The ensemble's partner: the global peer best on the val windows.
+  y_va, m_va = va["series"][:, k:], va["mask"][:, k:]
+  val_mae = {n: float(np.nanmean(window_mae(p, y_va, m_va))) for n, p in val_point.items()}
+  partner = min(val_mae, key=val_mae.get)
+  info = {"train_windows": int(len(tr["row"])), "test_windows": int(len(te["row"])),
+          "val_windows": int(len(va["row"])), "lightgbm_rounds": [int(r) for r in lgbm.rounds],
+          "local_fallbacks": {n: int(v) for n, v in getattr(local, "fallbacks", {}).items()},
+          "val_mae": val_mae, "ensemble_partner": partner, "ensemble_weight": {},
+          "band_scale": {LGBM: scale}}
+
+  # MP3 per seed and its ensemble: w * MP3 + (1 - w) * partner, w chosen on val; the
+  # ensemble's band is MP3's moved to the ensemble's median, calibrated on val.
   for seed, run in sorted(runs.items()):
-    q_te = _mp3(run, "test", rows["test"], te)
-    if q_te is None:
-      raise ValueError(f"{run}: no {forecast_lib.ORIGINS_NPZ} (train with mp3.eval_origins set)")
-    qs = np.load(os.path.join(run, "forecast", forecast_lib.ORIGINS_NPZ))["quantiles"].tolist()
+    q_te, q_va = _mp3(run, "test", rows["test"], te), _mp3(run, "val", rows["val"], va)
+    if q_te is None or q_va is None:
+      raise ValueError(f"{run}: no {forecast_lib.ORIGINS_NPZ} with val and test forecasts "
+                       "(train with mp3.eval_origins set)")
+    with np.load(os.path.join(run, "forecast", forecast_lib.ORIGINS_NPZ)) as z:
+      qs = z["quantiles"].tolist()
     mid = qs.index(0.5)
-    q_va = _mp3(run, "val", rows["val"], va) if va is not None else None
     name, ens = f"mp3/s{seed}", f"{ENSEMBLE}/s{seed}"
-    if q_va is not None:
-      cal, info["band_scale"][name] = _calibrated(q_va, q_te, va, k, qs)
-      w = ensemble_weight(q_va[..., mid], lq_va[..., 1], va, k)
-    else:
-      cal, w = q_te, 1.0
-    quant[name], point[name] = cal, cal[..., mid]
+    quant[name], info["band_scale"][name] = _calibrated(q_va, q_te, va, k, qs)
+    point[name] = quant[name][..., mid]
+    w = ensemble_weight(q_va[..., mid], val_point[partner], va, k)
     info["ensemble_weight"][ens] = w
-    if len(qs) == len(xq):
-      eq_te = w * q_te + (1 - w) * quant[LGBM]
-      if q_va is not None:
-        eq_te, info["band_scale"][ens] = _calibrated(w * q_va + (1 - w) * lq_va, eq_te, va, k, qs)
-      quant[ens] = eq_te
-    point[ens] = w * point[name] + (1 - w) * point[LGBM]
+    shift = lambda q, p: q + (w * q[..., mid] + (1 - w) * p - q[..., mid])[..., None]  # noqa: E731
+    quant[ens], info["band_scale"][ens] = _calibrated(shift(q_va, val_point[partner]),
+                                                      shift(q_te, point[partner]), va, k, qs)
+    point[ens] = quant[ens][..., mid]
   meta = {"song": te["song"], "region": te["region_ids"], "record": te["record"],
           "origin": te["origin"], "origin_date": te["origin_date"], "debut": te["debut"],
           "debut_pos": te["extrinsic"][:, list(manifest["feature_names"]).index("debut_pos")]
@@ -489,7 +508,8 @@ def summarise(pooled: dict, *, samples: int = 1000, seed: int = 0, bands: int = 
     sel = cens & keep[:, None]
     r["below_floor"] = float(np.mean([(p < floor)[sel].mean() for p in preds])) if sel.any() \
         else float("nan")
-    with np.errstate(invalid="ignore"):
+    with warnings.catch_warnings():  # a band without an on-chart day in some window
+      warnings.simplefilter("ignore", RuntimeWarning)
       r["bands"] = {f"{k + lo + 1}..{k + hi}": float(np.nanmean(np.nanmean(
           err[n][keep, lo:hi], 1))) for lo, hi, k in
           [(band_edges[i], band_edges[i + 1], 7) for i in range(len(band_edges) - 1)]}
@@ -586,8 +606,7 @@ def markdown(summary: dict, *, command: str, title: str = "Rolling-origin backte
     cells.append(f"{r['below_floor']:.3f}" if np.isfinite(r["below_floor"]) else "–")
     lines.append("| " + " | ".join(cells) + " |")
   bands = list(next(iter(ms.values()))["bands"])
-  lines += ["", "## MAE/window per horizon band (forecast days after the origin's debut-relative "
-            "day 0)", "", "| method | " + " | ".join(bands) + " |", "|---" * (len(bands) + 1) + "|"]
+  lines += ["", "## MAE/window per horizon band (days of the window, its first prefix day = 1)", "", "| method | " + " | ".join(bands) + " |", "|---" * (len(bands) + 1) + "|"]
   for n in order:
     lines.append(f"| {n} | " + " | ".join(f"{ms[n]['bands'][b]:.4f}" for b in bands) + " |")
   po = summary["per_origin"]
@@ -597,7 +616,8 @@ def markdown(summary: dict, *, command: str, title: str = "Rolling-origin backte
   for n in order:
     lines.append(f"| {n} | " + " | ".join(f"{po[o][n]:.4f}" for o in po) + " |")
   seg = summary["segments"]
-  shown = [n for n in ("mp3", ENSEMBLE, LGBM, "ridge_all_origins", "autoets", "last_value")
+  shown = [n for n in ("mp3", ENSEMBLE, LGBM, "boosted_all_origins", "ridge_all_origins",
+                       "sf_autoets", "last_value")
            if n in ms]
   lines += ["", "## Segments (MAE/window)", "",
             "| segment | windows | songs | " + " | ".join(shown) + " | mp3 − lightgbm [95 % CI] |",
@@ -628,8 +648,8 @@ def horizon_figure(path: str, pooled: dict, *, methods=None, samples: int = 500,
   err = {n: np.where(m, np.abs(p - y), 0.0) for n, p in pooled["point"].items()}
   for base, members in groups.items():
     err[base] = np.mean([err[n] for n in members], axis=0)
-  methods = [n for n in (methods or ("mp3", ENSEMBLE, LGBM, "ridge_all_origins", "autoets",
-                                     "last_value")) if n in err]
+  methods = [n for n in (methods or ("mp3", ENSEMBLE, LGBM, "boosted_all_origins",
+                                     "sf_autoets", "last_value")) if n in err]
   w = stats.bootstrap_weights(pooled["meta"]["song"], samples, seed)
   days = np.arange(k + 1, k + 1 + y.shape[1])
   fig, ax = plt.subplots(figsize=(8, 4.5))

@@ -75,8 +75,8 @@ def test_backtest_end_to_end(tmp_path):
   # Every method on the same rolling-origin windows, pooled over the cutoffs.
   win = json.loads((work / "windows.json").read_text())
   assert set(win["counts"]["cutoffs"]) == {"2025-03-25", "2025-04-05"}
-  assert {"mp3", "lightgbm", "mp3+lightgbm", "autoets", "ridge_all_origins",
-          "last_value"} <= set(win["methods"])
+  assert {"mp3", "lightgbm", "mp3_ensemble", "sf_autoets", "ridge_all_origins",
+          "boosted_all_origins", "last_value"} <= set(win["methods"])
   assert set(win["per_origin"]) <= {"0", "2", "4"} and "0" in win["per_origin"]
   assert "vs_mp3" in win["methods"]["lightgbm"]
   assert (work / "mae_vs_horizon.png").stat().st_size > 0
