@@ -71,6 +71,7 @@ def get_config(arg: str | None = None):
       audio=not kworb,                  # False: no encoder (chart-only data)
       dec_depth=2, dec_heads=0,         # 0 = the encoder's head count
       censored_weight=0.0,              # > 0: hinge keeping off-chart gaps below the floor
+      floor_input=False,                # prefix steps also carry the chart floor (series_floor)
       weekday_input=kworb,              # condition on the debut's weekday (daily charts)
       calibrate=kworb,                  # test report: band widths calibrated on val
       extrinsic_input=kworb,            # condition on the debut-time extrinsic features

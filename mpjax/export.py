@@ -271,10 +271,11 @@ def export(workdir: str, out: str, step: str = "best", *, platforms=PLATFORMS) -
   bundle.json's content."""
   config = run_config(workdir)
   if config.task == "mp3" and (config.mp3.get("weekday_input", False)
-                               or config.mp3.get("origins", 0) or config.mp3.get("window", 0)):
-    # The bundle's program takes no weekday, origin or known-day input yet.
-    raise ValueError(f"{workdir}: an MP3 with mp3.weekday_input, origins or window set cannot "
-                     "be exported yet")
+                               or config.mp3.get("origins", 0) or config.mp3.get("window", 0)
+                               or config.mp3.get("floor_input", False)):
+    # The bundle's program takes no weekday, origin, known-day or floor input yet.
+    raise ValueError(f"{workdir}: an MP3 with mp3.weekday_input, origins, window or "
+                     "floor_input set cannot be exported yet")
   manifest = records.load_manifest(config.data_dir)
   step_n, metrics = choose_step(workdir, str(step), config)
   print(f"[export] {workdir}: step {step_n} ({step}); "

@@ -351,7 +351,9 @@ class MP3Task(Task):
                  batch["series_mask"][..., :k], patchout_key=patchout_key,
                  prefix_known=None if known is None else known[..., :k],
                  weekday=batch.get("weekday"), origin=batch.get("origin"),
-                 extrinsic=batch.get("extrinsic"))
+                 extrinsic=batch.get("extrinsic"),
+                 prefix_floor=(batch["series_floor"][..., :k]
+                               if config.mp3.get("floor_input", False) else None))
 
   def loss(self, out, batch, config):
     f = config.mp3

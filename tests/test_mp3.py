@@ -430,3 +430,22 @@ def test_per_series_loss_weighs_every_series_the_same():
   # Squared errors: series 0 has 4 points of 1, series 1 one point of 4.
   assert loss(False) == pytest.approx((4 * 1.0 + 4.0) / 5)  # pooled over 5 points
   assert loss(True) == pytest.approx((1.0 + 4.0) / 2)        # mean of the 2 series' means
+
+
+def test_floor_input_reads_the_prefix_floor_and_only_when_asked():
+  fb, ids, prefix, pmask = inputs(k=2)
+  pmask = pmask.at[:, :, 1].set(0.0)  # day 2 off the chart: its floor is the news
+  model = randomize(mp3.MP3(CFG, 3, "cls_token", horizon=6, prefix_steps=2, quantiles=Q,
+                            audio=False, dec_depth=1, rngs=nnx.Rngs(0), floor_input=True))
+  low, high = jnp.full(prefix.shape, 8.0), jnp.full(prefix.shape, 9.5)
+  a = model(None, ids, prefix, pmask, prefix_floor=low)
+  b = model(None, ids, prefix, pmask, prefix_floor=high)
+  assert not np.allclose(a, b)
+  unknown = model(None, ids, prefix, pmask, prefix_floor=jnp.zeros(prefix.shape))
+  np.testing.assert_allclose(unknown, model(None, ids, prefix, pmask,
+                                            prefix_floor=jnp.full(prefix.shape, -1.0)))
+  with pytest.raises(ValueError, match="prefix_floor"):
+    model(None, ids, prefix, pmask)
+  plain = mp3.MP3(CFG, 3, "cls_token", horizon=6, prefix_steps=2, quantiles=Q, audio=False,
+                  dec_depth=1, rngs=nnx.Rngs(0))
+  assert plain.prefix_proj.kernel.shape[0] == 3 and model.prefix_proj.kernel.shape[0] == 4

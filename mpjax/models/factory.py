@@ -73,5 +73,5 @@ def build_model(config, manifest: dict, *, seed: int = 0, head_bias=0.0):
                        freeze_encoder=f.freeze_encoder, level_init=head_bias,
                        weekday=f.get("weekday_input", False),
                        num_extrinsic=len(manifest["feature_names"]) if f.get("extrinsic_input") else 0,
-                       rngs=rngs)
+                       floor_input=f.get("floor_input", False), rngs=rngs)
   raise ValueError(f"config.task={config.task!r}: no model (known: mp2, mp3, ssl)")

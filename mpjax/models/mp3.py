@@ -101,7 +101,8 @@ class MP3(nnx.Module):
                *, horizon: int, prefix_steps: int = 0, quantiles: Sequence[float] | None = (0.1, 0.5, 0.9),
                audio: bool = True, dec_depth: int = 2, dec_heads: int | None = None,
                freeze_encoder: bool = False, level_init: float = 0.0, weekday: bool = False,
-               max_origin: int = 0, num_extrinsic: int = 0, rngs: nnx.Rngs):
+               max_origin: int = 0, num_extrinsic: int = 0, floor_input: bool = False,
+               rngs: nnx.Rngs):
     """cfg: the encoder's AST config (its `hidden` is the decoder width, audio or not).
     horizon: series length T of the dataset; forecasts cover steps prefix_steps..T-1.
     quantiles: increasing levels in (0, 1), or None for a point forecast (MSE).
@@ -112,7 +113,10 @@ class MP3(nnx.Module):
     max_origin: > 0: forecasts may start up to this many steps after the debut (training on
       later origins); every token is conditioned on the origin (0 = from the debut).
     num_extrinsic: > 0: every token is also conditioned on the F debut-time features
-      (`extrinsic` [B, R, F], sign(x) log1p|x| then a linear map)."""
+      (`extrinsic` [B, R, F], sign(x) log1p|x| then a linear map).
+    floor_input: each prefix step also carries that day's chart floor relative to the last
+      observed value (`prefix_floor` [B, R, k], log1p; <= 0 = unknown, read as 0): how far the
+      song is above the point where it drops off the chart."""
     regions_lib.check_mode(region_mode)
     if num_regions < 1:
       raise ValueError(f"num_regions={num_regions}: need at least one region")
@@ -138,13 +142,14 @@ class MP3(nnx.Module):
     self.quantiles = tuple(float(v) for v in quantiles) if quantiles is not None else None
     self.audio = audio
     self.freeze_encoder = freeze_encoder
+    self.floor_input = floor_input
     self.encoder = ast_lib.AST(cfg, rngs=rngs) if audio else None
     self.regions = (regions_lib.RegionTable(num_regions, d, rngs=rngs)
                     if region_mode != "none" else None)
     n_out = horizon - prefix_steps
     self.step_embed = nnx.Param(_init(rngs.params(), (n_out, d)))
     if prefix_steps:
-      self.prefix_proj = nnx.Linear(3, d, kernel_init=_init, rngs=rngs)
+      self.prefix_proj = nnx.Linear(4 if floor_input else 3, d, kernel_init=_init, rngs=rngs)
       self.prefix_pos = nnx.Param(_init(rngs.params(), (prefix_steps, d)))
     else:
       self.prefix_proj = self.prefix_pos = None
@@ -188,7 +193,7 @@ class MP3(nnx.Module):
   # -- forward ---------------------------------------------------------------------------------
 
   def __call__(self, fbank, regions, prefix=None, prefix_mask=None, patchout_key=None, *,
-               prefix_known=None, weekday=None, origin=None, extrinsic=None):
+               prefix_known=None, weekday=None, origin=None, extrinsic=None, prefix_floor=None):
     if regions.ndim == 1:
       regions = regions[:, None]
     b, r = regions.shape
@@ -237,7 +242,12 @@ class MP3(nnx.Module):
       rel = jnp.where(pm > 0, prefix - anchor[..., None], 0.0)
       known = 1.0 if prefix_known is None else prefix_known.astype(jnp.float32)
       off = known * (1.0 - pm)  # off the chart; 0 for a day with no chart in the data
-      feats = jnp.stack([rel, pm, off], axis=-1)  # [B, R, k, 3]
+      feats = [rel, pm, off]
+      if self.floor_input:
+        if prefix_floor is None:
+          raise ValueError("this MP3 reads the chart floor: pass prefix_floor [B, R, k]")
+        feats.append(jnp.where(prefix_floor > 0, prefix_floor - anchor[..., None], 0.0))
+      feats = jnp.stack(feats, axis=-1)  # [B, R, k, 3 or 4]
       ptok = self.prefix_proj(feats) + self.prefix_pos[...] + context
       tokens = jnp.concatenate([ptok, queries], axis=2)
     x = tokens.reshape(b * r, tokens.shape[2], d)
