@@ -14,8 +14,9 @@ o+k..o+W-1 are forecast. Val/test windows start at each origin of `spec.origins`
 holds a chart day and whose forecast days hold at least one; the train windows are exactly
 those MP3 trains on (`baselines.origin_support` over 0..`spec.max_origin`), so every fitted
 peer learns from the same data:
-  - the baselines of `mpjax.baselines` (`run_all`: last value, seasonal naive, decays, the
-    drift, and the prefix ridge / boosted trees, here fitted on all origins);
+  - the baselines of `mpjax.baselines` (as in `run_all`: last value, seasonal naive, decays,
+    the drift, the extrinsic ridge, and the prefix ridge / boosted trees, here fitted on the
+    windows of every origin: `ridge_all_origins`, `boosted_all_origins`);
   - statsforecast's Naive, AutoETS, AutoTheta on each series' own history up to the origin
     (off-chart days filled with the chart floor, `peers.fill_history`);
   - a global LightGBM direct model (the step as a feature; quantiles 0.1 / 0.5 / 0.9) on the
@@ -33,7 +34,6 @@ forecast days predicted below that day's chart floor (`below_floor`; higher is b
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import os
 import time
 import warnings
@@ -64,12 +64,6 @@ class Spec:
   max_origin: int = 56
   season: int = 7
   seed: int = 0
-
-  @classmethod
-  def from_config(cls, config) -> "Spec":
-    f = config.mp3
-    return cls(k=f.prefix_steps, window=f.window, origins=tuple(f.eval_origins or (0,)),
-               max_origin=f.get("origins", 0), season=f.season, seed=config.seed)
 
 
 # ------------------------------------------------------------------------------------------------
