@@ -1,7 +1,7 @@
 """Rolling-origin backtest of MP3 on real chart data against every baseline.
 
     python launch/backtest.py --raw=RAW --workdir=W \
-        --cutoffs=2025-09-01,2025-10-01,2025-11-01,2025-12-01,2026-01-01 [--seeds=0,1] \
+        --cutoffs=2025-09-01,2025-10-01,2025-11-01,2025-12-01,2026-01-01 [--seeds=0,1,2] \
         [--config=configs/mp3.py:kworb] [--set=total_steps=1200 ...] [--test_days=0]
 
 For each cutoff C: `data_prep.build --chart-only --cutoff C` builds W/C/data (train and val see
@@ -13,7 +13,16 @@ fitted on the same train split; the quantile bands are calibrated on val). Nothi
 the test songs: the config is fixed before, and the val split serves calibration. Finished pieces are
 skipped, so rerunning the command resumes.
 
-Written: W/backtest.json (every method's test metrics per cutoff and seed) and W/backtest.md:
+Then every method forecasts the same rolling-origin windows of each cutoff's test songs (from
+the weekly origins `mp3.eval_origins` after the debut: 0, 7, 14, 21 days in the kworb config;
+`mpjax.backtest.cutoff_forecasts`: the baselines, statsforecast, LightGBM, MP3 per seed and the
+MP3 ensemble, all fitted on MP3's training windows, chosen and calibrated on val) into
+W/C/windows.npz, and the pooled cutoffs give W/windows.md and W/windows.json (MAE/window with
+paired song-bootstrap CIs against last_value, MP3 and the ensemble, Diebold-Mariano tests,
+horizon bands, origins, segments, cutoffs) and W/mae_vs_horizon.png. Needs the [forecast]
+extra (statsforecast, lightgbm, holidays).
+
+Also written: W/backtest.json (every method's test metrics per cutoff and seed) and W/backtest.md:
 per cutoff and averaged over cutoffs, MAE per series (the mean of each series' own MAE) and
 pooled over points, MP3 as mean ± sample std over seeds, MP3's 10-90 % coverage, and MP3's
 MAE relative to `last_value`, and MP3's figures on the val songs (`mp3 (val)`: the only ones a
@@ -279,7 +288,8 @@ def main(argv):
     md_w = backtest.markdown(win, command=command,
                              title=f"Weekly rolling origins: {len(saved)} cutoffs")
     md_w += "\n## Chosen on val, per cutoff\n\n| cutoff | ensemble partner | weights of MP3 " \
-            "(per seed) | val MAE/window of the global peers |\n|---|---|---|---|\n"
+            "(per seed) | val MAE/window (what choices between configs may use) |\n" \
+            "|---|---|---|---|\n"
     for path in saved:
       with open(path[:-len(".npz")] + ".json") as f:
         info = json.load(f)

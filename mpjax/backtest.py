@@ -335,6 +335,7 @@ def cutoff_forecasts(data_dir: str, runs: dict, spec: Spec, *, progress=print) -
     name, ens = f"mp3/s{seed}", f"{ENSEMBLE}/s{seed}"
     quant[name], info["band_scale"][name] = _calibrated(q_va, q_te, va, k, qs)
     point[name] = quant[name][..., mid]
+    info["val_mae"][name] = float(np.nanmean(window_mae(q_va[..., mid], y_va, m_va)))
     w = ensemble_weight(q_va[..., mid], val_point[partner], va, k)
     info["ensemble_weight"][ens] = w
     shift = lambda q, p: q + (w * q[..., mid] + (1 - w) * p - q[..., mid])[..., None]  # noqa: E731
