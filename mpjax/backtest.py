@@ -643,8 +643,8 @@ def horizon_figure(path: str, pooled: dict, *, methods=None, samples: int = 500,
   err = {n: np.where(m, np.abs(p - y), 0.0) for n, p in pooled["point"].items()}
   for base, members in groups.items():
     err[base] = np.mean([err[n] for n in members], axis=0)
-  methods = [n for n in (methods or ("mp3", ENSEMBLE, LGBM, "boosted_all_origins",
-                                     "sf_autoets", "last_value")) if n in err]
+  methods = [n for n in (methods or ("mp3", ENSEMBLE, "ridge_all_origins", LGBM, "sf_autoets",
+                                     "last_value")) if n in err]
   w = stats.bootstrap_weights(pooled["meta"]["song"], samples, seed)
   days = np.arange(k + 1, k + 1 + y.shape[1])
   fig, ax = plt.subplots(figsize=(8, 4.5))
@@ -656,7 +656,7 @@ def horizon_figure(path: str, pooled: dict, *, methods=None, samples: int = 500,
     lo, hi = np.nanpercentile(b, [2.5, 97.5], axis=0)
     ax.plot(days, mean, label=n)
     ax.fill_between(days, lo, hi, alpha=0.15)
-  ax.set_xlabel("forecast day after the origin's first prefix day")
+  ax.set_xlabel("day of the window (its first prefix day = 1)")
   ax.set_ylabel("MAE, log1p daily streams")
   ax.set_title(f"MAE per forecast day, 95 % song-bootstrap bands "
                f"({len(pooled['target'])} windows)")
