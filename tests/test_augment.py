@@ -182,6 +182,9 @@ def test_mixup_targets_mixed_in_linear_stream_domain():
                              rtol=1e-6)
   np.testing.assert_allclose(out["fbank"], 0.25 * a["fbank"] + 0.75 * b["fbank"], rtol=1e-6)
   assert out["mixup_lambda"] == np.float32(0.25)
+  a["debut"] = ["2025-01-01", "2025-01-02", "2025-01-03"]
+  assert augment.mixup(a, b, 0.25)["debut"] == ["2025-01-02", "2025-01-03"]  # with its regions
+  del a["debut"]
   # NaN (target not computable) in either stays NaN; disagreeing labels become unknown.
   b["mp2"][2] = np.nan
   b["labels"] = np.asarray([0], np.int32)

@@ -268,7 +268,7 @@ def mixup(a: Mapping[str, Any], b: Mapping[str, Any], lam: float) -> dict:
     series_floor         `mix_log1p` of each one's value where observed, floor where not: the
                          mix is off the chart where either is, and then below that (NaN where
                          either is unknown)
-    weekday              a's
+    weekday, debut       a's
     mp2_observed_steps   the minimum of the two
     extrinsic            lam a + (1 - lam) b (the features are counts/positions; a linear mix
                          is the only consistent choice)
@@ -314,6 +314,8 @@ def mixup(a: Mapping[str, Any], b: Mapping[str, Any], lam: float) -> dict:
     out["series_floor"] = mix_log1p(bound(a, ia), bound(b, ib), lam)
   if "weekday" in a:
     out["weekday"] = np.asarray(a["weekday"])[ia]
+  if "debut" in a:
+    out["debut"] = [a["debut"][i] for i in ia]
   if "mp2_observed_steps" in a and "mp2_observed_steps" in b:
     out["mp2_observed_steps"] = np.minimum(np.asarray(a["mp2_observed_steps"])[ia],
                                            np.asarray(b["mp2_observed_steps"])[ib])
