@@ -21,8 +21,8 @@ synthetic songs (configs/ssl.py:demo, WORKDIR/ssl), fine-tunes it gently in the 
 Real data, chart only (no audio): the kworb daily CSV as series per (country, song), forecast
 days 8..35 from the first 7 (mp3.window = 35), trained also from origins up to day 56 after the
 debut (mp3.origins; stored horizon 35 + 56 = 91), conditioned on the debut weekday and the
-debut-time extrinsic features, every series weighing the same in the loss (each chosen on the
-backtest's val MAE), time split at a cutoff:
+debut-time extrinsic features and the chart floor of the prefix days, every series weighing the
+same in the loss (each chosen on the backtest's val MAE), time split at a cutoff:
   python -m data_prep.kworb_csv ../shared/data/kworb_daily_top50_2025-06_2026-02.csv.gz --raw RAW
   python -m data_prep.build --raw RAW --out DATA --chart-only --period daily --horizon 91 \
       --cutoff 2025-12-01 --val-horizon 35 --window ,2025-12-31
@@ -30,7 +30,7 @@ backtest's val MAE), time split at a cutoff:
   Expected: MP3 (no audio) a few per cent below `last_value` in MAE per series on the test
   songs, short of a decisive win; months differ (docs/results.md, the kworb backtest).
   Rolling-origin backtest over several cutoffs (launch/backtest.py):
-  python launch/backtest.py --raw=RAW --workdir=/tmp/backtest --seeds=0,1 \
+  python launch/backtest.py --raw=RAW --workdir=/tmp/backtest --seeds=0,1,2 \
       --cutoffs=2025-09-01,2025-10-01,2025-11-01,2025-12-01,2026-01-01
 
 Accelerators (default): AST-Base encoder from an MP2 checkpoint, weekly series:
@@ -71,7 +71,8 @@ def get_config(arg: str | None = None):
       audio=not kworb,                  # False: no encoder (chart-only data)
       dec_depth=2, dec_heads=0,         # 0 = the encoder's head count
       censored_weight=0.0,              # > 0: hinge keeping off-chart gaps below the floor
-      floor_input=False,                # prefix steps also carry the chart floor (series_floor)
+      floor_input=kworb,                # prefix steps also carry the chart floor (series_floor);
+                                        #   won on the weekly backtest's val (docs/results.md)
       weekday_input=kworb,              # condition on the debut's weekday (daily charts)
       calibrate=kworb,                  # test report: band widths calibrated on val
       extrinsic_input=kworb,            # condition on the debut-time extrinsic features
