@@ -209,9 +209,11 @@ def equivalence(values, margin: float, alpha: float = 0.05, two_sided: bool = Tr
 def diebold_mariano(d, h: int = 1) -> dict:
   """Diebold-Mariano test of equal forecast accuracy on a time-ordered loss differential d [T]
   (A's loss minus B's; NaN dropped). The long-run variance sums the autocovariances up to lag
-  h - 1 (forecasts h steps ahead overlap that long), with the Harvey-Leybourne-Newbold
-  small-sample correction and a t(T - 1) reference. Returns {stat, p (two-sided), mean, n};
-  NaN stat and p when T < 3 or the variance is not positive."""
+  h - 1 (forecasts h steps ahead overlap that long) with Bartlett (Newey-West) weights, which
+  keep it positive (the rectangular sum of many lags can nearly cancel and inflate the
+  statistic), with the Harvey-Leybourne-Newbold small-sample correction and a t(T - 1)
+  reference. Returns {stat, p (two-sided), mean, n}; NaN stat and p when T < 3 or the variance
+  is 0."""
   from scipy import stats as st
   d = np.asarray(d, np.float64)
   d = d[np.isfinite(d)]
@@ -223,9 +225,7 @@ def diebold_mariano(d, h: int = 1) -> dict:
   h = max(1, min(int(h), t // 2))  # keeps the small-sample factor positive
   e = d - d.mean()
   gamma = [float(e @ e) / t] + [float(e[j:] @ e[:-j]) / t for j in range(1, h)]
-  var = (gamma[0] + 2 * sum(gamma[1:])) / t
-  if var <= 0:  # the truncated sum can go negative: fall back to the lag-0 variance
-    var = gamma[0] / t
+  var = (gamma[0] + 2 * sum((1 - j / h) * g for j, g in enumerate(gamma[1:], 1))) / t
   if var <= 0:
     return nan
   stat = d.mean() / np.sqrt(var) * np.sqrt((t + 1 - 2 * h + h * (h - 1) / t) / t)
