@@ -570,6 +570,15 @@ def _mean_sd(r) -> str:
   return s
 
 
+def _method_table(title: str, methods, columns: dict) -> list[str]:
+  """Markdown lines: one row per method, one column per {label: {method: value}}."""
+  out = ["", f"## {title}", "", "| method | " + " | ".join(columns) + " |",
+         "|---" * (len(columns) + 1) + "|"]
+  for n in methods:
+    out.append(f"| {n} | " + " | ".join(f"{col[n]:.4f}" for col in columns.values()) + " |")
+  return out
+
+
 def markdown(summary: dict, *, command: str, title: str = "Rolling-origin backtest") -> str:
   """The report: the main table (every method, its CIs and DM tests), horizon bands, origins,
   segments, cutoffs."""
@@ -601,15 +610,12 @@ def markdown(summary: dict, *, command: str, title: str = "Rolling-origin backte
     cells.append(f"{r['below_floor']:.3f}" if np.isfinite(r["below_floor"]) else "–")
     lines.append("| " + " | ".join(cells) + " |")
   bands = list(next(iter(ms.values()))["bands"])
-  lines += ["", "## MAE/window per horizon band (days of the window, its first prefix day = 1)", "", "| method | " + " | ".join(bands) + " |", "|---" * (len(bands) + 1) + "|"]
-  for n in order:
-    lines.append(f"| {n} | " + " | ".join(f"{ms[n]['bands'][b]:.4f}" for b in bands) + " |")
+  lines += _method_table("MAE/window per horizon band (days of the window, its first prefix "
+                         "day = 1)", order, {b: {n: ms[n]["bands"][b] for n in order}
+                                             for b in bands})
   po = summary["per_origin"]
-  lines += ["", "## MAE/window per origin (days after the debut)", "",
-            "| method | " + " | ".join(f"{o} (n={po[o]['n']})" for o in po) + " |",
-            "|---" * (len(po) + 1) + "|"]
-  for n in order:
-    lines.append(f"| {n} | " + " | ".join(f"{po[o][n]:.4f}" for o in po) + " |")
+  lines += _method_table("MAE/window per origin (days after the debut)", order,
+                         {f"{o} (n={po[o]['n']})": po[o] for o in po})
   seg = summary["segments"]
   shown = [n for n in ("mp3", ENSEMBLE, LGBM, "boosted_all_origins", "ridge_all_origins",
                        "sf_autoets", "last_value")
@@ -623,11 +629,8 @@ def markdown(summary: dict, *, command: str, title: str = "Rolling-origin backte
                  + " | ".join(f"{s['methods'][n]:.4f}" for n in shown) + " | "
                  + (_ci_cell(d[0], d[1:]) if d else "–") + " |")
   pc = summary["per_cutoff"]
-  lines += ["", "## MAE/window per cutoff", "",
-            "| method | " + " | ".join(f"{c} (n={pc[c]['n']})" for c in pc) + " |",
-            "|---" * (len(pc) + 1) + "|"]
-  for n in order:
-    lines.append(f"| {n} | " + " | ".join(f"{pc[c][n]:.4f}" for c in pc) + " |")
+  lines += _method_table("MAE/window per cutoff", order,
+                         {f"{c} (n={pc[c]['n']})": pc[c] for c in pc})
   return "\n".join(lines) + "\n"
 
 
